@@ -1,0 +1,138 @@
+//! Concurrency models of palisade-core.
+//!
+//! `cargo test -p palisade-core --test loom` runs each model once on real threads;
+//! `RUSTFLAGS="--cfg palisade_loom" cargo test --release -p palisade-core --test loom` runs them
+//! under loom, across every interleaving within the preemption bound.
+
+use std::time::Duration;
+
+use palisade_core::sync::atomic::{AtomicUsize, Ordering};
+use palisade_core::sync::{Arc, Mutex, RwLock, model, thread};
+use palisade_core::{Clock, Instant, ManualClock};
+
+/// Asserts that `model` really explored interleavings when loom is on.
+fn explored(executions: usize) {
+    if cfg!(palisade_loom) {
+        assert!(
+            executions > 1,
+            "a two-thread loom model must explore more than one interleaving, ran {executions}"
+        );
+    } else {
+        assert_eq!(executions, 1, "without loom a model runs once");
+    }
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[test]
+fn manual_clock_concurrent_advances_add_up_and_never_go_backwards() {
+    explored(model(|| {
+        let clock = ManualClock::new();
+        let advancer = thread::spawn({
+            let clock = clock.clone();
+            move || {
+                let first = clock.advance(SECOND);
+                let second = clock.advance(2 * SECOND);
+                // What `advance` returns is the time right after this thread's own step.
+                assert!(first >= Instant::ZERO + SECOND);
+                assert!(second >= first + 2 * SECOND);
+            }
+        });
+        let reader = thread::spawn({
+            let clock = clock.clone();
+            move || {
+                let mut last = Instant::ZERO;
+                for _ in 0..3 {
+                    let now = clock.now();
+                    assert!(now >= last, "the clock went back from {last:?} to {now:?}");
+                    last = now;
+                }
+            }
+        });
+        let mine = clock.advance(4 * SECOND);
+        assert!(mine >= Instant::ZERO + 4 * SECOND);
+        advancer.join().unwrap();
+        reader.join().unwrap();
+        // No advance is lost, whatever the interleaving of the compare-and-swap loops.
+        assert_eq!(clock.now(), Instant::ZERO + 7 * SECOND);
+    }));
+}
+
+#[test]
+fn manual_clock_advance_to_races_advance_and_only_moves_forward() {
+    explored(model(|| {
+        let clock = ManualClock::starting_at(Instant::ZERO + SECOND);
+        let jumper = thread::spawn({
+            let clock = clock.clone();
+            move || clock.advance_to(Instant::ZERO + 5 * SECOND)
+        });
+        let stepped = clock.advance(2 * SECOND);
+        let jumped = jumper.join().unwrap();
+        assert!(jumped >= Instant::ZERO + 5 * SECOND);
+        let end = clock.now();
+        // Either the step came first (1 + 2 = 3, then up to 5) or the jump did (5, then + 2 = 7).
+        if stepped == Instant::ZERO + 3 * SECOND {
+            assert_eq!(end, Instant::ZERO + 5 * SECOND);
+        } else {
+            assert_eq!(stepped, Instant::ZERO + 7 * SECOND);
+            assert_eq!(end, Instant::ZERO + 7 * SECOND);
+        }
+        // Moving "to" the past never moves the clock back.
+        assert_eq!(clock.advance_to(Instant::ZERO), end);
+        assert_eq!(clock.now(), end);
+    }));
+}
+
+#[test]
+fn shim_mutex_and_rwlock_exclude_each_other() {
+    explored(model(|| {
+        let state = Arc::new((Mutex::new(0_u32), RwLock::new(0_u32)));
+        let other = thread::spawn({
+            let state = state.clone();
+            move || {
+                *state.0.lock() += 1;
+                *state.1.write() += 1;
+            }
+        });
+        *state.0.lock() += 1;
+        {
+            let read = state.1.read();
+            assert!(*read <= 1);
+        }
+        *state.1.write() += 1;
+        other.join().unwrap();
+        assert_eq!(*state.0.lock(), 2);
+        assert_eq!(*state.1.read(), 2);
+    }));
+}
+
+#[test]
+fn shim_atomics_lose_no_update() {
+    explored(model(|| {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let other = thread::spawn({
+            let hits = hits.clone();
+            move || {
+                hits.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        hits.fetch_add(1, Ordering::Relaxed);
+        other.join().unwrap();
+        assert_eq!(hits.load(Ordering::Relaxed), 2);
+    }));
+}
+
+/// `tokio::net` must survive the loom cfg: that is why the cfg is `palisade_loom`, not `loom`.
+#[test]
+fn tokio_net_is_there_under_the_loom_cfg() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let addr = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    });
+    assert!(addr.ip().is_loopback());
+    assert_ne!(addr.port(), 0);
+}

@@ -1,0 +1,23 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use palisade_core::clock;
+pub use palisade_core::{Clock, FastClock, Instant, ManualClock, TokioClock};
+
+#[cfg(feature = "breaker")]
+pub use palisade_breaker as breaker;
+#[cfg(feature = "bulkhead")]
+pub use palisade_bulkhead as bulkhead;
+#[cfg(feature = "lock")]
+pub use palisade_lock as lock;
+#[cfg(feature = "pool")]
+pub use palisade_pool as pool;
+#[cfg(feature = "ratelimit")]
+pub use palisade_ratelimit as ratelimit;
+#[cfg(feature = "reconnect")]
+pub use palisade_reconnect as reconnect;
+#[cfg(feature = "retry")]
+pub use palisade_retry as retry;
+#[cfg(feature = "shutdown")]
+pub use palisade_shutdown as shutdown;
