@@ -56,7 +56,7 @@ fn chapter_time() {
         "  against the OS clock once per process (this time: {}). A read is one counter",
         human(calibrated_in)
     );
-    println!("  read, a multiply and a shift: as cheap as quanta's, about 2.5x cheaper than");
+    println!("  read, a multiply and a shift: as cheap as quanta's, about 2.4x cheaper than");
     println!("  std::time::Instant::now (criterion numbers: docs/benchmarks.md).");
     let (first, second) = (fast.now(), fast.now());
     println!(

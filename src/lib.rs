@@ -1,6 +1,5 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use palisade_core::clock;
 pub use palisade_core::{Clock, FastClock, Instant, ManualClock, TokioClock};

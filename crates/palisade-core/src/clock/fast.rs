@@ -16,9 +16,9 @@ static CALIBRATED: OnceLock<Calibrated> = OnceLock::new();
 /// The default clock: monotonic nanoseconds from the CPU's invariant time-stamp counter.
 ///
 /// On x86-64 with an invariant TSC (and on aarch64, with the generic timer) `now` is one counter
-/// read plus a multiply and a shift: as fast as [`quanta`](https://docs.rs/quanta)'s `Clock::now`
-/// (it *is* quanta's counter, read without the enum dispatch) and about 2.5x faster than
-/// [`std::time::Instant::now`] on our machines (see `docs/benchmarks.md`). Where the CPU has no
+/// read plus a multiply and a shift: it is [`quanta`](https://docs.rs/quanta)'s calibrated counter,
+/// as fast as `quanta::Clock::now` and about 2.4x faster than [`std::time::Instant::now`] on our
+/// machines (see `docs/benchmarks.md`). Where the CPU has no
 /// usable counter, it reads the OS monotonic clock instead, at `std::time::Instant` speed.
 ///
 /// The counter is calibrated against the OS monotonic clock once per process, by the first

@@ -10,7 +10,9 @@ use crate::{Clock, Instant};
 /// after 30 s" runs in microseconds and never flakes. Outside a paused runtime it reads the OS
 /// monotonic clock, like `std::time::Instant` (use [`FastClock`](crate::FastClock) in production).
 ///
-/// Its origin is the moment it was created; clones share it.
+/// Its origin is tokio's time when it was created; clones share it. Create it inside the runtime
+/// whose clock it should follow: a paused runtime's clock may stand earlier than that origin, and
+/// the clock then reads [`Instant::ZERO`] until tokio's time passes it.
 ///
 /// Needs the `tokio` feature (on by default). Pausing needs tokio's `test-util` feature in your
 /// dev-dependencies.
