@@ -1,8 +1,10 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "tokio")]
+pub use palisade_core::TokioClock;
 pub use palisade_core::clock;
-pub use palisade_core::{Clock, FastClock, Instant, ManualClock, TokioClock};
+pub use palisade_core::{Clock, FastClock, Instant, ManualClock};
 
 #[cfg(feature = "breaker")]
 pub use palisade_breaker as breaker;

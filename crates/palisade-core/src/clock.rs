@@ -34,9 +34,13 @@ pub use self::tokio::TokioClock;
 ///
 /// # Contract
 ///
-/// `now` never returns an instant earlier than one it returned before, on any thread, for the
-/// same clock and its clones. (Consumers still use saturating arithmetic, so a misbehaving
-/// custom clock yields wrong timings, never a panic.)
+/// On one thread, `now` never returns an instant earlier than one it returned before, for the
+/// same clock and its clones. Across threads, `ManualClock` and `TokioClock` keep that too
+/// (a read that happens after another, by any synchronization, is not earlier), while
+/// `FastClock` may trail by a few nanoseconds: an unfenced counter read can execute before the
+/// load that synchronized with the other thread, and cores' counters agree only to within a
+/// few nanoseconds. Every consumer therefore uses saturating arithmetic on instants, so a clock
+/// that steps back a little yields a zero duration, never a panic or a wrapped value.
 ///
 /// # Example: a custom clock
 ///

@@ -20,7 +20,7 @@
 //!   `swap`, `compare_exchange(_weak)`, `fetch_*`, `fetch_update`, `into_inner`; no `get_mut`.
 //! - [`Mutex`] and [`RwLock`] with `parking_lot`'s signatures (no poisoning, `lock()` returns the
 //!   guard): `new` (not `const` under loom), `lock`, `try_lock`, `read`, `write`, `try_read`,
-//!   `try_write`, `get_mut`, `into_inner`.
+//!   `try_write`, `get_mut`, `into_inner`, `Default`, `From<T>`; `Mutex<T: ?Sized>`.
 //! - [`thread`]: `spawn`, `yield_now`, `JoinHandle::join`; [`hint::spin_loop`].
 //!
 //! # Example
@@ -59,13 +59,13 @@ pub use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGua
 pub mod atomic {
     #[cfg(palisade_loom)]
     pub use loom::sync::atomic::{
-        AtomicBool, AtomicI32, AtomicI64, AtomicIsize, AtomicU8, AtomicU32, AtomicU64, AtomicUsize,
-        Ordering, fence,
+        AtomicBool, AtomicI8, AtomicI16, AtomicI32, AtomicI64, AtomicIsize, AtomicPtr, AtomicU8,
+        AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
     };
     #[cfg(not(palisade_loom))]
     pub use std::sync::atomic::{
-        AtomicBool, AtomicI32, AtomicI64, AtomicIsize, AtomicU8, AtomicU32, AtomicU64, AtomicUsize,
-        Ordering, fence,
+        AtomicBool, AtomicI8, AtomicI16, AtomicI32, AtomicI64, AtomicIsize, AtomicPtr, AtomicU8,
+        AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
     };
 }
 
@@ -91,14 +91,15 @@ pub mod hint {
 /// With `--cfg palisade_loom`, `f` runs under [`loom::model`](https://docs.rs/loom/latest/loom/fn.model.html),
 /// once per interleaving of the threads it spawns through [`thread`], so an assertion in it holds
 /// for every schedule loom explores. Loom reads its usual environment variables
-/// (`LOOM_MAX_PREEMPTIONS`, `LOOM_MAX_BRANCHES`, `LOOM_LOG`, `LOOM_CHECKPOINT_FILE`, ...); when
+/// (`LOOM_MAX_PREEMPTIONS`, `LOOM_MAX_BRANCHES`, `LOOM_LOG`, `LOOM_LOCATION`, ...); when
 /// `LOOM_MAX_PREEMPTIONS` is unset the bound is 3, so a model never runs away.
 ///
 /// Without the cfg, `f` runs once on real threads, so every model is also an ordinary test and a
 /// loom test file can never pass as an empty binary.
 ///
 /// The count lets a model check that it really explored something: under loom a model with
-/// two racing threads runs more than once.
+/// two racing threads runs more than once. Under loom it also prints
+/// `palisade_loom: model explored N executions` to stderr, which the test command counts.
 pub fn model<F>(f: F) -> usize
 where
     F: Fn() + Sync + Send + 'static,
@@ -119,7 +120,10 @@ where
             counter.fetch_add(1, Ordering::Relaxed);
             f();
         });
-        executions.load(Ordering::Relaxed)
+        let executions = executions.load(Ordering::Relaxed);
+        // The test command counts these lines: a loom run that prints none checked no model.
+        eprintln!("palisade_loom: model explored {executions} executions");
+        executions
     }
     #[cfg(not(palisade_loom))]
     {
@@ -138,7 +142,7 @@ mod loom_locks {
     use loom::sync::{MutexGuard, RwLockReadGuard, RwLockWriteGuard};
 
     /// A mutual-exclusion lock with `parking_lot`'s API over `loom::sync::Mutex`.
-    pub struct Mutex<T>(loom::sync::Mutex<T>);
+    pub struct Mutex<T: ?Sized>(loom::sync::Mutex<T>);
 
     impl<T> Mutex<T> {
         /// A new unlocked mutex holding `value`.
@@ -146,6 +150,13 @@ mod loom_locks {
             Mutex(loom::sync::Mutex::new(value))
         }
 
+        /// Consumes the mutex and returns the value.
+        pub fn into_inner(self) -> T {
+            self.0.into_inner().unwrap_or_else(PoisonError::into_inner)
+        }
+    }
+
+    impl<T: ?Sized> Mutex<T> {
         /// Blocks until the lock is held.
         pub fn lock(&self) -> MutexGuard<'_, T> {
             self.0.lock().unwrap_or_else(PoisonError::into_inner)
@@ -160,14 +171,21 @@ mod loom_locks {
         pub fn get_mut(&mut self) -> &mut T {
             self.0.get_mut().unwrap_or_else(PoisonError::into_inner)
         }
+    }
 
-        /// Consumes the mutex and returns the value.
-        pub fn into_inner(self) -> T {
-            self.0.into_inner().unwrap_or_else(PoisonError::into_inner)
+    impl<T: ?Sized + Default> Default for Mutex<T> {
+        fn default() -> Mutex<T> {
+            Mutex(loom::sync::Mutex::default())
         }
     }
 
-    impl<T> fmt::Debug for Mutex<T> {
+    impl<T> From<T> for Mutex<T> {
+        fn from(value: T) -> Mutex<T> {
+            Mutex::new(value)
+        }
+    }
+
+    impl<T: ?Sized> fmt::Debug for Mutex<T> {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.debug_struct("Mutex").finish_non_exhaustive()
         }
@@ -210,6 +228,18 @@ mod loom_locks {
         /// Consumes the lock and returns the value.
         pub fn into_inner(self) -> T {
             self.0.into_inner().unwrap_or_else(PoisonError::into_inner)
+        }
+    }
+
+    impl<T: Default> Default for RwLock<T> {
+        fn default() -> RwLock<T> {
+            RwLock::new(T::default())
+        }
+    }
+
+    impl<T> From<T> for RwLock<T> {
+        fn from(value: T) -> RwLock<T> {
+            RwLock::new(value)
         }
     }
 

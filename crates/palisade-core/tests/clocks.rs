@@ -7,7 +7,7 @@ use palisade_core::{Clock, FastClock, Instant, ManualClock};
 // ---------------------------------------------------------------- FastClock
 
 #[test]
-fn fast_clock_never_goes_backwards_on_any_thread() {
+fn fast_clock_never_goes_backwards_on_a_thread_and_threads_agree() {
     let clock = FastClock::new();
     let threads: Vec<_> = (0..2)
         .map(|_| {

@@ -83,6 +83,14 @@ fn manual_clock_advance_to_races_advance_and_only_moves_forward() {
     }));
 }
 
+/// A read-modify-write with a yield in the middle: only mutual exclusion keeps it from losing
+/// an update, so a lock that failed to exclude would fail this model.
+fn increment_slowly(value: &mut u32) {
+    let read = *value;
+    thread::yield_now();
+    *value = read + 1;
+}
+
 #[test]
 fn shim_mutex_and_rwlock_exclude_each_other() {
     explored(model(|| {
@@ -90,19 +98,103 @@ fn shim_mutex_and_rwlock_exclude_each_other() {
         let other = thread::spawn({
             let state = state.clone();
             move || {
-                *state.0.lock() += 1;
-                *state.1.write() += 1;
+                increment_slowly(&mut state.0.lock());
+                increment_slowly(&mut state.1.write());
             }
         });
-        *state.0.lock() += 1;
+        increment_slowly(&mut state.0.lock());
         {
             let read = state.1.read();
             assert!(*read <= 1);
         }
-        *state.1.write() += 1;
+        increment_slowly(&mut state.1.write());
         other.join().unwrap();
         assert_eq!(*state.0.lock(), 2);
         assert_eq!(*state.1.read(), 2);
+    }));
+}
+
+/// `advance` publishes what the advancing thread wrote before it: a reader that sees the new
+/// time sees the write (Release on advance, Acquire on `now`).
+#[test]
+fn manual_clock_advance_publishes_earlier_writes() {
+    explored(model(|| {
+        let clock = ManualClock::new();
+        let data = Arc::new(AtomicUsize::new(0));
+        // The reader is the spawned thread: loom explores it running before, between and after
+        // the writes. (With the roles swapped, loom explores a single schedule.)
+        let reader = thread::spawn({
+            let (clock, data) = (clock.clone(), data.clone());
+            move || {
+                if clock.now() == Instant::ZERO + SECOND {
+                    let seen = data.load(Ordering::Relaxed);
+                    assert_eq!(seen, 42, "saw the new time but not the write before it");
+                }
+            }
+        });
+        data.store(42, Ordering::Relaxed);
+        clock.advance(SECOND);
+        reader.join().unwrap();
+    }));
+}
+
+/// Every item of the documented shared subset, used once, so the loom build checks that both
+/// sides of the shim offer it.
+#[test]
+fn the_shared_subset_exists_on_both_sides() {
+    use palisade_core::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, fence};
+    use palisade_core::sync::hint;
+
+    #[derive(Default)]
+    struct WithDefaults {
+        mutex: Mutex<u32>,
+        rwlock: RwLock<u32>,
+    }
+
+    explored(model(|| {
+        let mut arc = Arc::new(5_u32);
+        assert_eq!(Arc::get_mut(&mut arc).map(|v| *v), Some(5));
+        let clone = Arc::clone(&arc);
+        assert!(Arc::ptr_eq(&arc, &clone));
+        assert_eq!(Arc::strong_count(&arc), 2);
+        drop(clone);
+        assert_eq!(Arc::try_unwrap(arc).ok(), Some(5));
+
+        let mut defaults = WithDefaults::default();
+        *defaults.mutex.get_mut() += 1;
+        *defaults.rwlock.get_mut() += 1;
+        assert_eq!(defaults.mutex.try_lock().map(|g| *g), Some(1));
+        assert_eq!(defaults.rwlock.try_read().map(|g| *g), Some(1));
+        assert_eq!(defaults.rwlock.try_write().map(|g| *g), Some(1));
+        assert_eq!(Mutex::from(7_u8).into_inner(), 7);
+        assert_eq!(RwLock::from(8_u8).into_inner(), 8);
+
+        let word = AtomicU64::new(1);
+        assert_eq!(
+            word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v * 10)),
+            Ok(1)
+        );
+        assert_eq!(
+            word.compare_exchange(10, 11, Ordering::AcqRel, Ordering::Acquire),
+            Ok(10)
+        );
+        assert_eq!(word.fetch_max(20, Ordering::AcqRel), 11);
+        assert_eq!(word.swap(3, Ordering::AcqRel), 20);
+        assert_eq!(word.into_inner(), 3);
+        assert_eq!(AtomicI64::new(-1).fetch_add(1, Ordering::Relaxed), -1);
+        assert!(!AtomicBool::new(false).fetch_or(false, Ordering::Relaxed));
+        fence(Ordering::SeqCst);
+        hint::spin_loop();
+        thread::yield_now();
+        // A second thread, so that loom has more than one execution to explore.
+        let flag = Arc::new(AtomicBool::new(false));
+        let other = thread::spawn({
+            let flag = flag.clone();
+            move || flag.store(true, Ordering::Release)
+        });
+        let _ = flag.load(Ordering::Acquire);
+        other.join().unwrap();
+        assert!(flag.load(Ordering::Acquire));
     }));
 }
 

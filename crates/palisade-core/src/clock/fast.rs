@@ -26,7 +26,8 @@ static CALIBRATED: OnceLock<Calibrated> = OnceLock::new();
 /// Call `FastClock::new()` at start-up if that first-call latency matters. All `FastClock`s share
 /// one origin (that first call), so their instants are comparable with each other.
 ///
-/// `FastClock` is `Copy` and one pointer wide.
+/// `FastClock` is `Copy` and one pointer wide. Reads are monotonic on each thread; across threads
+/// one may trail another it synchronized with by a few nanoseconds (see [`Clock`]'s contract).
 ///
 /// ```
 /// use palisade_core::{Clock, FastClock};

@@ -1,0 +1,471 @@
+//! Retry budgets: how many retries a client may add on top of its requests, shared and lock-free.
+
+use std::fmt;
+use std::time::Duration;
+
+use palisade_core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use palisade_core::{Clock, FastClock};
+
+use crate::error::ConfigError;
+
+/// A budget that caps retries across every caller that shares it, so that when a dependency
+/// fails, retries add a bounded fraction of load instead of multiplying it.
+///
+/// The retry loop calls [`deposit`](RetryBudget::deposit) once per original request,
+/// [`record`](RetryBudget::record) after each classified attempt, and
+/// [`withdraw`](RetryBudget::withdraw) before each retry; a `false` from `withdraw` ends the loop
+/// with the last real outcome. Share one budget between clones and tasks through an
+/// `Arc<dyn RetryBudget>` (see [`Retry::budget`](crate::Retry::budget)).
+pub trait RetryBudget: Send + Sync + fmt::Debug {
+    /// An original request (not a retry) is being made.
+    fn deposit(&self);
+
+    /// A retry is about to be made: `true` if the budget allows it, in which case it is charged.
+    fn withdraw(&self) -> bool;
+
+    /// An attempt's outcome was classified: `retryable` is true for a failure worth retrying,
+    /// false for a final outcome (a success, or an error retrying can't fix).
+    fn record(&self, retryable: bool) {
+        let _ = retryable;
+    }
+}
+
+/// Units of budget one retry costs; deposits are fractions of it.
+const RETRY_COST: i64 = 1000;
+/// The window is split into this many slots; a deposit expires with its slot.
+const SLOTS: u64 = 10;
+/// Slot words: a 32-bit epoch (the slot's tick, wrapping) above a 32-bit signed amount. The
+/// epoch wraps after 2^32 slots (13.6 years with the shortest slot of 100 ms): only a budget
+/// left idle that long, to the slot, could mistake its old amounts for live ones.
+const AMOUNT_BITS: u32 = 32;
+const AMOUNT_MASK: u64 = (1 << AMOUNT_BITS) - 1;
+const AMOUNT_MAX: i64 = (1 << (AMOUNT_BITS - 1)) - 1;
+const EPOCH_MASK: u32 = u32::MAX;
+/// How far (in slots) one thread's clock read may run ahead of another's and still be told apart
+/// from an expired epoch: a thread would have to stall this long between reading the clock and
+/// recording (at least 102 s, with the shortest slot of 100 ms).
+const AHEAD_WINDOW: u32 = 1024;
+
+fn pack(epoch: u32, amount: i64) -> u64 {
+    (u64::from(epoch & EPOCH_MASK) << AMOUNT_BITS) | (amount as u64 & AMOUNT_MASK)
+}
+
+fn unpack(word: u64) -> (u32, i64) {
+    let epoch = (word >> AMOUNT_BITS) as u32;
+    // Shift the 40-bit amount to the top and back to sign-extend it.
+    let amount = ((word << (64 - AMOUNT_BITS)) as i64) >> (64 - AMOUNT_BITS);
+    (epoch, amount)
+}
+
+/// The epoch slot `index` stands for at `tick`: the latest tick at or before `tick` that maps to
+/// it. An emptied slot keeps this stamp, so a later tick that maps to it sees it expired and a
+/// caller at that very tick sees it live.
+fn cycle_epoch(tick: u64, index: u64) -> u32 {
+    let back = (tick % SLOTS + SLOTS - index) % SLOTS;
+    (tick.wrapping_sub(back) as u32) & EPOCH_MASK
+}
+
+/// Whether a slot stamped `slot_epoch` still counts at `epoch`: recorded in the last `SLOTS`
+/// ticks, or a little ahead of a caller whose clock read is stale.
+fn is_live(slot_epoch: u32, epoch: u32) -> bool {
+    let age = epoch.wrapping_sub(slot_epoch) & EPOCH_MASK;
+    let ahead = slot_epoch.wrapping_sub(epoch) & EPOCH_MASK;
+    u64::from(age) < SLOTS || ahead < AHEAD_WINDOW
+}
+
+/// A Finagle-style retry budget (tower's `TpsBudget`), lock-free.
+///
+/// Each original request deposits `retry_ratio` of a retry; each retry withdraws one. Deposits
+/// and withdrawals expire after `ttl`, in ten slots of `ttl / 10`, so the budget tracks recent
+/// traffic. On top, a reserve of `min_per_sec × ttl` retries never expires, so a client with
+/// little traffic can still retry. With the defaults (ttl 10 s, 10 retries/s, ratio 0.2), a client
+/// sending 100 requests/s may retry 20 of them per second, plus 10 per second of floor.
+///
+/// `withdraw` is one compare-and-swap on the balance, so concurrent callers can never overdraw
+/// it; the slot bookkeeping is lock-free too. Expiry is one slot coarse: an amount counts for
+/// between `ttl - ttl/10` and `ttl`.
+///
+/// ```
+/// use palisade_core::ManualClock;
+/// use palisade_retry::{RetryBudget, TpsBudget};
+/// use std::time::Duration;
+///
+/// let clock = ManualClock::new();
+/// let budget = TpsBudget::builder()
+///     .min_per_sec(0)
+///     .retry_ratio(0.5)
+///     .clock(clock.clone())
+///     .build()?;
+/// budget.deposit();
+/// budget.deposit(); // two requests earn one retry
+/// assert!(budget.withdraw());
+/// assert!(!budget.withdraw());
+/// # Ok::<(), palisade_retry::ConfigError>(())
+/// ```
+pub struct TpsBudget<C: Clock = FastClock> {
+    clock: C,
+    slot_nanos: u64,
+    deposit: i64,
+    balance: AtomicI64,
+    last_sweep: AtomicU64,
+    slots: Box<[AtomicU64]>,
+    ttl: Duration,
+    min_per_sec: u32,
+    retry_ratio: f64,
+}
+
+/// Builder of a [`TpsBudget`]; [`build`](TpsBudgetBuilder::build) validates.
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct TpsBudgetBuilder<C = FastClock> {
+    clock: C,
+    ttl: Duration,
+    min_per_sec: u32,
+    retry_ratio: f64,
+}
+
+impl TpsBudget {
+    /// A builder with Finagle's defaults: ttl 10 s, 10 retries/s floor, ratio 0.2.
+    pub fn builder() -> TpsBudgetBuilder {
+        TpsBudgetBuilder {
+            clock: FastClock::new(),
+            ttl: Duration::from_secs(10),
+            min_per_sec: 10,
+            retry_ratio: 0.2,
+        }
+    }
+}
+
+impl<C: Clock> TpsBudgetBuilder<C> {
+    /// How long a deposit or withdrawal counts, in `[1 s, 60 s]` (default 10 s).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Retries per second allowed whatever the traffic, in `[0, 1_000_000]` (default 10).
+    pub fn min_per_sec(mut self, min_per_sec: u32) -> Self {
+        self.min_per_sec = min_per_sec;
+        self
+    }
+
+    /// Retries earned per original request, in `[0.0, 10.0]` (default 0.2: one retry per five
+    /// requests). Precision is 0.001.
+    pub fn retry_ratio(mut self, retry_ratio: f64) -> Self {
+        self.retry_ratio = retry_ratio;
+        self
+    }
+
+    /// The clock the window reads (default [`FastClock`]); use a `ManualClock` in tests.
+    pub fn clock<C2: Clock>(self, clock: C2) -> TpsBudgetBuilder<C2> {
+        TpsBudgetBuilder {
+            clock,
+            ttl: self.ttl,
+            min_per_sec: self.min_per_sec,
+            retry_ratio: self.retry_ratio,
+        }
+    }
+
+    /// Checks every knob and builds the budget.
+    pub fn build(self) -> Result<TpsBudget<C>, ConfigError> {
+        if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&self.ttl) {
+            return Err(ConfigError::out_of_range(
+                "ttl",
+                "between 1s and 60s",
+                self.ttl,
+            ));
+        }
+        if self.min_per_sec > 1_000_000 {
+            return Err(ConfigError::out_of_range(
+                "min_per_sec",
+                "at most 1000000",
+                self.min_per_sec,
+            ));
+        }
+        if !(self.retry_ratio.is_finite() && (0.0..=10.0).contains(&self.retry_ratio)) {
+            return Err(ConfigError::out_of_range(
+                "retry_ratio",
+                "a finite number in [0.0, 10.0]",
+                self.retry_ratio,
+            ));
+        }
+        let reserve =
+            (f64::from(self.min_per_sec) * self.ttl.as_secs_f64() * RETRY_COST as f64) as i64;
+        let slot_nanos = (self.ttl.as_nanos() / u128::from(SLOTS)) as u64;
+        let tick = self.clock.now().as_nanos() / slot_nanos;
+        Ok(TpsBudget {
+            deposit: (self.retry_ratio * RETRY_COST as f64).round() as i64,
+            balance: AtomicI64::new(reserve),
+            last_sweep: AtomicU64::new(tick),
+            slots: (0..SLOTS)
+                .map(|index| AtomicU64::new(pack(cycle_epoch(tick, index), 0)))
+                .collect(),
+            slot_nanos,
+            clock: self.clock,
+            ttl: self.ttl,
+            min_per_sec: self.min_per_sec,
+            retry_ratio: self.retry_ratio,
+        })
+    }
+}
+
+impl<C: Clock> TpsBudget<C> {
+    /// Whole retries the budget would allow right now.
+    pub fn available(&self) -> u64 {
+        let tick = self.tick();
+        self.sweep(tick);
+        (self.balance.load(Ordering::Acquire).max(0) / RETRY_COST) as u64
+    }
+
+    fn tick(&self) -> u64 {
+        self.clock.now().as_nanos() / self.slot_nanos
+    }
+
+    /// Swaps `slot` from `current` to `next`, retiring `retired` units from the balance.
+    ///
+    /// The order keeps every transient state conservative: a decrease of the balance lands
+    /// before the slot changes (and is undone if the swap fails), an increase only after it
+    /// succeeds. So no caller can ever see a retired slot while its amount still counts, and a
+    /// racing `withdraw` can't spend credit that has expired.
+    fn swap_slot(
+        &self,
+        slot: &AtomicU64,
+        current: u64,
+        next: u64,
+        retired: i64,
+    ) -> Result<(), u64> {
+        if retired > 0 {
+            self.balance.fetch_sub(retired, Ordering::AcqRel);
+        }
+        match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                if retired < 0 {
+                    self.balance.fetch_sub(retired, Ordering::AcqRel);
+                }
+                Ok(())
+            }
+            Err(actual) => {
+                if retired > 0 {
+                    self.balance.fetch_add(retired, Ordering::AcqRel);
+                }
+                Err(actual)
+            }
+        }
+    }
+
+    /// Adds `amount` to the slot of `tick`, retiring whatever expired amount the slot held, and
+    /// returns the part of `amount` the slot took (all of it unless the slot is saturated). The
+    /// caller moves the balance by that.
+    fn record_slot(&self, tick: u64, amount: i64) -> i64 {
+        let epoch = (tick as u32) & EPOCH_MASK;
+        let slot = &self.slots[(tick % SLOTS) as usize];
+        let mut word = slot.load(Ordering::Acquire);
+        loop {
+            let (slot_epoch, held) = unpack(word);
+            let (next, took, retired) = if is_live(slot_epoch, epoch) {
+                // The slot is this tick's (or, for a stale caller, a newer one): add to it.
+                let sum = (held + amount).clamp(-AMOUNT_MAX, AMOUNT_MAX);
+                (pack(slot_epoch, sum), sum - held, 0)
+            } else {
+                // The slot holds an expired tick: retire its amount and start this tick.
+                let fresh = amount.clamp(-AMOUNT_MAX, AMOUNT_MAX);
+                (pack(epoch, fresh), fresh, held)
+            };
+            match self.swap_slot(slot, word, next, retired) {
+                Ok(()) => return took,
+                Err(actual) => word = actual,
+            }
+        }
+    }
+
+    /// Retires every slot that has expired by `tick`, once per tick per caller at most.
+    fn sweep(&self, tick: u64) {
+        if self.last_sweep.load(Ordering::Acquire) >= tick {
+            return;
+        }
+        let epoch = (tick as u32) & EPOCH_MASK;
+        for (index, slot) in (0..SLOTS).zip(self.slots.iter()) {
+            let mut word = slot.load(Ordering::Acquire);
+            loop {
+                let (slot_epoch, held) = unpack(word);
+                if held == 0 || is_live(slot_epoch, epoch) {
+                    break;
+                }
+                // Only the caller whose swap wins retires the amount: each amount expires once.
+                match self.swap_slot(slot, word, pack(cycle_epoch(tick, index), 0), held) {
+                    Ok(()) => break,
+                    Err(actual) => word = actual,
+                }
+            }
+        }
+        self.last_sweep.fetch_max(tick, Ordering::AcqRel);
+    }
+}
+
+impl<C: Clock> RetryBudget for TpsBudget<C> {
+    fn deposit(&self) {
+        if self.deposit == 0 {
+            return;
+        }
+        let took = self.record_slot(self.tick(), self.deposit);
+        self.balance.fetch_add(took, Ordering::AcqRel);
+    }
+
+    fn withdraw(&self) -> bool {
+        let tick = self.tick();
+        self.sweep(tick);
+        let charged = self
+            .balance
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                (b >= RETRY_COST).then_some(b - RETRY_COST)
+            })
+            .is_ok();
+        if charged {
+            // The withdrawal expires with its slot too, which gives the retry back after ttl.
+            self.record_slot(tick, -RETRY_COST);
+        }
+        charged
+    }
+}
+
+impl<C: Clock> fmt::Debug for TpsBudget<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TpsBudget")
+            .field("ttl", &self.ttl)
+            .field("min_per_sec", &self.min_per_sec)
+            .field("retry_ratio", &self.retry_ratio)
+            .field(
+                "balance",
+                &(self.balance.load(Ordering::Relaxed) as f64 / RETRY_COST as f64),
+            )
+            .finish()
+    }
+}
+
+/// gRPC's retry throttling, lock-free.
+///
+/// The throttle holds `max_tokens` tokens. Every retryable failure takes one token, every other
+/// outcome gives back `token_ratio`; retries are allowed only while more than half the tokens
+/// are left. Unlike [`TpsBudget`] it reacts to the failure rate, not to the request rate: when
+/// most calls fail, retrying stops for everyone sharing the throttle.
+///
+/// ```
+/// use palisade_retry::{RetryBudget, RetryThrottle};
+///
+/// let throttle = RetryThrottle::new(10.0, 0.1)?;
+/// assert!(throttle.withdraw());
+/// for _ in 0..5 {
+///     throttle.record(true); // five failures: 5 of 10 tokens left, not more than half
+/// }
+/// assert!(!throttle.withdraw());
+/// throttle.record(false); // a success earns 0.1 back
+/// assert!(throttle.withdraw());
+/// # Ok::<(), palisade_retry::ConfigError>(())
+/// ```
+pub struct RetryThrottle {
+    /// Thousandths of a token.
+    tokens: AtomicU64,
+    max: u64,
+    ratio: u64,
+}
+
+impl RetryThrottle {
+    /// `max_tokens` in `(0, 1000]` and `token_ratio` in `(0, 1000]`, both kept to three decimals
+    /// as gRPC's service config specifies. The throttle starts full.
+    pub fn new(max_tokens: f64, token_ratio: f64) -> Result<RetryThrottle, ConfigError> {
+        if !(max_tokens.is_finite() && max_tokens > 0.0 && max_tokens <= 1000.0) {
+            return Err(ConfigError::out_of_range(
+                "max_tokens",
+                "a number in (0, 1000]",
+                max_tokens,
+            ));
+        }
+        if !(token_ratio.is_finite() && token_ratio > 0.0 && token_ratio <= 1000.0) {
+            return Err(ConfigError::out_of_range(
+                "token_ratio",
+                "a number in (0, 1000]",
+                token_ratio,
+            ));
+        }
+        let max = (max_tokens * 1000.0).round() as u64;
+        Ok(RetryThrottle {
+            tokens: AtomicU64::new(max),
+            max,
+            ratio: (token_ratio * 1000.0).round().max(1.0) as u64,
+        })
+    }
+
+    /// Tokens left.
+    pub fn tokens(&self) -> f64 {
+        self.tokens.load(Ordering::Acquire) as f64 / 1000.0
+    }
+}
+
+impl RetryBudget for RetryThrottle {
+    fn deposit(&self) {}
+
+    fn withdraw(&self) -> bool {
+        self.tokens.load(Ordering::Acquire) > self.max / 2
+    }
+
+    fn record(&self, retryable: bool) {
+        let (max, ratio) = (self.max, self.ratio);
+        // The closure always returns `Some`: the update cannot fail.
+        let _ = self
+            .tokens
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                Some(if retryable {
+                    t.saturating_sub(1000)
+                } else {
+                    (t + ratio).min(max)
+                })
+            });
+    }
+}
+
+impl fmt::Debug for RetryThrottle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryThrottle")
+            .field("tokens", &self.tokens())
+            .field("max_tokens", &(self.max as f64 / 1000.0))
+            .field("token_ratio", &(self.ratio as f64 / 1000.0))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_words_round_trip_signed_amounts() {
+        for amount in [0, 1, -1, 1000, -1000, AMOUNT_MAX, -AMOUNT_MAX] {
+            for epoch in [0, 1, EPOCH_MASK] {
+                assert_eq!(unpack(pack(epoch, amount)), (epoch, amount));
+            }
+        }
+    }
+
+    #[test]
+    fn liveness_spans_the_window_and_wraps() {
+        assert!(is_live(5, 5));
+        assert!(is_live(5, 14));
+        assert!(!is_live(5, 15));
+        assert!(is_live(EPOCH_MASK, 3)); // across the wrap
+        assert!(!is_live(EPOCH_MASK - 20, 3));
+        assert!(!is_live(0, 1 << 25));
+        assert!(is_live(7, 5)); // a stale caller sees a newer slot as live
+    }
+
+    #[test]
+    fn cycle_epochs_map_back_to_their_slot() {
+        for tick in [0_u64, 3, 9, 10, 27, 1_000_003] {
+            for index in 0..SLOTS {
+                let e = u64::from(cycle_epoch(tick, index));
+                let real = if tick >= 10 || e <= tick { e } else { continue };
+                assert_eq!(real % SLOTS, index, "tick {tick} index {index}");
+                assert!(real <= tick && tick - real < SLOTS);
+            }
+        }
+    }
+}

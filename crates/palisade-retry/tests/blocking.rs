@@ -1,0 +1,106 @@
+//! The blocking retry loop, with time driven by a `ManualClock` through `sleep_with`.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::Duration;
+
+use palisade_core::{Clock, ManualClock};
+use palisade_retry::{
+    Backoff, Decision, Jitter, RetryEvent, RetryPolicy, TpsBudget, retry_blocking,
+};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+#[test]
+fn sleeps_the_schedule_between_attempts_and_returns_the_last_error() {
+    let clock = ManualClock::new();
+    let times = RefCell::new(Vec::new());
+    let policy = RetryPolicy::builder()
+        .backoff(Backoff::linear(ms(100), ms(100)).jitter(Jitter::None))
+        .max_attempts(4)
+        .build()
+        .unwrap();
+    let outcome: Result<(), usize> = retry_blocking(|| {
+        times.borrow_mut().push(clock.now().as_duration());
+        Err(times.borrow().len())
+    })
+    .with(policy)
+    .clock(clock.clone())
+    .sleep_with(|d| {
+        clock.advance(d);
+    })
+    .call();
+    assert_eq!(outcome, Err(4), "the fourth (last) error is returned");
+    assert_eq!(*times.borrow(), [0, 100, 300, 600].map(ms));
+}
+
+#[test]
+fn the_deadline_bounds_the_blocking_loop_too() {
+    let clock = ManualClock::new();
+    let mut calls = 0;
+    let policy = RetryPolicy::builder()
+        .backoff(Backoff::constant(ms(300)))
+        .max_attempts(100)
+        .max_elapsed(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let outcome: Result<(), ()> = retry_blocking(|| {
+        calls += 1;
+        Err(())
+    })
+    .with(policy)
+    .clock(clock.clone())
+    .sleep_with(|d| {
+        clock.advance(d);
+    })
+    .call();
+    assert_eq!(outcome, Err(()));
+    // Attempts at 0, 300, 600, 900 and, after a sleep cut to 100 ms, at 1000.
+    assert_eq!(calls, 5);
+    assert_eq!(clock.now().as_duration(), Duration::from_secs(1));
+}
+
+#[test]
+fn classifier_hook_and_budget_apply_as_in_the_async_loop() {
+    let clock = ManualClock::new();
+    let budget = Arc::new(
+        TpsBudget::builder()
+            .min_per_sec(1)
+            .ttl(Duration::from_secs(1))
+            .clock(clock.clone())
+            .build()
+            .unwrap(),
+    );
+    let mut hooked = Vec::new();
+    let mut calls = 0;
+    let outcome: Result<u16, ()> = retry_blocking(|| {
+        calls += 1;
+        Ok(503)
+    })
+    .with(
+        RetryPolicy::builder()
+            .backoff(Backoff::constant(ms(1)))
+            .max_attempts(10)
+            .build()
+            .unwrap(),
+    )
+    .when(|o: &Result<u16, ()>| {
+        if o == &Ok(503) {
+            Decision::Retry
+        } else {
+            Decision::DontRetry
+        }
+    })
+    .on_retry(|e: &RetryEvent<'_, u16, ()>| hooked.push((e.attempt, e.delay)))
+    .budget(budget)
+    .sleep_with(|d| {
+        clock.advance(d);
+    })
+    .call();
+    assert_eq!(outcome, Ok(503));
+    // The 1 s budget floor allows one retry; the budget stops the second.
+    assert_eq!(calls, 2);
+    assert_eq!(hooked, [(1, ms(1))]);
+}
