@@ -6,14 +6,15 @@
 //! - `retry/one_retry`: a call that fails once, retried after a zero delay, run on a
 //!   current-thread runtime (`block_on` is the same fixed cost for everyone).
 //! - `retry/budget` and `retry/budget_2_threads`: one `deposit` plus one `withdraw` on a shared
-//!   budget, the cost a retried request pays; on one thread, then with a second thread hammering
-//!   the same budget.
+//!   budget, the cost a retried request pays; on one thread, then on two threads at once (the
+//!   time until both finished, per pair of operations).
 
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -224,25 +225,26 @@ fn budget(c: &mut Criterion) {
     group.finish();
 }
 
-/// Times `iters` runs of `op` on this thread while another thread runs it in a loop.
+/// Times two threads, started together, each running `op` `iters` times on the same budget:
+/// the time per pair of operations under contention.
 fn contended<B: Send + Sync + 'static>(iters: u64, shared: &Arc<B>, op: fn(&B)) -> Duration {
-    let stop = Arc::new(AtomicBool::new(false));
+    let start_line = Arc::new(Barrier::new(2));
     let other = {
-        let (shared, stop) = (shared.clone(), stop.clone());
+        let (shared, start_line) = (shared.clone(), start_line.clone());
         std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
+            start_line.wait();
+            for _ in 0..iters {
                 op(&shared);
             }
         })
     };
+    start_line.wait();
     let start = Instant::now();
     for _ in 0..iters {
         op(shared);
     }
-    let elapsed = start.elapsed();
-    stop.store(true, Ordering::Relaxed);
     other.join().unwrap();
-    elapsed
+    start.elapsed()
 }
 
 criterion_group!(benches, success, one_retry, budget);
