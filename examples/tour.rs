@@ -223,10 +223,6 @@ fn coming_next() {
     println!("These crates are planned and get their chapters here as they land:");
     for (name, what) in [
         (
-            "palisade-retry",
-            "backoff with jitter under the cap, retry budgets",
-        ),
-        (
             "palisade-breaker",
             "circuit breaker with windows, slow calls, cancel-safe probes",
         ),

@@ -150,6 +150,7 @@ where
             let clock = &self.clock;
             let delay = decide::next_delay(
                 &outcome,
+                false,
                 &self.classify,
                 &mut self.on_retry,
                 self.budget.as_deref(),

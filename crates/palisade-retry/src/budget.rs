@@ -40,7 +40,6 @@ const SLOTS: u64 = 10;
 const AMOUNT_BITS: u32 = 32;
 const AMOUNT_MASK: u64 = (1 << AMOUNT_BITS) - 1;
 const AMOUNT_MAX: i64 = (1 << (AMOUNT_BITS - 1)) - 1;
-const EPOCH_MASK: u32 = u32::MAX;
 /// How far (in slots) one thread's clock read may run ahead of another's and still be told apart
 /// from an expired epoch: a thread would have to stall this long between reading the clock and
 /// recording (at least 102 s, with the shortest slot of 100 ms).
@@ -60,12 +59,12 @@ impl<T> std::ops::Deref for CacheLine<T> {
 }
 
 fn pack(epoch: u32, amount: i64) -> u64 {
-    (u64::from(epoch & EPOCH_MASK) << AMOUNT_BITS) | (amount as u64 & AMOUNT_MASK)
+    (u64::from(epoch) << AMOUNT_BITS) | (amount as u64 & AMOUNT_MASK)
 }
 
 fn unpack(word: u64) -> (u32, i64) {
     let epoch = (word >> AMOUNT_BITS) as u32;
-    // Shift the 40-bit amount to the top and back to sign-extend it.
+    // Shift the 32-bit amount to the top and back to sign-extend it.
     let amount = ((word << (64 - AMOUNT_BITS)) as i64) >> (64 - AMOUNT_BITS);
     (epoch, amount)
 }
@@ -75,14 +74,14 @@ fn unpack(word: u64) -> (u32, i64) {
 /// caller at that very tick sees it live.
 fn cycle_epoch(tick: u64, index: u64) -> u32 {
     let back = (tick % SLOTS + SLOTS - index) % SLOTS;
-    (tick.wrapping_sub(back) as u32) & EPOCH_MASK
+    tick.wrapping_sub(back) as u32
 }
 
 /// Whether a slot stamped `slot_epoch` still counts at `epoch`: recorded in the last `SLOTS`
 /// ticks, or a little ahead of a caller whose clock read is stale.
 fn is_live(slot_epoch: u32, epoch: u32) -> bool {
-    let age = epoch.wrapping_sub(slot_epoch) & EPOCH_MASK;
-    let ahead = slot_epoch.wrapping_sub(epoch) & EPOCH_MASK;
+    let age = epoch.wrapping_sub(slot_epoch);
+    let ahead = slot_epoch.wrapping_sub(epoch);
     u64::from(age) < SLOTS || ahead < AHEAD_WINDOW
 }
 
@@ -97,6 +96,16 @@ fn is_live(slot_epoch: u32, epoch: u32) -> bool {
 /// `withdraw` is one compare-and-swap on the balance, so concurrent callers can never overdraw
 /// it; the slot bookkeeping is lock-free too. Expiry is one slot coarse: an amount counts for
 /// between `ttl - ttl/10` and `ttl`.
+///
+/// Every transient state errs towards fewer retries: an expired amount leaves the balance
+/// before its slot is cleared, so it can never be spent. The price is that at a slot boundary,
+/// for the few instructions while other callers retire an expired slot, a withdrawal can be
+/// refused that a moment later would be granted, even one the reserve alone would cover.
+///
+/// Limits: one slot holds at most 2^31 thousandths of a retry (about 2.1 million retries); a
+/// withdrawal that would overflow its slot is refused. Slot stamps wrap after 2^32 slots (13.6
+/// years with the shortest slot): only a budget left idle that long, to the slot, could count
+/// old amounts again.
 ///
 /// ```
 /// use palisade_core::ManualClock;
@@ -268,26 +277,32 @@ impl<C: Clock> TpsBudget<C> {
         }
     }
 
-    /// Adds `amount` to the slot of `tick`, retiring whatever expired amount the slot held, and
-    /// returns the part of `amount` the slot took (all of it unless the slot is saturated). The
-    /// caller moves the balance by that.
-    fn record_slot(&self, tick: u64, amount: i64) -> i64 {
-        let epoch = (tick as u32) & EPOCH_MASK;
+    /// Adds `amount` (at most one retry's worth, either sign) to the slot of `tick`, retiring
+    /// whatever expired amount the slot held. Returns `false`, changing nothing, if the slot is
+    /// saturated (it holds over two million retries' worth): the caller then leaves the balance
+    /// as it was, so every unit in the balance beyond the reserve is in exactly one slot.
+    fn record_slot(&self, tick: u64, amount: i64) -> bool {
+        // A caller whose clock read went stale records at the latest swept tick instead, so it
+        // never writes into a slot that was already swept, nor retires a newer live one.
+        let tick = tick.max(self.last_sweep.load(Ordering::Acquire));
+        let epoch = tick as u32;
         let slot = &self.slots[(tick % SLOTS) as usize];
         let mut word = slot.load(Ordering::Acquire);
         loop {
             let (slot_epoch, held) = unpack(word);
-            let (next, took, retired) = if is_live(slot_epoch, epoch) {
+            let (next, retired) = if is_live(slot_epoch, epoch) {
                 // The slot is this tick's (or, for a stale caller, a newer one): add to it.
-                let sum = (held + amount).clamp(-AMOUNT_MAX, AMOUNT_MAX);
-                (pack(slot_epoch, sum), sum - held, 0)
+                let sum = held + amount;
+                if !(-AMOUNT_MAX..=AMOUNT_MAX).contains(&sum) {
+                    return false;
+                }
+                (pack(slot_epoch, sum), 0)
             } else {
                 // The slot holds an expired tick: retire its amount and start this tick.
-                let fresh = amount.clamp(-AMOUNT_MAX, AMOUNT_MAX);
-                (pack(epoch, fresh), fresh, held)
+                (pack(epoch, amount), held)
             };
             match self.swap_slot(slot, word, next, retired) {
-                Ok(()) => return took,
+                Ok(()) => return true,
                 Err(actual) => word = actual,
             }
         }
@@ -298,7 +313,7 @@ impl<C: Clock> TpsBudget<C> {
         if self.last_sweep.load(Ordering::Acquire) >= tick {
             return;
         }
-        let epoch = (tick as u32) & EPOCH_MASK;
+        let epoch = tick as u32;
         for (index, slot) in (0..SLOTS).zip(self.slots.iter()) {
             let mut word = slot.load(Ordering::Acquire);
             loop {
@@ -322,8 +337,9 @@ impl<C: Clock> RetryBudget for TpsBudget<C> {
         if self.deposit == 0 {
             return;
         }
-        let took = self.record_slot(self.tick(), self.deposit);
-        self.balance.fetch_add(took, Ordering::AcqRel);
+        if self.record_slot(self.tick(), self.deposit) {
+            self.balance.fetch_add(self.deposit, Ordering::AcqRel);
+        }
     }
 
     fn withdraw(&self) -> bool {
@@ -335,9 +351,12 @@ impl<C: Clock> RetryBudget for TpsBudget<C> {
                 (b >= RETRY_COST).then_some(b - RETRY_COST)
             })
             .is_ok();
-        if charged {
-            // The withdrawal expires with its slot too, which gives the retry back after ttl.
-            self.record_slot(tick, -RETRY_COST);
+        // The withdrawal expires with its slot too, which gives the retry back after ttl. A slot
+        // too full to record it (millions of retries in one slot) refuses it instead, so that
+        // nothing is charged that can't be given back.
+        if charged && !self.record_slot(tick, -RETRY_COST) {
+            self.balance.fetch_add(RETRY_COST, Ordering::AcqRel);
+            return false;
         }
         charged
     }
@@ -455,7 +474,7 @@ mod tests {
     #[test]
     fn slot_words_round_trip_signed_amounts() {
         for amount in [0, 1, -1, 1000, -1000, AMOUNT_MAX, -AMOUNT_MAX] {
-            for epoch in [0, 1, EPOCH_MASK] {
+            for epoch in [0, 1, u32::MAX] {
                 assert_eq!(unpack(pack(epoch, amount)), (epoch, amount));
             }
         }
@@ -466,8 +485,8 @@ mod tests {
         assert!(is_live(5, 5));
         assert!(is_live(5, 14));
         assert!(!is_live(5, 15));
-        assert!(is_live(EPOCH_MASK, 3)); // across the wrap
-        assert!(!is_live(EPOCH_MASK - 20, 3));
+        assert!(is_live(u32::MAX, 3)); // across the wrap
+        assert!(!is_live(u32::MAX - 20, 3));
         assert!(!is_live(0, 1 << 25));
         assert!(is_live(7, 5)); // a stale caller sees a newer slot as live
     }

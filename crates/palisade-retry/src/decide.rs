@@ -8,10 +8,12 @@ use crate::policy::{GiveUp, RetryPolicy, Schedule};
 
 /// Classifies `outcome` and, if it is worth retrying and every stop condition and the budget
 /// allow it, calls the hook and returns the delay before the next attempt. `None`: hand the
-/// outcome to the caller.
+/// outcome to the caller. A `timed_out` attempt is retryable whatever the classifier says.
 #[inline]
+#[allow(clippy::too_many_arguments)] // one internal call shape for three loops
 pub(crate) fn next_delay<T, E>(
     outcome: &Result<T, E>,
+    timed_out: bool,
     classify: &impl Classify<T, E>,
     on_retry: &mut impl OnRetry<T, E>,
     budget: Option<&dyn RetryBudget>,
@@ -19,7 +21,11 @@ pub(crate) fn next_delay<T, E>(
     policy: &RetryPolicy,
     elapsed: impl FnOnce() -> Duration,
 ) -> Option<Duration> {
-    let decision = classify.classify(outcome);
+    let decision = if timed_out {
+        Decision::Retry
+    } else {
+        classify.classify(outcome)
+    };
     if let Some(budget) = budget {
         budget.record(decision.is_retry());
     }

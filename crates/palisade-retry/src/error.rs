@@ -50,3 +50,6 @@ impl From<AttemptTimedOut> for std::io::Error {
         std::io::Error::new(std::io::ErrorKind::TimedOut, e)
     }
 }
+
+/// A per-attempt timeout and how to turn it into an attempt's outcome.
+pub(crate) type TimeoutSpec<O> = Option<(Duration, fn(AttemptTimedOut) -> O)>;

@@ -14,6 +14,7 @@ use tower_service::Service;
 use crate::budget::RetryBudget;
 use crate::classify::{Classify, OnRetry};
 use crate::decide;
+use crate::error::{AttemptTimedOut, TimeoutSpec};
 use crate::policy::{RetryPolicy, Schedule};
 use crate::retry::after;
 
@@ -31,8 +32,11 @@ pin_project! {
         classify: C,
         on_retry: H,
         budget: Option<Arc<dyn RetryBudget>>,
+        attempt_timeout: TimeoutSpec<S::Error>,
         schedule: Schedule,
         started: Option<Instant>,
+        // Whether the attempt timeout's timer runs for the current call.
+        timer_armed: bool,
         #[pin]
         state: State<S::Future>,
     }
@@ -59,6 +63,7 @@ where
         classify: C,
         on_retry: H,
         budget: Option<Arc<dyn RetryBudget>>,
+        attempt_timeout: TimeoutSpec<S::Error>,
     ) -> Self {
         let mut schedule = policy.schedule();
         schedule.start_attempt();
@@ -74,8 +79,10 @@ where
             classify,
             on_retry,
             budget,
+            attempt_timeout,
             schedule,
             started,
+            timer_armed: false,
             state: State::Calling { fut },
         }
     }
@@ -95,10 +102,28 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Calling { fut } => {
-                    let outcome = ready!(fut.poll(cx));
+                    let (outcome, timed_out) = match fut.poll(cx) {
+                        Poll::Ready(outcome) => (outcome, false),
+                        Poll::Pending => match *this.attempt_timeout {
+                            Some((timeout, timed_out)) => {
+                                // The timer starts at the call's first `Pending`, inside the
+                                // runtime, and costs nothing for a call that is ready at once.
+                                if !*this.timer_armed {
+                                    this.schedule.arm(after(timeout));
+                                    *this.timer_armed = true;
+                                }
+                                ready!(this.schedule.poll_timer(cx));
+                                // Cancel the attempt: drop its future now.
+                                this.state.set(State::Readying);
+                                (Err(timed_out(AttemptTimedOut(timeout))), true)
+                            }
+                            None => return Poll::Pending,
+                        },
+                    };
                     let started = *this.started;
                     let delay = decide::next_delay(
                         &outcome,
+                        timed_out,
                         this.classify,
                         this.on_retry,
                         this.budget.as_deref(),
@@ -115,7 +140,12 @@ where
                             return Poll::Pending;
                         }
                         Some(delay) => {
-                            this.schedule.arm(after(delay));
+                            let mut wake = after(delay);
+                            if let (Some(started), Some(max)) = (started, this.policy.max_elapsed())
+                            {
+                                wake = wake.min(started + max);
+                            }
+                            this.schedule.arm(wake);
                             this.state.set(State::Sleeping);
                         }
                     }
@@ -128,6 +158,7 @@ where
                     // A readiness error ends the call: the service can't take the retry.
                     ready!(this.service.poll_ready(cx))?;
                     this.schedule.start_attempt();
+                    *this.timer_armed = false;
                     let fut = this.service.call(this.request.clone());
                     this.state.set(State::Calling { fut });
                 }

@@ -1,11 +1,13 @@
 //! [`RetryLayer`]: retry for tower stacks.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tower_layer::Layer;
 
 use crate::budget::RetryBudget;
 use crate::classify::RetryOnError;
+use crate::error::AttemptTimedOut;
 use crate::policy::RetryPolicy;
 use crate::service::RetryService;
 
@@ -16,8 +18,9 @@ use crate::service::RetryService;
 /// in its place, as tower's own `Retry` does). Every service this layer builds shares its
 /// [`budget`](RetryLayer::budget), so cloned stacks draw on one budget.
 ///
-/// For a per-attempt timeout, put tower's `TimeoutLayer` *inside* the retry layer and classify
-/// its `Elapsed` error as retryable.
+/// [`attempt_timeout`](RetryLayer::attempt_timeout) cancels an attempt that runs too long and
+/// counts it as a retryable failure; it needs `S::Error: From<AttemptTimedOut>` (true of
+/// `BoxError` and `std::io::Error`), which the compiler checks when the service is used.
 ///
 /// ```
 /// use palisade_retry::{Decision, RetryLayer, RetryPolicy, TpsBudget};
@@ -36,11 +39,12 @@ use crate::service::RetryService;
 /// # let _ = service; Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
-pub struct RetryLayer<C = RetryOnError, H = ()> {
+pub struct RetryLayer<C = RetryOnError, H = (), T = NoAttemptTimeout> {
     policy: RetryPolicy,
     classify: C,
     on_retry: H,
     budget: Option<Arc<dyn RetryBudget>>,
+    timeout: T,
 }
 
 impl RetryLayer {
@@ -51,29 +55,44 @@ impl RetryLayer {
             classify: RetryOnError,
             on_retry: (),
             budget: None,
+            timeout: NoAttemptTimeout,
         }
     }
 }
 
-impl<C, H> RetryLayer<C, H> {
+impl<C, H, T> RetryLayer<C, H, T> {
     /// The classifier (default: retry every error, return every response). It is cloned into
     /// each service.
-    pub fn when<C2>(self, classify: C2) -> RetryLayer<C2, H> {
+    pub fn when<C2>(self, classify: C2) -> RetryLayer<C2, H, T> {
         RetryLayer {
             policy: self.policy,
             classify,
             on_retry: self.on_retry,
             budget: self.budget,
+            timeout: self.timeout,
         }
     }
 
     /// A hook called before each retry; cloned into each call's future.
-    pub fn on_retry<H2>(self, on_retry: H2) -> RetryLayer<C, H2> {
+    pub fn on_retry<H2>(self, on_retry: H2) -> RetryLayer<C, H2, T> {
         RetryLayer {
             policy: self.policy,
             classify: self.classify,
             on_retry,
             budget: self.budget,
+            timeout: self.timeout,
+        }
+    }
+
+    /// Cancels an attempt that runs longer than `timeout` (dropping its future) and counts it as
+    /// a retryable failure: the classifier sees `Err(S::Error::from(AttemptTimedOut(timeout)))`.
+    pub fn attempt_timeout(self, timeout: Duration) -> RetryLayer<C, H, AttemptTimeout> {
+        RetryLayer {
+            policy: self.policy,
+            classify: self.classify,
+            on_retry: self.on_retry,
+            budget: self.budget,
+            timeout: AttemptTimeout(timeout),
         }
     }
 
@@ -85,16 +104,47 @@ impl<C, H> RetryLayer<C, H> {
     }
 }
 
-impl<S, C: Clone, H: Clone> Layer<S> for RetryLayer<C, H> {
-    type Service = RetryService<S, C, H>;
+impl<S, C: Clone, H: Clone, T: Clone> Layer<S> for RetryLayer<C, H, T> {
+    type Service = RetryService<S, C, H, T>;
 
-    fn layer(&self, inner: S) -> RetryService<S, C, H> {
+    fn layer(&self, inner: S) -> RetryService<S, C, H, T> {
         RetryService::from_parts(
             inner,
             self.policy,
             self.classify.clone(),
             self.on_retry.clone(),
             self.budget.clone(),
+            self.timeout.clone(),
         )
+    }
+}
+
+/// Whether a tower retry times out its attempts, for errors of type `E`: implemented by
+/// [`NoAttemptTimeout`] for every error type and by [`AttemptTimeout`] for errors that can
+/// stand for a timeout (`E: From<AttemptTimedOut>`).
+pub trait AttemptTimeoutFor<E> {
+    /// The timeout, and how to turn it into an `E`.
+    #[allow(clippy::type_complexity)] // spelled out: a public signature should not hide it
+    fn attempt_timeout(&self) -> Option<(Duration, fn(AttemptTimedOut) -> E)>;
+}
+
+/// No per-attempt timeout (the default of [`RetryLayer`] and [`RetryService`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoAttemptTimeout;
+
+/// A per-attempt timeout, set by [`RetryLayer::attempt_timeout`] or
+/// [`RetryService::attempt_timeout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptTimeout(pub(crate) Duration);
+
+impl<E> AttemptTimeoutFor<E> for NoAttemptTimeout {
+    fn attempt_timeout(&self) -> Option<(Duration, fn(AttemptTimedOut) -> E)> {
+        None
+    }
+}
+
+impl<E: From<AttemptTimedOut>> AttemptTimeoutFor<E> for AttemptTimeout {
+    fn attempt_timeout(&self) -> Option<(Duration, fn(AttemptTimedOut) -> E)> {
+        Some((self.0, E::from))
     }
 }

@@ -25,7 +25,7 @@ pub use error::{AttemptTimedOut, ConfigError};
 #[cfg(feature = "tower")]
 pub use future::ResponseFuture;
 #[cfg(feature = "tower")]
-pub use layer::RetryLayer;
+pub use layer::{AttemptTimeout, AttemptTimeoutFor, NoAttemptTimeout, RetryLayer};
 pub use policy::{MAX_ELAPSED_LIMIT, RetryPolicy, RetryPolicyBuilder};
 pub use retry::{Retry, retry};
 #[cfg(feature = "tower")]

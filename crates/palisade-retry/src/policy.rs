@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use crate::backoff::{Backoff, BackoffBuilder, Cursor};
+use crate::backoff::{Backoff, BackoffBuilder, Cursor, MAX_DELAY_LIMIT};
 use crate::classify::Decision;
 use crate::error::ConfigError;
 use crate::rng::Rng;
@@ -167,8 +167,9 @@ impl RetryPolicyBuilder {
     }
 
     /// Whether a [`Decision::RetryAfter`] hint longer than the backoff's `max_delay` is honored
-    /// as is (default `false`: it is capped at `max_delay`). Either way it never runs past
-    /// `max_elapsed`.
+    /// as is, up to 24 h (default `false`: it is capped at `max_delay`). Either way it never runs
+    /// past `max_elapsed`; without one, a server that answers `Retry-After: 86400` keeps the
+    /// caller waiting a day, so pair this with a deadline.
     pub fn honor_retry_after_beyond_max_delay(mut self, honor: bool) -> Self {
         self.retry_after_beyond_max_delay = honor;
         self
@@ -327,7 +328,9 @@ impl Schedule {
         // The schedule advances on every retry, hinted or not, so growth follows the attempt count.
         let scheduled = cursor.next(&policy.backoff);
         let (delay, hinted) = match decision {
-            Decision::RetryAfter(hint) if policy.retry_after_beyond_max_delay => (hint, true),
+            Decision::RetryAfter(hint) if policy.retry_after_beyond_max_delay => {
+                (hint.min(MAX_DELAY_LIMIT), true)
+            }
             Decision::RetryAfter(hint) => (hint.min(policy.backoff.max_delay()), true),
             _ => (scheduled, false),
         };

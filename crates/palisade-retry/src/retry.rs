@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::budget::RetryBudget;
 use crate::classify::{Classify, OnRetry, RetryOnError};
 use crate::decide;
-use crate::error::AttemptTimedOut;
+use crate::error::{AttemptTimedOut, TimeoutSpec};
 use crate::policy::{RetryPolicy, Schedule};
 
 /// Retries the async operation `op` until it succeeds, its outcome is classified as final, or
@@ -82,6 +82,7 @@ where
         budget: None,
         attempt_timeout: None,
         started: None,
+        timer_armed: false,
         state: State::Start,
     }
 }
@@ -100,9 +101,11 @@ pin_project! {
         classify: C,
         on_retry: H,
         budget: Option<Arc<dyn RetryBudget>>,
-        attempt_timeout: Option<(Duration, fn(AttemptTimedOut) -> Fut::Output)>,
+        attempt_timeout: TimeoutSpec<Fut::Output>,
         schedule: Schedule,
         started: Option<Instant>,
+        // Whether the attempt timeout's timer runs for the current attempt.
+        timer_armed: bool,
         #[pin]
         state: State<Fut>,
     }
@@ -136,6 +139,7 @@ where
             budget: self.budget,
             attempt_timeout: self.attempt_timeout,
             started: self.started,
+            timer_armed: self.timer_armed,
             state: self.state,
         }
     }
@@ -152,6 +156,7 @@ where
             attempt_timeout: self.attempt_timeout,
             schedule: self.schedule,
             started: self.started,
+            timer_armed: self.timer_armed,
             state: self.state,
         }
     }
@@ -168,6 +173,7 @@ where
             attempt_timeout: self.attempt_timeout,
             schedule: self.schedule,
             started: self.started,
+            timer_armed: self.timer_armed,
             state: self.state,
         }
     }
@@ -179,9 +185,11 @@ where
         self
     }
 
-    /// Cancels an attempt that runs longer than `timeout` and counts it as a retryable failure
-    /// (the classifier sees `Err(E::from(AttemptTimedOut(timeout)))`). A zero timeout fails
-    /// every attempt that does not complete on its first poll.
+    /// Cancels an attempt that runs longer than `timeout` and counts it as a retryable failure,
+    /// whatever the classifier would say of the error; if it was the last attempt, the caller
+    /// gets `Err(E::from(AttemptTimedOut(timeout)))`. The timer starts when the attempt first
+    /// returns `Pending` (an attempt that finishes at once costs no timer) and has tokio's
+    /// timer resolution (1 ms): a zero timeout cancels an attempt still pending at the next tick.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self
     where
         E: From<AttemptTimedOut>,
@@ -233,16 +241,14 @@ where
         let mut this = self.project();
         let policy: &RetryPolicy = (*this.policy).borrow();
         loop {
-            let outcome = match this.state.as_mut().project() {
+            let (outcome, timed_out) = match this.state.as_mut().project() {
                 StateProj::Start => {
                     if this.schedule.start_attempt() == 1
                         && (policy.max_elapsed().is_some() || this.budget.is_some())
                     {
                         first_attempt(policy, this.started, this.budget.as_deref());
                     }
-                    if let Some((timeout, _)) = this.attempt_timeout {
-                        this.schedule.arm(after(*timeout));
-                    }
+                    *this.timer_armed = false;
                     let fut = (this.op)();
                     this.state.set(State::Running { fut });
                     continue;
@@ -257,13 +263,17 @@ where
                     continue;
                 }
                 StateProj::Running { fut } => match fut.poll(cx) {
-                    Poll::Ready(outcome) => outcome,
+                    Poll::Ready(outcome) => (outcome, false),
                     Poll::Pending => match *this.attempt_timeout {
                         Some((timeout, timed_out)) => {
+                            if !*this.timer_armed {
+                                this.schedule.arm(after(timeout));
+                                *this.timer_armed = true;
+                            }
                             ready!(this.schedule.poll_timer(cx));
                             // Cancel the attempt now, whatever comes next.
                             this.state.set(State::Start);
-                            timed_out(AttemptTimedOut(timeout))
+                            (timed_out(AttemptTimedOut(timeout)), true)
                         }
                         _ => return Poll::Pending,
                     },
@@ -272,6 +282,7 @@ where
             let started = *this.started;
             let delay = decide::next_delay(
                 &outcome,
+                timed_out,
                 this.classify,
                 this.on_retry,
                 this.budget.as_deref(),
@@ -294,7 +305,13 @@ where
                     return Poll::Pending;
                 }
                 Some(delay) => {
-                    this.schedule.arm(after(delay));
+                    // A sleep cut short by the deadline ends exactly at it, not at a re-read
+                    // `now + delay`.
+                    let mut wake = after(delay);
+                    if let (Some(started), Some(max)) = (started, policy.max_elapsed()) {
+                        wake = wake.min(started + max);
+                    }
+                    this.schedule.arm(wake);
                     this.state.set(State::Sleeping);
                 }
             }

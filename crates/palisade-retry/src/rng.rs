@@ -1,9 +1,8 @@
 //! A tiny seedable random number generator for jitter.
 
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-use palisade_core::{Clock, FastClock};
 
 const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
 
@@ -19,12 +18,15 @@ impl Rng {
         Rng { state: seed }
     }
 
-    /// A generator seeded differently on every call: a process-wide counter mixed with the time.
+    /// A generator seeded differently on every call: a process-wide counter mixed with the
+    /// standard library's per-process random hash keys. No clock read: the first `FastClock` of
+    /// a process calibrates for up to milliseconds, which must not happen inside a `poll`.
     pub(crate) fn from_entropy() -> Rng {
         // A std atomic on purpose: seeding is not part of any protocol a loom model checks.
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(GOLDEN_GAMMA, Ordering::Relaxed);
-        Rng::seeded(mix(n ^ FastClock::new().now().as_nanos()))
+        let keyed = std::hash::RandomState::new().hash_one(n);
+        Rng::seeded(mix(n ^ keyed))
     }
 
     pub(crate) fn next_u64(&mut self) -> u64 {

@@ -2,12 +2,14 @@
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tower_service::Service;
 
 use crate::budget::RetryBudget;
 use crate::classify::{Classify, OnRetry, RetryOnError};
 use crate::future::ResponseFuture;
+use crate::layer::{AttemptTimeout, AttemptTimeoutFor, NoAttemptTimeout};
 use crate::policy::RetryPolicy;
 
 /// A tower service that retries the calls of `S` by a [`RetryPolicy`]; usually made by
@@ -17,12 +19,13 @@ use crate::policy::RetryPolicy;
 /// future (leaving a clone behind) and polls it ready again before each retry. The error type is
 /// the inner service's: the retry adds no failure mode, it returns the last real outcome.
 #[derive(Clone, Debug)]
-pub struct RetryService<S, C = RetryOnError, H = ()> {
+pub struct RetryService<S, C = RetryOnError, H = (), T = NoAttemptTimeout> {
     inner: S,
     policy: RetryPolicy,
     classify: C,
     on_retry: H,
     budget: Option<Arc<dyn RetryBudget>>,
+    timeout: T,
 }
 
 impl<S> RetryService<S> {
@@ -34,17 +37,19 @@ impl<S> RetryService<S> {
             classify: RetryOnError,
             on_retry: (),
             budget: None,
+            timeout: NoAttemptTimeout,
         }
     }
 }
 
-impl<S, C, H> RetryService<S, C, H> {
+impl<S, C, H, T> RetryService<S, C, H, T> {
     pub(crate) fn from_parts(
         inner: S,
         policy: RetryPolicy,
         classify: C,
         on_retry: H,
         budget: Option<Arc<dyn RetryBudget>>,
+        timeout: T,
     ) -> Self {
         RetryService {
             inner,
@@ -52,6 +57,20 @@ impl<S, C, H> RetryService<S, C, H> {
             classify,
             on_retry,
             budget,
+            timeout,
+        }
+    }
+
+    /// Cancels an attempt that runs longer than `timeout` and counts it as a retryable failure
+    /// (see [`RetryLayer::attempt_timeout`](crate::RetryLayer::attempt_timeout)).
+    pub fn attempt_timeout(self, timeout: Duration) -> RetryService<S, C, H, AttemptTimeout> {
+        RetryService {
+            inner: self.inner,
+            policy: self.policy,
+            classify: self.classify,
+            on_retry: self.on_retry,
+            budget: self.budget,
+            timeout: AttemptTimeout(timeout),
         }
     }
 
@@ -71,12 +90,13 @@ impl<S, C, H> RetryService<S, C, H> {
     }
 }
 
-impl<S, Req, C, H> Service<Req> for RetryService<S, C, H>
+impl<S, Req, C, H, T> Service<Req> for RetryService<S, C, H, T>
 where
     S: Service<Req> + Clone,
     Req: Clone,
     C: Classify<S::Response, S::Error> + Clone,
     H: OnRetry<S::Response, S::Error> + Clone,
+    T: AttemptTimeoutFor<S::Error>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -96,6 +116,7 @@ where
             self.classify.clone(),
             self.on_retry.clone(),
             self.budget.clone(),
+            self.timeout.attempt_timeout(),
         )
     }
 }

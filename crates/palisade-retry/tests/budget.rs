@@ -84,6 +84,33 @@ fn a_budget_idle_for_ages_forgets_old_traffic() {
     assert_eq!(budget.available(), 1);
 }
 
+/// A withdrawal that a saturated slot can't record is refused rather than charged for good:
+/// everything comes back after the ttl.
+#[test]
+fn a_saturated_slot_refuses_rather_than_leaks() {
+    let clock = ManualClock::new();
+    let budget = TpsBudget::builder()
+        .min_per_sec(1_000_000)
+        .ttl(secs(3))
+        .retry_ratio(0.0)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut granted = 0_u64;
+    while budget.withdraw() {
+        granted += 1;
+    }
+    // One slot holds 2^31 - 1 thousandths of a retry: the rest of the reserve is refused.
+    assert_eq!(granted, 2_147_483);
+    assert_eq!(budget.available(), 3_000_000 - granted);
+    clock.advance(secs(3));
+    assert_eq!(
+        budget.available(),
+        3_000_000,
+        "withdrawals were lost instead of expiring"
+    );
+}
+
 #[test]
 fn builders_name_the_bad_knob() {
     let err = |b: palisade_retry::TpsBudgetBuilder| b.build().unwrap_err().to_string();
@@ -161,9 +188,14 @@ proptest! {
         min_per_sec in 0_u32..5,
         ratio_thousandths in 0_i64..1500,
         ttl_secs in 1_u64..20,
+        // Start anywhere, including just before the 32-bit slot stamps wrap.
+        start_slots in prop_oneof![Just(0_u64), 0_u64..1_000_000, ((1_u64 << 32) - 400)..((1 << 32) + 10)],
     ) {
-        let clock = ManualClock::new();
         let ttl = secs(ttl_secs.min(60));
+        let slot_ms = ttl.as_millis() as u64 / 10;
+        let clock = ManualClock::starting_at(
+            palisade_core::Instant::ZERO + Duration::from_millis(start_slots * slot_ms),
+        );
         let ratio = ratio_thousandths as f64 / 1000.0;
         let budget = TpsBudget::builder()
             .min_per_sec(min_per_sec)
@@ -172,9 +204,8 @@ proptest! {
             .clock(clock.clone())
             .build()
             .unwrap();
-        let slot_ms = ttl.as_millis() as u64 / 10;
         let reserve = i64::from(min_per_sec) * ttl_secs as i64 * 1000;
-        let mut now_ms = 0_u64;
+        let mut now_ms = start_slots * slot_ms;
         let mut events: Vec<(u64, i64)> = Vec::new(); // (slot, units)
         let live = |events: &Vec<(u64, i64)>, now_ms: u64| -> i64 {
             let tick = now_ms / slot_ms;

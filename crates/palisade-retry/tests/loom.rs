@@ -86,14 +86,15 @@ fn expired_credit_is_never_spent_by_racing_withdrawals() {
     }));
 }
 
+/// The expired deposit and the fresh one share a slot (ticks 0 and 10 of 1 s slots both map to
+/// slot 0), so the withdrawal's sweep and the deposit's own retiring race on one word.
 #[test]
-fn expiry_racing_a_fresh_deposit_keeps_the_deposit() {
+fn expiry_racing_a_fresh_deposit_in_the_same_slot_keeps_the_deposit() {
     explored(model(|| {
         let clock = ManualClock::new();
         let budget = Arc::new(one_per_request(&clock));
-        budget.deposit();
-        clock.advance_to(Instant::ZERO + Duration::from_secs(11));
-        // The withdrawal sweeps the expired slot while a fresh deposit lands in the window.
+        budget.deposit(); // tick 0, slot 0
+        clock.advance_to(Instant::ZERO + Duration::from_secs(10)); // tick 10, slot 0 again
         let other = withdraw_on_thread(&budget);
         budget.deposit();
         let granted = u64::from(other.join().unwrap());
@@ -102,6 +103,109 @@ fn expiry_racing_a_fresh_deposit_keeps_the_deposit() {
             1 - granted,
             "the fresh deposit was lost"
         );
+        clock.advance(Duration::from_secs(20));
+        assert_eq!(budget.available(), 0, "an amount leaked or expired twice");
+    }));
+}
+
+/// A budget with 100 ms slots, one retry per deposit and `min_per_sec` retries of reserve.
+fn small(clock: &ManualClock, min_per_sec: u32) -> TpsBudget<ManualClock> {
+    TpsBudget::builder()
+        .min_per_sec(min_per_sec)
+        .retry_ratio(1.0)
+        .ttl(Duration::from_secs(1))
+        .clock(clock.clone())
+        .build()
+        .unwrap()
+}
+
+/// Time moves while deposits and withdrawals are in flight; once everything has expired,
+/// exactly the reserve is left, and no more was granted than reserve + deposits.
+#[test]
+fn the_clock_moving_under_racing_operations_neither_leaks_nor_double_expires() {
+    explored(model(|| {
+        let clock = ManualClock::starting_at(Instant::ZERO + Duration::from_millis(950));
+        let budget = Arc::new(small(&clock, 1)); // reserve: 1 retry
+        budget.deposit(); // tick 9
+        let depositor = thread::spawn({
+            let budget = budget.clone();
+            move || {
+                budget.deposit();
+                u32::from(budget.withdraw())
+            }
+        });
+        let mover = thread::spawn({
+            let (budget, clock) = (budget.clone(), clock.clone());
+            move || {
+                clock.advance(Duration::from_secs(1)); // tick 19: slot 9 again, tick 9 expired
+                u32::from(budget.withdraw())
+            }
+        });
+        let mine = u32::from(budget.withdraw());
+        let granted = mine + depositor.join().unwrap() + mover.join().unwrap();
+        assert!(granted <= 3, "granted {granted} > reserve 1 + 2 deposits");
+        clock.advance(Duration::from_secs(3));
+        assert_eq!(
+            budget.available(),
+            1,
+            "after every expiry only the reserve is left"
+        );
+    }));
+}
+
+/// A depositor whose clock read is a whole window stale must not retire the live slot a newer
+/// caller wrote, which would give a live withdrawal back early.
+#[test]
+fn a_stale_deposit_never_gives_back_a_live_withdrawal() {
+    explored(model(|| {
+        let clock = ManualClock::starting_at(Instant::ZERO + Duration::from_millis(950)); // tick 9
+        let budget = Arc::new(small(&clock, 1)); // reserve: 1 retry
+        let stale = thread::spawn({
+            let budget = budget.clone();
+            move || budget.deposit()
+        });
+        clock.advance(Duration::from_secs(1)); // tick 19: same slot as tick 9
+        let granted = u64::from(budget.withdraw());
+        stale.join().unwrap();
+        // Live: reserve 1, minus the withdrawal at tick 19, plus at most the one deposit.
+        let available = budget.available();
+        assert!(
+            available <= 2 - granted,
+            "available {available}: a withdrawal came back early"
+        );
+        clock.advance(Duration::from_secs(3));
+        assert_eq!(budget.available(), 1);
+    }));
+}
+
+/// Two callers retire the same expired slot while a third withdraws from the reserve. The
+/// withdrawal may be refused while the retiring is in flight (the balance drops first, so
+/// expired credit can't be spent: see `TpsBudget`), but once the race is over the reserve is
+/// whole and grants it.
+#[test]
+fn racing_sweepers_never_lose_the_reserve() {
+    explored(model(|| {
+        let clock = ManualClock::new();
+        let budget = Arc::new(small(&clock, 1)); // reserve: 1 retry
+        budget.deposit(); // tick 0, slot 0
+        clock.advance(Duration::from_secs(1)); // tick 10: the deposit expired
+        let sweepers: Vec<_> = (0..2)
+            .map(|_| {
+                let budget = budget.clone();
+                thread::spawn(move || budget.available())
+            })
+            .collect();
+        let granted = budget.withdraw();
+        for sweeper in sweepers {
+            assert!(sweeper.join().unwrap() <= 1, "expired credit counted");
+        }
+        if !granted {
+            assert!(
+                budget.withdraw(),
+                "the reserve was lost, not just hidden for a moment"
+            );
+        }
+        assert!(!budget.withdraw(), "more than the reserve was granted");
     }));
 }
 

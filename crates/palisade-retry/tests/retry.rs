@@ -386,9 +386,10 @@ async fn a_shared_budget_stops_a_retry_storm_across_tasks() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), Err("down"));
     }
-    // 50 first attempts; retries only as far as deposits allowed. Without a budget: 500 calls.
+    // 50 first attempts and exactly the 10 retries that 50 deposits of 0.2 earn (without a
+    // budget: 500 calls).
     let total = calls.load(Ordering::SeqCst);
-    assert!((50..=60).contains(&total), "{total} calls");
+    assert_eq!(total, 60);
     assert_eq!(budget.available(), 0);
 }
 
@@ -428,10 +429,86 @@ fn zero_delay_retries_need_no_timer() {
 }
 
 #[test]
-fn retry_futures_are_send_when_their_parts_are() {
-    fn assert_send<T: Send>(_: &T) {}
+fn public_types_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>(_: &T) {}
     let fut = retry(|| async { Ok::<_, io::Error>(1) })
         .budget(Arc::new(TpsBudget::builder().build().unwrap()))
-        .on_retry(|_: &RetryEvent<'_, i32, io::Error>| {});
-    assert_send(&fut);
+        .on_retry(|_: &RetryEvent<'_, i32, io::Error>| {})
+        .attempt_timeout(ms(10));
+    assert_send_sync(&fut);
+    assert_send_sync(&TpsBudget::builder().build().unwrap());
+    assert_send_sync(&RetryThrottle::new(1.0, 1.0).unwrap());
+    assert_send_sync(&RetryPolicy::default());
+    assert_send_sync(&Backoff::aws_standard().delays());
+    let budget: Arc<dyn palisade_retry::RetryBudget> =
+        Arc::new(RetryThrottle::new(1.0, 1.0).unwrap());
+    assert_send_sync(&budget);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_attempt_is_retried_whatever_the_classifier_says() {
+    let calls = AtomicU32::new(0);
+    let outcome: Result<u32, io::Error> = retry(|| async {
+        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if n < 3 {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        Ok(n)
+    })
+    .with(policy(Backoff::constant(ms(10)), 5))
+    // Retries connection resets only: a timeout error would be final if classified.
+    .when(|o: &Result<u32, io::Error>| match o {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Decision::Retry,
+        _ => Decision::DontRetry,
+    })
+    .attempt_timeout(ms(100))
+    .await;
+    assert_eq!(outcome.unwrap(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_huge_honored_hint_is_capped_at_a_day_and_reported_as_slept() {
+    let policy = palisade_retry::RetryPolicyBuilder::from(policy(no_jitter(10), 2))
+        .honor_retry_after_beyond_max_delay(true)
+        .build()
+        .unwrap();
+    let delays = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let _: Result<(), ()> = retry(|| async { Err(()) })
+        .with(policy)
+        .when(|_: &Result<(), ()>| Decision::RetryAfter(Duration::MAX))
+        .on_retry({
+            let delays = delays.clone();
+            move |e: &RetryEvent<'_, (), ()>| delays.lock().unwrap().push(e.delay)
+        })
+        .await;
+    let day = Duration::from_secs(86_400);
+    assert_eq!(*delays.lock().unwrap(), [day]);
+    assert_eq!(start.elapsed(), day);
+}
+
+/// A zero delay takes no timer but yields: the future returns `Pending` (after waking itself)
+/// between attempts, so a loop of instant failures never holds the worker.
+#[test]
+fn a_zero_delay_yields_between_attempts() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    let calls = AtomicU32::new(0);
+    let fut = retry(|| async {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Err::<(), _>("again")
+    })
+    .with(policy(Backoff::constant(Duration::ZERO), 3));
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    for attempt in 1..=2 {
+        assert!(
+            fut.as_mut().poll(&mut cx).is_pending(),
+            "no yield after attempt {attempt}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), attempt);
+    }
+    assert_eq!(fut.as_mut().poll(&mut cx), Poll::Ready(Err("again")));
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
 }

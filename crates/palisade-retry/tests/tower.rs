@@ -143,3 +143,128 @@ async fn dropping_the_response_future_mid_backoff_stops_retrying() {
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
 }
+
+/// Hangs on its first call, answers on the next; its error type can stand for a timeout.
+#[derive(Clone, Default)]
+struct HangsOnce {
+    calls: Arc<AtomicU32>,
+    live: Arc<AtomicU32>,
+}
+
+struct Live(Arc<AtomicU32>);
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Service<&'static str> for HangsOnce {
+    type Response = &'static str;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<&'static str, std::io::Error>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: &'static str) -> Self::Future {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        self.live.fetch_add(1, Ordering::SeqCst);
+        let live = Live(self.live.clone());
+        Box::pin(async move {
+            let _live = live;
+            if n == 0 {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            Ok(req)
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_timeout_cancels_the_slow_call_and_retries() {
+    let inner = HangsOnce::default();
+    let mut svc = RetryLayer::new(quick(3))
+        .attempt_timeout(Duration::from_secs(2))
+        .layer(inner.clone());
+    let start = tokio::time::Instant::now();
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    assert_eq!(svc.call("ping").await.unwrap(), "ping");
+    assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        inner.live.load(Ordering::SeqCst),
+        0,
+        "the timed-out call was not dropped"
+    );
+    assert_eq!(start.elapsed(), Duration::from_millis(2010));
+
+    // When every attempt times out, the caller gets the timeout as the service's error.
+    let always = HangsOnce::default();
+    let mut svc = RetryService::new(HangsForever(always.clone()), quick(2))
+        .attempt_timeout(Duration::from_millis(500));
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    let err = svc.call("ping").await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    assert_eq!(always.calls.load(Ordering::SeqCst), 2);
+}
+
+/// Never answers.
+#[derive(Clone)]
+struct HangsForever(HangsOnce);
+
+impl Service<&'static str> for HangsForever {
+    type Response = &'static str;
+    type Error = std::io::Error;
+    type Future = std::future::Pending<Result<&'static str, std::io::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: &'static str) -> Self::Future {
+        self.0.calls.fetch_add(1, Ordering::SeqCst);
+        std::future::pending()
+    }
+}
+
+#[test]
+fn a_zero_delay_yields_between_calls() {
+    use std::future::Future;
+    use std::task::Waker;
+
+    let inner = Flaky::new(2);
+    let zero = RetryPolicy::builder()
+        .backoff(Backoff::constant(Duration::ZERO))
+        .max_attempts(3)
+        .build()
+        .unwrap();
+    let mut svc = RetryLayer::new(zero).layer(inner.clone());
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(svc.poll_ready(&mut cx).is_ready());
+    let mut fut = std::pin::pin!(svc.call("x".to_string()));
+    for call in 1..=2 {
+        assert!(
+            fut.as_mut().poll(&mut cx).is_pending(),
+            "no yield after call {call}"
+        );
+        assert_eq!(inner.calls.load(Ordering::SeqCst), call);
+    }
+    assert_eq!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok("x".to_string())));
+}
+
+#[test]
+fn the_tower_types_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>(_: &T) {}
+    let mut svc = RetryLayer::new(quick(2))
+        .attempt_timeout(Duration::from_secs(1))
+        .layer(HangsOnce::default());
+    assert_send_sync(&svc);
+    let fut = svc.call("x");
+    // The inner future is `Send` but not `Sync` (a boxed `dyn Future + Send`): only `Send`.
+    fn assert_send<T: Send>(_: &T) {}
+    assert_send(&fut);
+    let layer = RetryLayer::new(quick(2));
+    assert_send_sync(&layer);
+}
