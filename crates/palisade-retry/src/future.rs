@@ -16,7 +16,6 @@ use crate::classify::{Classify, OnRetry};
 use crate::decide;
 use crate::error::{AttemptTimedOut, TimeoutSpec};
 use crate::policy::{RetryPolicy, Schedule};
-use crate::retry::after;
 
 pin_project! {
     /// The response future of [`RetryService`](crate::RetryService).
@@ -35,8 +34,6 @@ pin_project! {
         attempt_timeout: TimeoutSpec<S::Error>,
         schedule: Schedule,
         started: Option<Instant>,
-        // Whether the attempt timeout's timer runs for the current call.
-        timer_armed: bool,
         #[pin]
         state: State<S::Future>,
     }
@@ -82,7 +79,6 @@ where
             attempt_timeout,
             schedule,
             started,
-            timer_armed: false,
             state: State::Calling { fut },
         }
     }
@@ -106,13 +102,9 @@ where
                         Poll::Ready(outcome) => (outcome, false),
                         Poll::Pending => match *this.attempt_timeout {
                             Some((timeout, timed_out)) => {
-                                // The timer starts at the call's first `Pending`, inside the
-                                // runtime, and costs nothing for a call that is ready at once.
-                                if !*this.timer_armed {
-                                    this.schedule.arm(after(timeout));
-                                    *this.timer_armed = true;
-                                }
-                                ready!(this.schedule.poll_timer(cx));
+                                // The timer starts at the call's first `Pending` (inside the
+                                // runtime), so a call that is ready at once costs no timer.
+                                ready!(this.schedule.poll_attempt_timeout(timeout, cx));
                                 // Cancel the attempt: drop its future now.
                                 this.state.set(State::Readying);
                                 (Err(timed_out(AttemptTimedOut(timeout))), true)
@@ -140,12 +132,7 @@ where
                             return Poll::Pending;
                         }
                         Some(delay) => {
-                            let mut wake = after(delay);
-                            if let (Some(started), Some(max)) = (started, this.policy.max_elapsed())
-                            {
-                                wake = wake.min(started + max);
-                            }
-                            this.schedule.arm(wake);
+                            this.schedule.arm_backoff(delay, started, this.policy);
                             this.state.set(State::Sleeping);
                         }
                     }
@@ -158,7 +145,6 @@ where
                     // A readiness error ends the call: the service can't take the retry.
                     ready!(this.service.poll_ready(cx))?;
                     this.schedule.start_attempt();
-                    *this.timer_armed = false;
                     let fut = this.service.call(this.request.clone());
                     this.state.set(State::Calling { fut });
                 }

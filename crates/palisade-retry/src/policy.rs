@@ -119,6 +119,7 @@ impl RetryPolicy {
     pub(crate) fn schedule(&self) -> Schedule {
         Schedule {
             attempts: 0,
+            attempt_timer_armed: false,
             slow: None,
         }
     }
@@ -246,6 +247,8 @@ impl GiveUp {
 #[derive(Debug)]
 pub(crate) struct Schedule {
     attempts: u32,
+    /// Whether the timer runs for the current attempt's timeout.
+    attempt_timer_armed: bool,
     /// Made on first need (a retry or an attempt timeout): an operation that succeeds at once
     /// neither seeds a generator nor carries a timer, and drops one `None`.
     slow: Option<Box<Slow>>,
@@ -278,6 +281,7 @@ impl Schedule {
     /// Counts an attempt that is starting; returns its number, from 1.
     pub(crate) fn start_attempt(&mut self) -> u32 {
         self.attempts = self.attempts.saturating_add(1);
+        self.attempt_timer_armed = false;
         self.attempts
     }
 
@@ -285,8 +289,37 @@ impl Schedule {
         self.attempts
     }
 
+    /// For an attempt that returned `Pending`: starts its timeout on the first call (so an
+    /// attempt that finishes at once costs no timer) and polls it. `Ready`: it timed out.
+    pub(crate) fn poll_attempt_timeout(
+        &mut self,
+        timeout: Duration,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        if !self.attempt_timer_armed {
+            self.arm(after(timeout));
+            self.attempt_timer_armed = true;
+        }
+        self.poll_timer(cx)
+    }
+
+    /// Arms the timer for the sleep before the next attempt. A sleep that the deadline cut short
+    /// ends exactly at the deadline, not at a re-read `now + delay`.
+    pub(crate) fn arm_backoff(
+        &mut self,
+        delay: Duration,
+        started: Option<Instant>,
+        policy: &RetryPolicy,
+    ) {
+        let mut wake = after(delay);
+        if let (Some(started), Some(max)) = (started, policy.max_elapsed) {
+            wake = wake.min(started + max);
+        }
+        self.arm(wake);
+    }
+
     /// Points the timer (made on first use) at `deadline`.
-    pub(crate) fn arm(&mut self, deadline: Instant) {
+    fn arm(&mut self, deadline: Instant) {
         let slow = self.slow.get_or_insert_default();
         match &mut slow.timer {
             Some(sleep) => sleep.as_mut().reset(deadline),
@@ -343,6 +376,15 @@ impl Schedule {
         }
         Ok(delay.min(remaining))
     }
+}
+
+/// The tokio instant `delay` from now; about 30 years from now if that overflows (a huge
+/// `Retry-After` hint honored beyond `max_delay`, a huge attempt timeout).
+fn after(delay: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(delay)
+        .or_else(|| now.checked_add(Duration::from_secs(30 * 365 * 86_400)))
+        .unwrap_or(now)
 }
 
 #[cfg(test)]

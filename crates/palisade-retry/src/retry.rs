@@ -82,7 +82,6 @@ where
         budget: None,
         attempt_timeout: None,
         started: None,
-        timer_armed: false,
         state: State::Start,
     }
 }
@@ -104,8 +103,6 @@ pin_project! {
         attempt_timeout: TimeoutSpec<Fut::Output>,
         schedule: Schedule,
         started: Option<Instant>,
-        // Whether the attempt timeout's timer runs for the current attempt.
-        timer_armed: bool,
         #[pin]
         state: State<Fut>,
     }
@@ -139,7 +136,6 @@ where
             budget: self.budget,
             attempt_timeout: self.attempt_timeout,
             started: self.started,
-            timer_armed: self.timer_armed,
             state: self.state,
         }
     }
@@ -156,7 +152,6 @@ where
             attempt_timeout: self.attempt_timeout,
             schedule: self.schedule,
             started: self.started,
-            timer_armed: self.timer_armed,
             state: self.state,
         }
     }
@@ -173,7 +168,6 @@ where
             attempt_timeout: self.attempt_timeout,
             schedule: self.schedule,
             started: self.started,
-            timer_armed: self.timer_armed,
             state: self.state,
         }
     }
@@ -218,15 +212,6 @@ fn first_attempt(
     }
 }
 
-/// The tokio instant `delay` from now; about 30 years from now if that overflows (a huge
-/// `Retry-After` hint honored beyond `max_delay`, a huge attempt timeout).
-pub(crate) fn after(delay: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(delay)
-        .or_else(|| now.checked_add(Duration::from_secs(30 * 365 * 86_400)))
-        .unwrap_or(now)
-}
-
 impl<F, Fut, T, E, C, H, P> Future for Retry<F, Fut, C, H, P>
 where
     F: FnMut() -> Fut,
@@ -248,7 +233,6 @@ where
                     {
                         first_attempt(policy, this.started, this.budget.as_deref());
                     }
-                    *this.timer_armed = false;
                     let fut = (this.op)();
                     this.state.set(State::Running { fut });
                     continue;
@@ -266,11 +250,7 @@ where
                     Poll::Ready(outcome) => (outcome, false),
                     Poll::Pending => match *this.attempt_timeout {
                         Some((timeout, timed_out)) => {
-                            if !*this.timer_armed {
-                                this.schedule.arm(after(timeout));
-                                *this.timer_armed = true;
-                            }
-                            ready!(this.schedule.poll_timer(cx));
+                            ready!(this.schedule.poll_attempt_timeout(timeout, cx));
                             // Cancel the attempt now, whatever comes next.
                             this.state.set(State::Start);
                             (timed_out(AttemptTimedOut(timeout)), true)
@@ -305,13 +285,7 @@ where
                     return Poll::Pending;
                 }
                 Some(delay) => {
-                    // A sleep cut short by the deadline ends exactly at it, not at a re-read
-                    // `now + delay`.
-                    let mut wake = after(delay);
-                    if let (Some(started), Some(max)) = (started, policy.max_elapsed()) {
-                        wake = wake.min(started + max);
-                    }
-                    this.schedule.arm(wake);
+                    this.schedule.arm_backoff(delay, started, policy);
                     this.state.set(State::Sleeping);
                 }
             }

@@ -136,73 +136,52 @@ async fn a_final_outcome_is_returned_at_once_and_a_retryable_value_is_retried() 
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
-#[tokio::test(start_paused = true)]
-async fn retry_after_overrides_the_backoff_and_is_capped_unless_honored() {
-    let hinted = |o: &Result<(), u64>| match o {
+/// When the attempts of an operation that always fails with a `Retry-After` of `hint_secs`
+/// start, under `policy`.
+async fn attempts_with_hint(policy: RetryPolicy, hint_secs: u64) -> Vec<Duration> {
+    let start = Instant::now();
+    let rec = Recorder::default();
+    let _ = retry(|| {
+        let rec = rec.clone();
+        async move {
+            rec.mark(start);
+            Err::<(), u64>(hint_secs)
+        }
+    })
+    .with(policy)
+    .when(|o: &Result<(), u64>| match o {
         Err(secs) => Decision::RetryAfter(Duration::from_secs(*secs)),
         Ok(()) => Decision::DontRetry,
-    };
+    })
+    .await;
+    rec.times()
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_overrides_the_backoff_and_is_capped_unless_honored() {
     let capped = RetryPolicy::builder()
         .backoff(Backoff::constant(ms(10)).max_delay(Duration::from_secs(5)))
         .max_attempts(2)
         .build()
         .unwrap();
-
-    let start = Instant::now();
-    let rec = Recorder::default();
-    let _ = retry(|| {
-        let rec = rec.clone();
-        async move {
-            rec.mark(start);
-            Err::<(), u64>(2)
-        }
-    })
-    .with(capped)
-    .when(hinted)
-    .await;
+    let secs = Duration::from_secs;
     assert_eq!(
-        rec.times(),
-        [ms(0), Duration::from_secs(2)],
+        attempts_with_hint(capped, 2).await,
+        [ms(0), secs(2)],
         "the hint replaces the 10 ms backoff"
     );
-
-    let rec = Recorder::default();
-    let start = Instant::now();
-    let _ = retry(|| {
-        let rec = rec.clone();
-        async move {
-            rec.mark(start);
-            Err::<(), u64>(60)
-        }
-    })
-    .with(capped)
-    .when(hinted)
-    .await;
     assert_eq!(
-        rec.times(),
-        [ms(0), Duration::from_secs(5)],
+        attempts_with_hint(capped, 60).await,
+        [ms(0), secs(5)],
         "capped at max_delay"
     );
-
     let honoring = palisade_retry::RetryPolicyBuilder::from(capped)
         .honor_retry_after_beyond_max_delay(true)
         .build()
         .unwrap();
-    let rec = Recorder::default();
-    let start = Instant::now();
-    let _ = retry(|| {
-        let rec = rec.clone();
-        async move {
-            rec.mark(start);
-            Err::<(), u64>(60)
-        }
-    })
-    .with(honoring)
-    .when(hinted)
-    .await;
     assert_eq!(
-        rec.times(),
-        [ms(0), Duration::from_secs(60)],
+        attempts_with_hint(honoring, 60).await,
+        [ms(0), secs(60)],
         "honored beyond max_delay"
     );
 }
