@@ -22,9 +22,10 @@ pub const MAX_PROBES: u32 = 1000;
 /// The sliding window the failure-rate and slow-call-rate rules read.
 ///
 /// A window is a ring of buckets. It always covers the whole configured size plus the bucket
-/// being filled: a count window of `N` calls in `K` buckets holds between `N` and `N + N/K - 1`
-/// of the latest calls (exactly the last `N` while the newest bucket is empty), a time window of
-/// span `S` in `K` buckets holds the calls of the last `S` to `S + S/K`. More buckets track the
+/// being filled: a count window of `N` calls in `K` buckets holds the latest `N` to `N + N/K`
+/// calls (exactly the last `N` just after a bucket rolls over), a time window of span `S` in `K`
+/// buckets holds the calls of the last `S` to `S + S/K`. Until `N` calls (or `S`) have passed,
+/// it holds everything since the breaker last closed. More buckets track the
 /// edge more closely; recording stays one atomic add either way, and rolling to a new bucket
 /// takes a short lock once per bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,6 +17,8 @@
 //! ring under a lock that only bucket rolls (once per bucket) and resets take. A recorder loads
 //! the published start *before* its `fetch_add`, so by read-write coherence its own value comes
 //! after the snapshot in the word's modification order and the difference is never negative.
+//! Under concurrency a bucket boundary falls wherever the rolling thread's snapshot lands, so a
+//! bucket can take in the few calls that were in flight while it rolled.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -226,10 +228,9 @@ impl Window {
         else {
             return;
         };
-        // Another thread rolling now does this bucket's work: don't wait for it.
-        let Some(mut ring) = self.ring.try_lock() else {
-            return;
-        };
+        // Wait for a concurrent roll rather than skip: it may have snapshotted the words before
+        // this call's add, and then this call must roll the next bucket itself.
+        let mut ring = self.ring.lock();
         let failures = self.hot.0.failures.load(Ordering::Acquire);
         let due = self.next_roll.load(Ordering::Acquire) as u32;
         if ((failures as u32).wrapping_sub(due) as i32) < 0 {

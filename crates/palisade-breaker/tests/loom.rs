@@ -1,0 +1,288 @@
+//! Concurrency models of the breaker's protocols (see docs/testing.md for how they run):
+//! half-open admits exactly the permitted probes, each transition fires once, dropped probes
+//! never wedge half-open, late probes can't decide a new round, and the lock-free window
+//! never reports counts no run of outcomes had.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use palisade_breaker::{
+    CircuitBreaker, CircuitBreakerBuilder, Reason, SlidingWindow, State, Transition,
+};
+use palisade_core::ManualClock;
+use palisade_core::sync::{model, thread};
+
+fn explored(executions: usize) {
+    if cfg!(palisade_loom) {
+        assert!(
+            executions > 1,
+            "loom explored only {executions} execution(s)"
+        );
+    } else {
+        assert_eq!(executions, 1);
+    }
+}
+
+/// Counts transitions by kind; a std atomic on purpose (outside the protocol under test).
+#[derive(Default)]
+struct Events {
+    opened: AtomicUsize,
+    half_opened: AtomicUsize,
+    closed: AtomicUsize,
+    windows: std::sync::Mutex<Vec<Transition>>,
+}
+
+fn breaker(
+    clock: &ManualClock,
+    probes: u32,
+    ratio: f64,
+    events: &Arc<Events>,
+) -> Arc<CircuitBreaker<ManualClock>> {
+    let events = Arc::clone(events);
+    let b: CircuitBreakerBuilder<ManualClock> = CircuitBreaker::builder()
+        .no_failure_rate()
+        .consecutive_failures(1)
+        .open_duration(Duration::from_secs(1))
+        .half_open_probes(probes)
+        .half_open_success_ratio(ratio)
+        .clock(clock.clone());
+    Arc::new(
+        b.on_transition(move |t| {
+            match t.to {
+                State::Open => &events.opened,
+                State::HalfOpen => &events.half_opened,
+                _ => &events.closed,
+            }
+            .fetch_add(1, Ordering::SeqCst);
+        })
+        .build()
+        .unwrap(),
+    )
+}
+
+/// Trips `b` and lets its open duration pass: the next call finds it ready for probes.
+fn open_and_elapsed(b: &CircuitBreaker<ManualClock>, clock: &ManualClock) {
+    b.try_acquire().unwrap().failure();
+    clock.advance(Duration::from_secs(1));
+}
+
+#[test]
+fn half_open_admits_exactly_the_permitted_probes() {
+    explored(model(|| {
+        let clock = ManualClock::new();
+        let events = Arc::new(Events::default());
+        let b = breaker(&clock, 1, 1.0, &events);
+        open_and_elapsed(&b, &clock);
+        let racers: Vec<_> = (0..2)
+            .map(|_| {
+                let b = Arc::clone(&b);
+                thread::spawn(move || b.try_acquire_owned().ok())
+            })
+            .collect();
+        let mine = b.try_acquire_owned().ok();
+        let mut probes: Vec<_> = racers
+            .into_iter()
+            .filter_map(|h| h.join().unwrap())
+            .collect();
+        probes.extend(mine);
+        assert_eq!(
+            probes.len(),
+            1,
+            "one probe permitted, {} admitted",
+            probes.len()
+        );
+        assert_eq!(
+            events.half_opened.load(Ordering::SeqCst),
+            1,
+            "open -> half-open fired once"
+        );
+        assert_eq!(b.state(), State::HalfOpen);
+        probes.pop().unwrap().success();
+        assert_eq!(b.state(), State::Closed);
+    }));
+}
+
+#[test]
+fn a_trip_fires_its_event_exactly_once() {
+    explored(model(|| {
+        let clock = ManualClock::new();
+        let events = Arc::new(Events::default());
+        let b = breaker(&clock, 1, 1.0, &events);
+        let p1 = b.try_acquire_owned().unwrap();
+        let p2 = b.try_acquire_owned().unwrap();
+        let other = thread::spawn(move || p1.failure());
+        p2.failure();
+        other.join().unwrap();
+        assert_eq!(b.state(), State::Open);
+        assert_eq!(
+            events.opened.load(Ordering::SeqCst),
+            1,
+            "two tripping failures, one transition"
+        );
+    }));
+}
+
+#[test]
+fn a_dropped_probe_never_leaves_the_breaker_stuck() {
+    explored(model(|| {
+        let clock = ManualClock::new();
+        let events = Arc::new(Events::default());
+        let b = breaker(&clock, 1, 1.0, &events);
+        open_and_elapsed(&b, &clock);
+        let probe = b.try_acquire_owned().unwrap();
+        let dropper = thread::spawn(move || drop(probe));
+        let racer = {
+            let b = Arc::clone(&b);
+            // Takes the slot if the drop came first, and gives it back (dropped too).
+            thread::spawn(move || b.try_acquire_owned().map(drop).is_ok())
+        };
+        dropper.join().unwrap();
+        racer.join().unwrap();
+        assert_eq!(b.state(), State::HalfOpen);
+        assert_eq!(b.metrics().probes_admitted, 0, "every slot came back");
+        b.try_acquire().expect("a probe is admitted").success();
+        assert_eq!(b.state(), State::Closed);
+    }));
+}
+
+#[test]
+fn a_late_probe_from_an_old_round_cannot_close_a_new_one() {
+    explored(model(|| {
+        let clock = ManualClock::new();
+        let events = Arc::new(Events::default());
+        let b = breaker(&clock, 2, 1.0, &events); // both probes must succeed
+        open_and_elapsed(&b, &clock);
+        let old = b.try_acquire_owned().unwrap();
+        b.try_acquire().unwrap().failure(); // the round is lost
+        assert_eq!(b.state(), State::Open);
+        clock.advance(Duration::from_secs(2));
+        let new = b.try_acquire_owned().unwrap();
+        let late = thread::spawn(move || old.success());
+        let current = thread::spawn(move || new.success());
+        late.join().unwrap();
+        current.join().unwrap();
+        assert_eq!(
+            b.state(),
+            State::HalfOpen,
+            "one success of this round, two needed"
+        );
+        assert_eq!(events.closed.load(Ordering::SeqCst), 0);
+        assert_eq!(b.metrics().probes_admitted, 1);
+    }));
+}
+
+#[test]
+fn racing_probe_outcomes_decide_the_round_once() {
+    explored(model(|| {
+        let clock = ManualClock::new();
+        let events = Arc::new(Events::default());
+        let b = breaker(&clock, 2, 0.5, &events); // one success closes, two failures re-open
+        open_and_elapsed(&b, &clock);
+        let p1 = b.try_acquire_owned().unwrap();
+        let p2 = b.try_acquire_owned().unwrap();
+        let t = thread::spawn(move || p1.success());
+        p2.failure();
+        t.join().unwrap();
+        assert_eq!(
+            b.state(),
+            State::Closed,
+            "one success of two is enough, whatever the order"
+        );
+        assert_eq!(events.closed.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            events.opened.load(Ordering::SeqCst),
+            1,
+            "only the initial trip"
+        );
+    }));
+}
+
+#[test]
+fn the_window_never_reports_counts_no_run_of_outcomes_had() {
+    explored(model(|| {
+        // Every call fills a bucket, so each record races a roll of the window start.
+        let clock = ManualClock::new();
+        let events = Arc::new(Events::default());
+        let sink = Arc::clone(&events);
+        let b = Arc::new(
+            CircuitBreaker::builder()
+                .failure_rate(100.0)
+                .minimum_calls(2)
+                .window(SlidingWindow::count(2).buckets(2))
+                .on_transition(move |t| sink.windows.lock().unwrap().push(t.clone()))
+                .clock(clock)
+                .build()
+                .unwrap(),
+        );
+        b.try_acquire().unwrap().success();
+        let failer = {
+            let b = Arc::clone(&b);
+            thread::spawn(move || b.try_acquire().unwrap().failure())
+        };
+        let succeeder = {
+            let b = Arc::clone(&b);
+            thread::spawn(move || b.try_acquire().unwrap().success())
+        };
+        b.try_acquire().unwrap().failure();
+        failer.join().unwrap();
+        succeeder.join().unwrap();
+        // Two failures and two successes in all, so a 100 % window holds at most the two
+        // failures. A start read after the add (or a torn sum of buckets) would show more calls
+        // than were made, or count a success as a failure.
+        for t in events.windows.lock().unwrap().iter() {
+            assert_eq!(t.reason, Reason::FailureRate);
+            assert_eq!(
+                (t.window.calls, t.window.failures),
+                (2, 2),
+                "{:?}",
+                t.window
+            );
+        }
+        if b.state() == State::Closed {
+            let w = b.metrics().window;
+            assert!(
+                w.calls <= 4 && w.failures <= 2 && w.failures <= w.calls,
+                "{w:?}"
+            );
+        }
+    }));
+}
+
+#[test]
+fn successes_alone_never_trip_however_the_window_rolls() {
+    explored(model(|| {
+        // A window of one call: each record rolls it, so the start a recorder reads can move
+        // twice while it records. Read after the add, it could be newer than the recorder's own
+        // count, and the wrapped difference would look like billions of failures.
+        let events = Arc::new(Events::default());
+        let sink = Arc::clone(&events);
+        let b = Arc::new(
+            CircuitBreaker::builder()
+                .failure_rate(100.0)
+                .minimum_calls(1)
+                .window(SlidingWindow::count(1))
+                .on_transition(move |t| sink.windows.lock().unwrap().push(t.clone()))
+                .clock(ManualClock::new())
+                .build()
+                .unwrap(),
+        );
+        let others: Vec<_> = (0..2)
+            .map(|_| {
+                let b = Arc::clone(&b);
+                thread::spawn(move || b.try_acquire().unwrap().success())
+            })
+            .collect();
+        b.try_acquire().unwrap().success();
+        for t in others {
+            t.join().unwrap();
+        }
+        assert_eq!(
+            *events.windows.lock().unwrap(),
+            [],
+            "no failure was recorded"
+        );
+        let w = b.metrics().window;
+        assert!(w.calls <= 3 && w.failures == 0, "{w:?}");
+    }));
+}
