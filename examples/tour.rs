@@ -8,6 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use palisade::breaker::{
+    CallError, CircuitBreaker, OpenDuration, SlidingWindow, State, Transition,
+};
 use palisade::retry::{Backoff, Jitter, RetryPolicy, TpsBudget, retry};
 use palisade::{Clock, FastClock, Instant, ManualClock, TokioClock};
 
@@ -28,6 +31,7 @@ fn main() -> ExitCode {
     banner();
     chapter_time();
     chapter_retry();
+    chapter_breaker();
     coming_next();
     ExitCode::SUCCESS
 }
@@ -208,6 +212,102 @@ fn chapter_retry() {
     println!();
 }
 
+/// palisade-breaker: a dependency goes down; the breaker opens, rejects fast, probes, and closes
+/// once it has recovered.
+fn chapter_breaker() {
+    println!("Chapter 3 - circuit breaker (palisade-breaker)");
+    println!("----------------------------------------------");
+    println!("A client sends a request every 100 ms. The upstream answers in 5 ms, until it goes");
+    println!("down at t = 2 s: then each call hangs 1 s before it fails, until it recovers at");
+    println!(
+        "t = 8 s. The breaker trips at a 50 % failure rate over the last 10 calls, stays open"
+    );
+    println!("2 s (doubling on each re-opening), then lets 3 probes through and closes when 2 of");
+    println!("them succeed. Its transitions:");
+    println!();
+
+    let runtime = paused_runtime();
+    runtime.block_on(async {
+        let start = tokio::time::Instant::now();
+        let log = move |t: &Transition| {
+            let why = match t.to {
+                State::Open => format!(
+                    "{}: {} of {} calls failed; open for {}",
+                    t.reason,
+                    t.window.failures,
+                    t.window.calls,
+                    human(t.open_for.unwrap_or_default())
+                ),
+                _ => t.reason.to_string(),
+            };
+            println!(
+                "    t = {:>4.1} s  {:>9} -> {:<9}  {why}",
+                start.elapsed().as_secs_f64(),
+                t.from.to_string(),
+                t.to.to_string()
+            );
+        };
+        let breaker = Arc::new(
+            CircuitBreaker::builder()
+                .name("upstream")
+                .failure_rate(50.0)
+                .minimum_calls(10)
+                .window(SlidingWindow::count(10))
+                .open_duration(OpenDuration::exponential(
+                    Duration::from_secs(2),
+                    Duration::from_secs(30),
+                ))
+                .half_open_probes(3)
+                .half_open_success_ratio(0.6)
+                .on_transition(log)
+                .clock(TokioClock::new())
+                .build()
+                .expect("a valid breaker"),
+        );
+
+        let down = |at: Duration| at >= Duration::from_secs(2) && at < Duration::from_secs(8);
+        let mut requests = Vec::new();
+        for n in 0..120_u64 {
+            tokio::time::sleep_until(start + Duration::from_millis(100 * n)).await;
+            let breaker = Arc::clone(&breaker);
+            requests.push(tokio::spawn(async move {
+                let call = async {
+                    if down(start.elapsed()) {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        Err("503 Service Unavailable")
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        Ok("200 OK")
+                    }
+                };
+                let began = tokio::time::Instant::now();
+                let result = breaker.call(call).await;
+                (result, began.elapsed())
+            }));
+        }
+        let (mut ok, mut failed, mut rejected, mut waited) = (0, 0, 0, Duration::ZERO);
+        for request in requests {
+            let (result, took) = request.await.expect("the request task ran");
+            match result {
+                Ok(_) => ok += 1,
+                Err(CallError::Inner(_)) => {
+                    failed += 1;
+                    waited += took;
+                }
+                Err(CallError::Rejected(_)) => rejected += 1,
+            }
+        }
+        println!();
+        println!("  120 requests over 12 s (virtual time): {ok} answered, {failed} failed after");
+        println!(
+            "  hanging on the dead upstream ({} of waiting in all), and {rejected} were rejected",
+            human(waited)
+        );
+        println!("  at once, without touching it, while the breaker was open.");
+    });
+    println!();
+}
+
 /// A current-thread runtime with tokio's clock paused: sleeps complete at once, in order.
 fn paused_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -222,10 +322,6 @@ fn coming_next() {
     println!("-----------");
     println!("These crates are planned and get their chapters here as they land:");
     for (name, what) in [
-        (
-            "palisade-breaker",
-            "circuit breaker with windows, slow calls, cancel-safe probes",
-        ),
         (
             "palisade-ratelimit",
             "GCRA in one atomic, keyed limits, fair waiting",
