@@ -35,7 +35,8 @@ struct Shard<K, C: Clock> {
 /// the number of keys.
 ///
 /// Memory stays bounded whatever keys callers invent: at most `max_keys` breakers exist. A key
-/// is evicted only when its breaker is closed, unused for `idle_timeout`, and held by nobody
+/// is evicted only when its breaker is closed, unused for at least `idle_timeout` (up to 1/8
+/// more), and held by nobody
 /// (no permit, no `Arc` outside the set), so eviction never forgets an open breaker or loses a
 /// call in flight. Idle keys are swept on insert, a shard at a time at most once per idle
 /// timeout (no background task), and on demand with [`evict_idle`](KeyedBreakers::evict_idle).
@@ -258,9 +259,12 @@ where
     }
 
     fn evictable(&self, entry: &Entry<C>, now: u64) -> bool {
+        // `last_used` may lag the last use by up to `idle / 8` (see `touch`): wait that much
+        // longer, so that a key is never evicted before it has been idle for the whole timeout.
         Arc::strong_count(&entry.breaker) == 1
             && entry.breaker.state() == State::Closed
-            && now.saturating_sub(entry.last_used.load(Ordering::Relaxed)) >= self.idle
+            && now.saturating_sub(entry.last_used.load(Ordering::Relaxed))
+                >= self.idle.saturating_add(self.idle / 8)
     }
 
     fn sweep(&self, shard: &mut Shard<K, C>, now: u64) -> usize {

@@ -51,9 +51,12 @@ fn a_full_set_rejects_new_keys_until_some_are_idle() {
         KeysExhausted { max_keys: 3 }.to_string(),
         "keyed circuit breakers are full: 3 keys, none idle enough to evict"
     );
-    clock.advance(Duration::from_secs(59));
-    assert!(k.get("d").is_err(), "not idle for the whole timeout yet");
-    clock.advance(Duration::from_secs(1));
+    clock.advance(Duration::from_secs(67));
+    assert!(
+        k.get("d").is_err(),
+        "idle for the timeout, but not its 1/8 margin yet"
+    );
+    clock.advance(Duration::from_millis(500));
     assert!(k.get("d").is_ok(), "idle keys made room");
     assert_eq!(k.len(), 1, "the sweep took every idle key");
     for key in ["e", "f"] {
@@ -103,12 +106,25 @@ fn hot_keys_stay_and_remove_forgets() {
     assert_eq!(k.evict_idle(), 0, "both used within the timeout");
     clock.advance(Duration::from_secs(10));
     k.get("hot").unwrap(); // "cold" was last used 30 s ago
-    clock.advance(Duration::from_secs(30));
+    clock.advance(Duration::from_secs(38));
     assert_eq!(k.evict_idle(), 1);
     assert!(k.peek("hot").is_some() && k.peek("cold").is_none());
     assert!(k.remove("hot"));
     assert!(!k.remove("hot"));
     assert!(k.is_empty());
+}
+
+#[test]
+fn a_key_is_never_evicted_before_the_whole_timeout() {
+    let clock = ManualClock::new();
+    let k = keyed(10, &clock);
+    k.get("a").unwrap();
+    clock.advance(Duration::from_secs(5));
+    k.get("a").unwrap(); // too soon after the last refresh to be written down
+    clock.advance(Duration::from_secs(59));
+    assert_eq!(k.evict_idle(), 0, "idle 59 s since its last use: it stays");
+    clock.advance(Duration::from_secs(4));
+    assert_eq!(k.evict_idle(), 1);
 }
 
 #[test]
