@@ -4,13 +4,16 @@
 //!
 //! - `state`: one word, `generation << 32 | tag`. Admission in closed state is this one load.
 //!   Every transition bumps the generation, so a permit knows which period admitted it.
-//! - `deadline`: open: the instant the open duration ends; half-open: the instant the round
-//!   times out (`u64::MAX` without `half_open_max_wait`).
+//! - `open_until`: the instant the open duration ends (written before the open state is
+//!   published; read only after seeing it).
+//! - `round_deadline`: with `half_open_max_wait`, the instant a full half-open round times out,
+//!   stored by the caller that takes the last slot *before* its compare-and-swap, so whoever sees
+//!   the round full sees this deadline or a later one (`u64::MAX` until the round fills).
 //! - `round`: the half-open probe round, `generation << 32 | failed << 20 | succeeded << 10 |
 //!   admitted`, changed by compare-and-swap only while its generation is the state's.
 //! - `window`: the sliding window (see `window.rs`), absent when no rate rule is set.
 //! - `control`: a lock taken only by transitions. Under it a transition checks that the state is
-//!   still the one it saw, writes `deadline`/`round`/the window, then publishes the new state
+//!   still the one it saw, writes `open_until`/`round`/the window, then publishes the new state
 //!   with a release store. Exactly one caller wins each transition; it emits the event after
 //!   releasing the lock.
 
@@ -123,8 +126,9 @@ fn entropy() -> u64 {
 /// Share one breaker per dependency between every task that calls it (in an `Arc`, or through
 /// [`CircuitBreakerLayer`](crate::CircuitBreakerLayer), or [`KeyedBreakers`](crate::KeyedBreakers)
 /// for one per host). Admission in closed state is one atomic load; recording an outcome is one
-/// atomic add per tracked rate (none for a consecutive-failures-only breaker); nothing on
-/// those paths takes a lock or allocates.
+/// atomic add per tracked rate (a consecutive-failures-only breaker keeps no window: one add per
+/// failure, and a success writes only to end a run of failures); nothing on those paths
+/// allocates, and only a bucket roll, once per bucket, takes a lock.
 ///
 /// ```
 /// use palisade_breaker::{CallError, CircuitBreaker, State};
@@ -149,7 +153,8 @@ fn entropy() -> u64 {
 /// ```
 pub struct CircuitBreaker<C: Clock = FastClock> {
     state: AtomicU64,
-    deadline: AtomicU64,
+    open_until: AtomicU64,
+    round_deadline: AtomicU64,
     round: AtomicU64,
     consecutive: AtomicU32,
     rejections: AtomicU64,
@@ -208,7 +213,8 @@ impl<C: Clock> CircuitBreaker<C> {
         let needs_now = needs_start || window.as_ref().is_some_and(Window::needs_time);
         CircuitBreaker {
             state: AtomicU64::new(pack(0, CLOSED)),
-            deadline: AtomicU64::new(u64::MAX),
+            open_until: AtomicU64::new(u64::MAX),
+            round_deadline: AtomicU64::new(u64::MAX),
             round: AtomicU64::new(0),
             consecutive: AtomicU32::new(0),
             rejections: AtomicU64::new(0),
@@ -230,6 +236,18 @@ impl<C: Clock> CircuitBreaker<C> {
     /// [`State::Open`] until a call arrives and moves it to half-open.
     pub fn state(&self) -> State {
         state_of(tag(self.state.load(Ordering::Acquire)))
+    }
+
+    /// Whether a breaker nobody holds can be forgotten without losing anything but history:
+    /// closed, half-open (its round restarts), or open past its open duration (the next call
+    /// would probe anyway). Manual states are kept.
+    pub(crate) fn forgettable(&self) -> bool {
+        let word = self.state.load(Ordering::Acquire);
+        match tag(word) {
+            CLOSED | HALF_OPEN => true,
+            OPEN => self.clock.now().as_nanos() >= self.open_until.load(Ordering::Acquire),
+            _ => false,
+        }
     }
 
     /// The breaker's name, if it was given one.
@@ -307,7 +325,8 @@ impl<C: Clock> CircuitBreaker<C> {
     }
 
     /// Moves to [`State::Closed`] with an empty window, whatever the state. Permits admitted
-    /// before record nothing.
+    /// before record nothing (an outcome recorded at the very moment of the reset may still land
+    /// in the new window).
     pub fn reset(&self) {
         self.manual(CLOSED);
     }
@@ -400,7 +419,7 @@ impl<C: Clock> CircuitBreaker<C> {
                 }
                 OPEN => {
                     let now = self.clock.now().as_nanos();
-                    let until = self.deadline.load(Ordering::Acquire);
+                    let until = self.open_until.load(Ordering::Acquire);
                     if now < until {
                         return Err(
                             self.reject(State::Open, Some(Duration::from_nanos(until - now)))
@@ -417,7 +436,8 @@ impl<C: Clock> CircuitBreaker<C> {
                     }
                     Probe::Full => {
                         if self.rules.half_open_max_wait.is_some()
-                            && self.clock.now().as_nanos() >= self.deadline.load(Ordering::Acquire)
+                            && self.clock.now().as_nanos()
+                                >= self.round_deadline.load(Ordering::Acquire)
                         {
                             let round = self.round_snapshot(generation(word));
                             self.transition(word, OPEN, Reason::ProbesTimedOut, round);
@@ -444,8 +464,17 @@ impl<C: Clock> CircuitBreaker<C> {
             if round_generation(round) != generation {
                 return Probe::Stale;
             }
-            if round_counts(round).0 >= self.rules.probes {
+            let admitted = round_counts(round).0;
+            if admitted >= self.rules.probes {
                 return Probe::Full;
+            }
+            if admitted + 1 == self.rules.probes
+                && let Some(wait) = self.rules.half_open_max_wait
+            {
+                // This call may fill the round: start its timeout first, so that whoever sees
+                // the round full also sees a deadline no earlier than this one.
+                let until = self.clock.now().as_nanos().saturating_add(nanos(wait));
+                self.round_deadline.store(until, Ordering::Release);
             }
             match self.round.compare_exchange_weak(
                 round,
@@ -581,6 +610,8 @@ impl<C: Clock> CircuitBreaker<C> {
                 return; // a later round: this probe's result means nothing to it
             }
             let next = match failed {
+                // Never below zero, even for a permit 2^32 generations old that matches again.
+                None if round_counts(round).0 == 0 => return,
                 None => round - 1,
                 Some(false) => round + ONE_SUCCESS,
                 Some(true) => round + ONE_FAILURE,
@@ -641,19 +672,15 @@ impl<C: Clock> CircuitBreaker<C> {
                         0.5
                     };
                     let duration = self.rules.open_duration.pick(control.reopens, unit);
-                    self.deadline.store(
+                    self.open_until.store(
                         now.as_nanos().saturating_add(nanos(duration)),
                         Ordering::Relaxed,
                     );
                     open_for = Some(duration);
                 }
                 HALF_OPEN => {
+                    self.round_deadline.store(u64::MAX, Ordering::Relaxed);
                     self.round.store(pack(next, 0), Ordering::Relaxed);
-                    let until = match self.rules.half_open_max_wait {
-                        Some(wait) => now.as_nanos().saturating_add(nanos(wait)),
-                        None => u64::MAX,
-                    };
-                    self.deadline.store(until, Ordering::Relaxed);
                 }
                 CLOSED | METRICS_ONLY => {
                     control.reopens = 0;
@@ -666,6 +693,7 @@ impl<C: Clock> CircuitBreaker<C> {
             }
             self.state.store(pack(next, to), Ordering::Release);
             Transition {
+                generation: next,
                 name: self.name.clone(),
                 from: state_of(tag(from)),
                 to: state_of(to),

@@ -16,6 +16,9 @@ pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_WINDOW_CALLS: u32 = 1 << 30;
 /// The most buckets a window may have.
 pub const MAX_BUCKETS: u32 = 1000;
+/// The widest bucket of a time window: a bucket must count fewer than 2^31 calls (3.5 million a
+/// second for 10 minutes).
+const MAX_BUCKET_WIDTH: Duration = Duration::from_secs(600);
 /// The most probes a half-open round may admit.
 pub const MAX_PROBES: u32 = 1000;
 
@@ -50,7 +53,8 @@ impl SlidingWindow {
         }
     }
 
-    /// The calls of the last `span` (1 ms to 24 h). Default buckets: 10.
+    /// The calls of the last `span` (1 ms to 24 h). Default buckets: 10, or as many as keep
+    /// each bucket at most 10 minutes wide.
     pub const fn time(span: Duration) -> SlidingWindow {
         SlidingWindow {
             kind: WindowKind::Time(span),
@@ -59,8 +63,8 @@ impl SlidingWindow {
     }
 
     /// Splits the window into `buckets` buckets (`1..=1000`; for a count window, a divisor of
-    /// its size). `count(n).buckets(n)` is an exact last-`n`-calls window, at the price of the
-    /// bucket lock on every call.
+    /// its size; for a time window, at most 10 minutes each). `count(n).buckets(n)` tracks the
+    /// last `n` calls to within one call, at the price of the bucket lock on every call.
     pub const fn buckets(self, buckets: u32) -> SlidingWindow {
         SlidingWindow {
             buckets: Some(buckets),
@@ -112,8 +116,9 @@ impl OpenDuration {
         OpenDuration { multiplier, ..self }
     }
 
-    /// Spreads each duration uniformly over `±jitter` of itself (`[0, 1]`), never above `max`, so
-    /// that a fleet of clients that tripped together probes at different times.
+    /// Spreads each duration uniformly over `±jitter` of itself (`[0, 0.5]`: a breaker should
+    /// stay open at least half its duration), never above `max`, so that a fleet of clients
+    /// that tripped together probes at different times.
     pub const fn jitter(self, jitter: f64) -> OpenDuration {
         OpenDuration { jitter, ..self }
     }
@@ -155,10 +160,10 @@ impl OpenDuration {
                 self.multiplier,
             ));
         }
-        if !(0.0..=1.0).contains(&self.jitter) {
+        if !(0.0..=0.5).contains(&self.jitter) {
             return Err(ConfigError::out_of_range(
                 "open_duration jitter",
-                "a fraction in [0.0, 1.0]",
+                "a fraction in [0.0, 0.5]",
                 self.jitter,
             ));
         }
@@ -365,9 +370,10 @@ impl<C: Clock> CircuitBreakerBuilder<C> {
         self
     }
 
-    /// Re-open if a half-open round has every probe slot taken and is still undecided after
-    /// `wait` (up to 24 h): a probe that hangs without being dropped can't hold the breaker in
-    /// half-open. Default: no limit (dropped probes free their slot anyway).
+    /// Re-open if a half-open round has had every probe slot taken for `wait` (up to 24 h)
+    /// without a decision: a probe that hangs without being dropped can't hold the breaker in
+    /// half-open. The wait starts when the last slot is taken, so a probe admitted late in a
+    /// round gets the whole of it. Default: no limit (dropped probes free their slot anyway).
     pub fn half_open_max_wait(mut self, wait: Duration) -> Self {
         self.half_open_max_wait = Some(wait);
         self
@@ -483,11 +489,14 @@ impl<C: Clock> CircuitBreakerBuilder<C> {
                         span,
                     ));
                 }
-                let buckets = window.buckets.unwrap_or(10);
-                if !(1..=MAX_BUCKETS).contains(&buckets) {
+                let min_buckets = span.as_secs().div_ceil(MAX_BUCKET_WIDTH.as_secs()).max(1) as u32;
+                let buckets = window.buckets.unwrap_or(10.max(min_buckets));
+                if !(min_buckets..=MAX_BUCKETS).contains(&buckets) {
                     return Err(ConfigError::out_of_range(
                         "window buckets",
-                        format!("in [1, {MAX_BUCKETS}]"),
+                        format!(
+                            "in [{min_buckets}, {MAX_BUCKETS}] for a {span:?} window (buckets of at most 10 minutes)"
+                        ),
                         buckets,
                     ));
                 }
@@ -515,8 +524,10 @@ impl<C: Clock> CircuitBreakerBuilder<C> {
         if let Some(wait) = self.half_open_max_wait {
             check_duration("half_open_max_wait", wait)?;
         }
-        let probes_required =
-            ((self.success_ratio * f64::from(self.probes)).ceil() as u32).clamp(1, self.probes);
+        // In integer parts per million: 0.28 x 25 is 7.000000000000001 in floating point.
+        let ratio_ppm = (self.success_ratio * 1e6).round() as u64;
+        let probes_required = (ratio_ppm * u64::from(self.probes)).div_ceil(1_000_000) as u32;
+        let probes_required = probes_required.clamp(1, self.probes);
         Ok(Rules {
             failure_ppm,
             slow,

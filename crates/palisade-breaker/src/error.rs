@@ -145,7 +145,8 @@ impl<E> From<Rejected> for CallError<E> {
 }
 
 /// A [`KeyedBreakers`](crate::KeyedBreakers) set holds its maximum number of keys and none of
-/// them can be evicted (each is open, half-open, recently used or has calls in flight).
+/// them can be evicted: each is recently used, held (a permit, an `Arc`), open within its open
+/// duration, or in a manual state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("keyed circuit breakers are full: {max_keys} keys, none idle enough to evict")]
 pub struct KeysExhausted {

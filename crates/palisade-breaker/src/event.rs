@@ -78,7 +78,8 @@ pub enum Reason {
     ProbesSucceeded,
     /// So many half-open probes failed that the success ratio can't be reached.
     ProbesFailed,
-    /// The half-open round ran past `half_open_max_wait` with every probe slot taken.
+    /// The half-open round had every probe slot taken for `half_open_max_wait` without a
+    /// decision.
     ProbesTimedOut,
     /// A manual call: `reset`, `force_open`, `disable` or `metrics_only`.
     Manual,
@@ -142,6 +143,9 @@ fn percent(part: u64, whole: u64) -> Option<f64> {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Transition {
+    /// The breaker's generation after the change: it grows by one with every transition.
+    /// Listeners of transitions that race are called in no particular order; this orders them.
+    pub generation: u32,
     /// The breaker's name, if it has one.
     pub name: Option<std::sync::Arc<str>>,
     /// The state left.

@@ -65,8 +65,8 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let Some(inner) = this.inner.as_pin_mut() else {
+        let mut this = self.project();
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             let rejected = this
                 .rejected
                 .take()
@@ -74,6 +74,7 @@ where
             return Poll::Ready(Err(Box::new(rejected)));
         };
         let result = ready!(inner.poll(cx));
+        this.inner.set(None);
         if let (Some(permit), Some(classify)) = (this.permit.take(), this.classify.take()) {
             permit.record(classify.classify(&result));
         }

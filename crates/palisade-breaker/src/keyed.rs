@@ -14,7 +14,7 @@ use palisade_core::{Clock, FastClock};
 use crate::breaker::CircuitBreaker;
 use crate::config::{CircuitBreakerBuilder, Listener, MAX_DURATION, Rules};
 use crate::error::{ConfigError, KeysExhausted};
-use crate::event::{State, Transition};
+use crate::event::Transition;
 use crate::window::nanos;
 
 type KeyedListener<K> = Arc<dyn Fn(&K, &Transition) + Send + Sync>;
@@ -35,11 +35,14 @@ struct Shard<K, C: Clock> {
 /// the number of keys.
 ///
 /// Memory stays bounded whatever keys callers invent: at most `max_keys` breakers exist. A key
-/// is evicted only when its breaker is closed, unused for at least `idle_timeout` (up to 1/8
-/// more), and held by nobody
-/// (no permit, no `Arc` outside the set), so eviction never forgets an open breaker or loses a
-/// call in flight. Idle keys are swept on insert, a shard at a time at most once per idle
-/// timeout (no background task), and on demand with [`evict_idle`](KeyedBreakers::evict_idle).
+/// is evicted only when it has been unused for at least `idle_timeout` (up to 1/8 more), is held
+/// by nobody (no permit, no `Arc` outside the set), and its breaker holds nothing a future call
+/// needs: it is closed or half-open, or open with its open duration over (the next call would
+/// probe anyway). So eviction never cuts an open period short or loses a call in flight, and
+/// keys that tripped and were abandoned don't pin their places. Manual states (forced open,
+/// disabled, metrics-only) are kept until [`remove`](KeyedBreakers::remove)d. Idle keys are
+/// swept on insert, a shard at a time at most once per idle timeout (no background task), and
+/// on demand with [`evict_idle`](KeyedBreakers::evict_idle).
 /// When the set is full and nothing can be evicted, a new key gets [`KeysExhausted`] (the
 /// documented policy: the caller decides whether to fail the call or run it unprotected).
 ///
@@ -238,7 +241,7 @@ where
         self.max_keys
     }
 
-    /// Evicts every evictable key now (closed, idle for the idle timeout, unheld); returns how
+    /// Evicts every evictable key now (see the type's docs); returns how
     /// many went.
     pub fn evict_idle(&self) -> usize {
         let now = self.template.clock.now().as_nanos();
@@ -262,7 +265,7 @@ where
         // `last_used` may lag the last use by up to `idle / 8` (see `touch`): wait that much
         // longer, so that a key is never evicted before it has been idle for the whole timeout.
         Arc::strong_count(&entry.breaker) == 1
-            && entry.breaker.state() == State::Closed
+            && entry.breaker.forgettable()
             && now.saturating_sub(entry.last_used.load(Ordering::Relaxed))
                 >= self.idle.saturating_add(self.idle / 8)
     }

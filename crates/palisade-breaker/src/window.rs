@@ -270,6 +270,19 @@ impl Window {
         while ring.starts.len() > buckets + 1 {
             ring.starts.pop_front();
         }
+        // The packed words hold a window's calls in 32 bits: past 2^31 in the finished buckets,
+        // drop the oldest ones (a window that busy loses nothing by starting later).
+        let mut calls: u64 = ring
+            .starts
+            .iter()
+            .zip(ring.starts.iter().skip(1))
+            .map(|(older, newer)| split(newer.0.wrapping_sub(older.0)).0)
+            .sum();
+        while calls >= 1 << 31 && ring.starts.len() > 1 {
+            let (oldest, next) = (ring.starts[0].0, ring.starts[1].0);
+            calls -= split(next.wrapping_sub(oldest)).0;
+            ring.starts.pop_front();
+        }
         ring.epoch = epoch;
         self.next_roll
             .store((epoch + 1).saturating_mul(width), Ordering::Release);

@@ -121,7 +121,7 @@ fn builders_name_the_field_and_the_range() {
     );
     assert_eq!(
         err(b().window(SlidingWindow::time(secs(10)).buckets(1001))),
-        "window buckets must be in [1, 1000], got 1001"
+        "window buckets must be in [1, 1000] for a 10s window (buckets of at most 10 minutes), got 1001"
     );
     assert_eq!(
         err(b().open_duration(OpenDuration::exponential(secs(10), secs(5)))),
@@ -132,8 +132,8 @@ fn builders_name_the_field_and_the_range() {
         "open_duration multiplier must be a finite number in [1.0, 100.0], got 0.5"
     );
     assert_eq!(
-        err(b().open_duration(OpenDuration::fixed(secs(1)).jitter(1.5))),
-        "open_duration jitter must be a fraction in [0.0, 1.0], got 1.5"
+        err(b().open_duration(OpenDuration::fixed(secs(1)).jitter(0.6))),
+        "open_duration jitter must be a fraction in [0.0, 0.5], got 0.6"
     );
     assert_eq!(
         err(b().open_duration(Duration::ZERO)),
@@ -150,6 +150,10 @@ fn builders_name_the_field_and_the_range() {
     assert_eq!(
         err(b().half_open_max_wait(secs(90_000))),
         "half_open_max_wait must be greater than zero and at most 24h, got 90000s"
+    );
+    assert_eq!(
+        err(b().window(SlidingWindow::time(secs(3600)).buckets(5))),
+        "window buckets must be in [6, 1000] for a 3600s window (buckets of at most 10 minutes), got 5"
     );
     assert!(err(b().no_failure_rate()).starts_with(
         "failure_rate must be set, or replaced by slow_calls or consecutive_failures"
@@ -524,6 +528,75 @@ fn a_hung_round_reopens_after_the_max_wait() {
     );
     hung.success();
     assert_eq!(b.state(), State::Open);
+}
+
+#[test]
+fn the_round_timeout_runs_from_when_the_round_filled() {
+    let clock = ManualClock::new();
+    let b = CircuitBreaker::builder()
+        .no_failure_rate()
+        .consecutive_failures(1)
+        .open_duration(secs(10))
+        .half_open_probes(2)
+        .half_open_success_ratio(1.0)
+        .half_open_max_wait(secs(1))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    fail(&b, 1);
+    clock.advance(secs(10));
+    b.try_acquire().unwrap().success();
+    clock.advance(secs(5)); // the round is 5 s old, but not full
+    let late = b.try_acquire().unwrap();
+    clock.advance(ms(999));
+    assert_eq!(
+        rejected(&b).state(),
+        State::HalfOpen,
+        "full for 999 ms only"
+    );
+    late.success();
+    assert_eq!(b.state(), State::Closed, "the last probe was not cut off");
+}
+
+#[test]
+fn the_success_ratio_is_counted_in_whole_probes() {
+    // 0.28 x 25 = 7 exactly, though 7.000000000000001 in floating point.
+    let clock = ManualClock::new();
+    let b = CircuitBreaker::builder()
+        .no_failure_rate()
+        .consecutive_failures(1)
+        .open_duration(secs(1))
+        .half_open_probes(25)
+        .half_open_success_ratio(0.28)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    fail(&b, 1);
+    clock.advance(secs(1));
+    let probes: Vec<_> = (0..7).map(|_| b.try_acquire().unwrap()).collect();
+    probes.into_iter().for_each(|p| p.success());
+    assert_eq!(b.state(), State::Closed, "7 of 25 is the ratio");
+}
+
+#[test]
+fn transitions_carry_a_growing_generation() {
+    let (seen, listener) = recorder();
+    let clock = ManualClock::new();
+    let b = CircuitBreaker::builder()
+        .no_failure_rate()
+        .consecutive_failures(1)
+        .open_duration(secs(1))
+        .half_open_probes(1)
+        .on_transition(listener)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    fail(&b, 1);
+    clock.advance(secs(1));
+    b.try_acquire().unwrap().failure();
+    b.reset();
+    let generations: Vec<u32> = seen.lock().unwrap().iter().map(|t| t.generation).collect();
+    assert_eq!(generations, [1, 2, 3, 4]);
 }
 
 #[test]

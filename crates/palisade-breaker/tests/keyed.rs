@@ -115,6 +115,33 @@ fn hot_keys_stay_and_remove_forgets() {
 }
 
 #[test]
+fn abandoned_open_keys_go_once_their_open_duration_is_over() {
+    let clock = ManualClock::new();
+    let k = keyed(2, &clock); // open for an hour
+    for key in ["a", "b"] {
+        k.get(key).unwrap().try_acquire().unwrap().failure();
+    }
+    clock.advance(Duration::from_secs(1800));
+    assert!(
+        k.get("c").is_err(),
+        "idle, but still open: the hour isn't over"
+    );
+    clock.advance(Duration::from_secs(1800));
+    assert!(
+        k.get("c").is_ok(),
+        "open duration over: the next call would only have probed"
+    );
+    k.get("d").unwrap().force_open();
+    clock.advance(Duration::from_secs(7200));
+    assert_eq!(
+        k.evict_idle(),
+        1,
+        "\"c\" goes; a forced-open key stays until removed"
+    );
+    assert!(k.peek("d").is_some());
+}
+
+#[test]
 fn a_key_is_never_evicted_before_the_whole_timeout() {
     let clock = ManualClock::new();
     let k = keyed(10, &clock);

@@ -286,3 +286,34 @@ fn successes_alone_never_trip_however_the_window_rolls() {
         assert!(w.calls <= 3 && w.failures == 0, "{w:?}");
     }));
 }
+
+#[test]
+fn callers_racing_the_end_of_the_open_duration_are_all_probes() {
+    explored(model(|| {
+        // Two slots, two callers at the moment the open duration ends: one moves the breaker to
+        // half-open, and both must be admitted, never rejected as "open" with a deadline that
+        // belongs to another state.
+        let clock = ManualClock::new();
+        let events = Arc::new(Events::default());
+        let b = breaker(&clock, 2, 1.0, &events);
+        open_and_elapsed(&b, &clock);
+        let other = {
+            let b = Arc::clone(&b);
+            thread::spawn(move || {
+                b.try_acquire_owned()
+                    .map_err(|r| (r.state(), r.retry_after()))
+            })
+        };
+        let mine = b
+            .try_acquire_owned()
+            .map_err(|r| (r.state(), r.retry_after()));
+        let theirs = other.join().unwrap();
+        assert!(
+            mine.is_ok() && theirs.is_ok(),
+            "mine {:?}, theirs {:?}",
+            mine.err(),
+            theirs.err()
+        );
+        assert_eq!(events.half_opened.load(Ordering::SeqCst), 1);
+    }));
+}
