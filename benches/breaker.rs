@@ -17,27 +17,19 @@
 //!   it with the deadline (palisade also computes `retry_after`). palisade's `force_open` is a
 //!   different state, with no deadline, so it isn't used here.
 
-use std::future::Future;
+mod support;
+
 use std::hint::black_box;
-use std::pin::pin;
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use failsafe::{CircuitBreaker as _, FailurePolicy as _, backoff, failure_policy};
 use palisade::breaker::{CircuitBreaker, CircuitBreakerLayer, State};
+use support::{contended, poll_once};
 use tower_layer::Layer;
 use tower_service::Service;
-
-/// Polls `fut` once; every future benchmarked here is ready at once.
-fn poll_once<F: Future>(fut: F) -> F::Output {
-    let mut fut = pin!(fut);
-    match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(out) => out,
-        Poll::Pending => panic!("the benchmarked future was not ready on its first poll"),
-    }
-}
 
 /// One request the way tower's contract asks: `poll_ready`, then `call`, then (here) one poll
 /// of the response future.
@@ -187,28 +179,6 @@ fn closed_call_2_threads(c: &mut Criterion) {
     });
 
     group.finish();
-}
-
-/// Times two threads, started together, each running `op` `iters` times on the same breaker:
-/// the time per pair of calls under contention.
-fn contended<B: Send + Sync + 'static>(iters: u64, shared: &Arc<B>, op: fn(&B)) -> Duration {
-    let start_line = Arc::new(Barrier::new(2));
-    let other = {
-        let (shared, start_line) = (shared.clone(), start_line.clone());
-        std::thread::spawn(move || {
-            start_line.wait();
-            for _ in 0..iters {
-                op(&shared);
-            }
-        })
-    };
-    start_line.wait();
-    let start = Instant::now();
-    for _ in 0..iters {
-        op(shared);
-    }
-    other.join().unwrap();
-    start.elapsed()
 }
 
 /// Long enough that no breaker leaves the open state during a run.

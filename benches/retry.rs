@@ -9,29 +9,20 @@
 //!   budget, the cost a retried request pays; on one thread, then on two threads at once (the
 //!   time until both finished, per pair of operations).
 
+mod support;
+
 use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
 use std::sync::Arc;
-use std::sync::Barrier;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use palisade::retry::{Backoff, RetryBudget, RetryLayer, RetryPolicy, TpsBudget, retry};
+use support::{contended, poll_once};
 use tower::retry::budget::Budget as _;
 use tower_layer::Layer;
 use tower_service::Service;
-
-/// Polls `fut` once; every future benchmarked on the success path is ready at once.
-fn poll_once<F: Future>(fut: F) -> F::Output {
-    let mut fut = pin!(fut);
-    match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(out) => out,
-        Poll::Pending => panic!("the benchmarked future was not ready on its first poll"),
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Fail;
@@ -223,28 +214,6 @@ fn budget(c: &mut Criterion) {
         })
     });
     group.finish();
-}
-
-/// Times two threads, started together, each running `op` `iters` times on the same budget:
-/// the time per pair of operations under contention.
-fn contended<B: Send + Sync + 'static>(iters: u64, shared: &Arc<B>, op: fn(&B)) -> Duration {
-    let start_line = Arc::new(Barrier::new(2));
-    let other = {
-        let (shared, start_line) = (shared.clone(), start_line.clone());
-        std::thread::spawn(move || {
-            start_line.wait();
-            for _ in 0..iters {
-                op(&shared);
-            }
-        })
-    };
-    start_line.wait();
-    let start = Instant::now();
-    for _ in 0..iters {
-        op(shared);
-    }
-    other.join().unwrap();
-    start.elapsed()
 }
 
 criterion_group!(benches, success, one_retry, budget);
