@@ -20,7 +20,11 @@ pub(crate) fn poll_once<F: Future>(fut: F) -> F::Output {
 /// Times two threads, started together, each running `op` `iters` times on the same shared
 /// value: the time per pair of operations under contention.
 #[allow(dead_code)]
-pub(crate) fn contended<B: Send + Sync + 'static>(iters: u64, shared: &Arc<B>, op: fn(&B)) -> Duration {
+pub(crate) fn contended<B: Send + Sync + 'static>(
+    iters: u64,
+    shared: &Arc<B>,
+    op: fn(&B),
+) -> Duration {
     let start_line = Arc::new(Barrier::new(2));
     let other = {
         let (shared, start_line) = (shared.clone(), start_line.clone());

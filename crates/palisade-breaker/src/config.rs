@@ -230,7 +230,16 @@ impl Rules {
 /// # Ok::<(), palisade_breaker::ConfigError>(())
 /// ```
 #[must_use = "a builder does nothing until `build` is called"]
+#[derive(Clone)]
 pub struct CircuitBreakerBuilder<C = FastClock> {
+    pub(crate) settings: Settings,
+    pub(crate) clock: C,
+}
+
+/// Every knob but the clock, so that [`clock`](CircuitBreakerBuilder::clock) can swap the clock
+/// type and keep the rest.
+#[derive(Clone)]
+pub(crate) struct Settings {
     failure_rate: Option<f64>,
     slow: Option<(Duration, f64)>,
     consecutive: Option<u32>,
@@ -241,49 +250,26 @@ pub struct CircuitBreakerBuilder<C = FastClock> {
     success_ratio: f64,
     half_open_max_wait: Option<Duration>,
     seed: Option<u64>,
-    pub(crate) clock: C,
     pub(crate) name: Option<Arc<str>>,
     pub(crate) listener: Option<Listener>,
 }
 
-impl<C: Clone> Clone for CircuitBreakerBuilder<C> {
-    fn clone(&self) -> Self {
-        CircuitBreakerBuilder {
-            failure_rate: self.failure_rate,
-            slow: self.slow,
-            consecutive: self.consecutive,
-            minimum_calls: self.minimum_calls,
-            window: self.window,
-            open_duration: self.open_duration,
-            probes: self.probes,
-            success_ratio: self.success_ratio,
-            half_open_max_wait: self.half_open_max_wait,
-            seed: self.seed,
-            clock: self.clock.clone(),
-            name: self.name.clone(),
-            listener: self.listener.clone(),
-        }
-    }
-}
-
 impl<C: fmt::Debug> fmt::Debug for CircuitBreakerBuilder<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.settings;
         f.debug_struct("CircuitBreakerBuilder")
-            .field("failure_rate", &self.failure_rate)
-            .field("slow", &self.slow)
-            .field("consecutive", &self.consecutive)
-            .field("minimum_calls", &self.minimum_calls)
-            .field("window", &self.window)
-            .field("open_duration", &self.open_duration)
-            .field("probes", &self.probes)
-            .field("success_ratio", &self.success_ratio)
-            .field("half_open_max_wait", &self.half_open_max_wait)
+            .field("failure_rate", &s.failure_rate)
+            .field("slow", &s.slow)
+            .field("consecutive", &s.consecutive)
+            .field("minimum_calls", &s.minimum_calls)
+            .field("window", &s.window)
+            .field("open_duration", &s.open_duration)
+            .field("probes", &s.probes)
+            .field("success_ratio", &s.success_ratio)
+            .field("half_open_max_wait", &s.half_open_max_wait)
             .field("clock", &self.clock)
-            .field("name", &self.name)
-            .field(
-                "listener",
-                &self.listener.as_ref().map(|_| "Fn(&Transition)"),
-            )
+            .field("name", &s.name)
+            .field("listener", &s.listener.as_ref().map(|_| "Fn(&Transition)"))
             .finish()
     }
 }
@@ -291,19 +277,21 @@ impl<C: fmt::Debug> fmt::Debug for CircuitBreakerBuilder<C> {
 impl Default for CircuitBreakerBuilder<FastClock> {
     fn default() -> Self {
         CircuitBreakerBuilder {
-            failure_rate: Some(50.0),
-            slow: None,
-            consecutive: None,
-            minimum_calls: 20,
-            window: SlidingWindow::default(),
-            open_duration: OpenDuration::default(),
-            probes: 5,
-            success_ratio: 0.6,
-            half_open_max_wait: None,
-            seed: None,
+            settings: Settings {
+                failure_rate: Some(50.0),
+                slow: None,
+                consecutive: None,
+                minimum_calls: 20,
+                window: SlidingWindow::default(),
+                open_duration: OpenDuration::default(),
+                probes: 5,
+                success_ratio: 0.6,
+                half_open_max_wait: None,
+                seed: None,
+                name: None,
+                listener: None,
+            },
             clock: FastClock::new(),
-            name: None,
-            listener: None,
         }
     }
 }
@@ -311,13 +299,13 @@ impl Default for CircuitBreakerBuilder<FastClock> {
 impl<C: Clock> CircuitBreakerBuilder<C> {
     /// Trip when failures reach `percent` of the window's calls, `(0, 100]`. Default 50.
     pub fn failure_rate(mut self, percent: f64) -> Self {
-        self.failure_rate = Some(percent);
+        self.settings.failure_rate = Some(percent);
         self
     }
 
     /// No failure-rate rule (trip on slow calls or consecutive failures only).
     pub fn no_failure_rate(mut self) -> Self {
-        self.failure_rate = None;
+        self.settings.failure_rate = None;
         self
     }
 
@@ -325,7 +313,7 @@ impl<C: Clock> CircuitBreakerBuilder<C> {
     /// calls, `(0, 100]`. A slow probe counts as a failed probe. Default: no slow-call rule (and
     /// then no clock read per call unless the window is time-based).
     pub fn slow_calls(mut self, threshold: Duration, percent: f64) -> Self {
-        self.slow = Some((threshold, percent));
+        self.settings.slow = Some((threshold, percent));
         self
     }
 
@@ -333,32 +321,32 @@ impl<C: Clock> CircuitBreakerBuilder<C> {
     /// with only this rule ([`no_failure_rate`](Self::no_failure_rate), no slow calls) keeps no
     /// window at all: its closed path is one atomic load per call and one write per failure.
     pub fn consecutive_failures(mut self, failures: u32) -> Self {
-        self.consecutive = Some(failures);
+        self.settings.consecutive = Some(failures);
         self
     }
 
     /// The rate rules need at least this many calls in the window (`>= 1`, at most the size of a
     /// count window). Default 20.
     pub fn minimum_calls(mut self, calls: u32) -> Self {
-        self.minimum_calls = calls;
+        self.settings.minimum_calls = calls;
         self
     }
 
     /// The window the rate rules read. Default: the last 100 calls in 10 buckets.
     pub fn window(mut self, window: SlidingWindow) -> Self {
-        self.window = window;
+        self.settings.window = window;
         self
     }
 
     /// How long to stay open. Default: 5 s doubling to 60 s, ±10 % jitter.
     pub fn open_duration(mut self, duration: impl Into<OpenDuration>) -> Self {
-        self.open_duration = duration.into();
+        self.settings.open_duration = duration.into();
         self
     }
 
     /// Probes admitted per half-open round, `1..=1000`. Default 5.
     pub fn half_open_probes(mut self, probes: u32) -> Self {
-        self.probes = probes;
+        self.settings.probes = probes;
         self
     }
 
@@ -366,7 +354,7 @@ impl<C: Clock> CircuitBreakerBuilder<C> {
     /// as soon as `ceil(ratio × probes)` probes have succeeded and re-opens as soon as that is
     /// out of reach. Default 0.6 (3 of 5).
     pub fn half_open_success_ratio(mut self, ratio: f64) -> Self {
-        self.success_ratio = ratio;
+        self.settings.success_ratio = ratio;
         self
     }
 
@@ -375,20 +363,20 @@ impl<C: Clock> CircuitBreakerBuilder<C> {
     /// half-open. The wait starts when the last slot is taken, so a probe admitted late in a
     /// round gets the whole of it. Default: no limit (dropped probes free their slot anyway).
     pub fn half_open_max_wait(mut self, wait: Duration) -> Self {
-        self.half_open_max_wait = Some(wait);
+        self.settings.half_open_max_wait = Some(wait);
         self
     }
 
     /// Seeds the open-duration jitter, for reproducible tests. Default: a different seed per
     /// breaker.
     pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
+        self.settings.seed = Some(seed);
         self
     }
 
     /// A name carried by every [`Transition`] and `tracing` event.
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
-        self.name = Some(name.into());
+        self.settings.name = Some(name.into());
         self
     }
 
@@ -398,7 +386,7 @@ impl<C: Clock> CircuitBreakerBuilder<C> {
     where
         F: Fn(&Transition) + Send + Sync + 'static,
     {
-        self.listener = Some(Arc::new(listener));
+        self.settings.listener = Some(Arc::new(listener));
         self
     }
 
@@ -406,42 +394,32 @@ impl<C: Clock> CircuitBreakerBuilder<C> {
     /// `TokioClock` under tokio's paused time, or `ManualClock` in pure-logic tests.
     pub fn clock<C2: Clock>(self, clock: C2) -> CircuitBreakerBuilder<C2> {
         CircuitBreakerBuilder {
-            failure_rate: self.failure_rate,
-            slow: self.slow,
-            consecutive: self.consecutive,
-            minimum_calls: self.minimum_calls,
-            window: self.window,
-            open_duration: self.open_duration,
-            probes: self.probes,
-            success_ratio: self.success_ratio,
-            half_open_max_wait: self.half_open_max_wait,
-            seed: self.seed,
+            settings: self.settings,
             clock,
-            name: self.name,
-            listener: self.listener,
         }
     }
 
     pub(crate) fn rules(&self) -> Result<Rules, ConfigError> {
         let failure_ppm = self
+            .settings
             .failure_rate
             .map(|p| check_percent("failure_rate", p))
             .transpose()?;
-        let slow = match self.slow {
+        let slow = match self.settings.slow {
             Some((threshold, p)) => {
                 check_duration("slow_calls threshold", threshold)?;
                 Some((threshold, check_percent("slow_calls percent", p)?))
             }
             None => None,
         };
-        if self.consecutive == Some(0) {
+        if self.settings.consecutive == Some(0) {
             return Err(ConfigError::out_of_range(
                 "consecutive_failures",
                 "at least 1",
                 0,
             ));
         }
-        if failure_ppm.is_none() && slow.is_none() && self.consecutive.is_none() {
+        if failure_ppm.is_none() && slow.is_none() && self.settings.consecutive.is_none() {
             return Err(ConfigError::OutOfRange {
                 field: "failure_rate",
                 allowed: "set, or replaced by slow_calls or consecutive_failures (a breaker needs a rule to trip)"
@@ -449,7 +427,7 @@ impl<C: Clock> CircuitBreakerBuilder<C> {
                 got: "none".into(),
             });
         }
-        let window = self.window;
+        let window = self.settings.window;
         let buckets = match window.kind {
             WindowKind::Count(calls) => {
                 if !(1..=MAX_WINDOW_CALLS).contains(&calls) {
@@ -472,11 +450,11 @@ impl<C: Clock> CircuitBreakerBuilder<C> {
                         buckets,
                     ));
                 }
-                if self.minimum_calls > calls {
+                if self.settings.minimum_calls > calls {
                     return Err(ConfigError::out_of_range(
                         "minimum_calls",
                         format!("in [1, {calls}] (the count window's size)"),
-                        self.minimum_calls,
+                        self.settings.minimum_calls,
                     ));
                 }
                 buckets
@@ -503,45 +481,46 @@ impl<C: Clock> CircuitBreakerBuilder<C> {
                 buckets
             }
         };
-        if self.minimum_calls == 0 {
+        if self.settings.minimum_calls == 0 {
             return Err(ConfigError::out_of_range("minimum_calls", "at least 1", 0));
         }
-        self.open_duration.validate()?;
-        if !(1..=MAX_PROBES).contains(&self.probes) {
+        self.settings.open_duration.validate()?;
+        if !(1..=MAX_PROBES).contains(&self.settings.probes) {
             return Err(ConfigError::out_of_range(
                 "half_open_probes",
                 format!("in [1, {MAX_PROBES}]"),
-                self.probes,
+                self.settings.probes,
             ));
         }
-        if !(self.success_ratio > 0.0 && self.success_ratio <= 1.0) {
+        if !(self.settings.success_ratio > 0.0 && self.settings.success_ratio <= 1.0) {
             return Err(ConfigError::out_of_range(
                 "half_open_success_ratio",
                 "a fraction in (0.0, 1.0]",
-                self.success_ratio,
+                self.settings.success_ratio,
             ));
         }
-        if let Some(wait) = self.half_open_max_wait {
+        if let Some(wait) = self.settings.half_open_max_wait {
             check_duration("half_open_max_wait", wait)?;
         }
         // In integer parts per million: 0.28 x 25 is 7.000000000000001 in floating point.
-        let ratio_ppm = (self.success_ratio * 1e6).round() as u64;
-        let probes_required = (ratio_ppm * u64::from(self.probes)).div_ceil(1_000_000) as u32;
-        let probes_required = probes_required.clamp(1, self.probes);
+        let ratio_ppm = (self.settings.success_ratio * 1e6).round() as u64;
+        let probes_required =
+            (ratio_ppm * u64::from(self.settings.probes)).div_ceil(1_000_000) as u32;
+        let probes_required = probes_required.clamp(1, self.settings.probes);
         Ok(Rules {
             failure_ppm,
             slow,
-            consecutive: self.consecutive,
-            minimum_calls: u64::from(self.minimum_calls),
+            consecutive: self.settings.consecutive,
+            minimum_calls: u64::from(self.settings.minimum_calls),
             window: SlidingWindow {
                 kind: window.kind,
                 buckets: Some(buckets),
             },
-            open_duration: self.open_duration,
-            probes: self.probes,
+            open_duration: self.settings.open_duration,
+            probes: self.settings.probes,
             probes_required,
-            half_open_max_wait: self.half_open_max_wait,
-            seed: self.seed,
+            half_open_max_wait: self.settings.half_open_max_wait,
+            seed: self.settings.seed,
         })
     }
 
@@ -551,8 +530,8 @@ impl<C: Clock> CircuitBreakerBuilder<C> {
         Ok(CircuitBreaker::from_parts(
             rules,
             self.clock,
-            self.name,
-            self.listener,
+            self.settings.name,
+            self.settings.listener,
         ))
     }
 }

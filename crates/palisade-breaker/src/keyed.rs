@@ -347,7 +347,7 @@ where
     }
 
     fn build_breaker(&self, key: &K) -> CircuitBreaker<C> {
-        let listener: Option<Listener> = match (&self.template.listener, &self.listener) {
+        let listener: Option<Listener> = match (&self.template.settings.listener, &self.listener) {
             (None, None) => None,
             (own, keyed) => {
                 let (own, keyed, key) = (own.clone(), keyed.clone(), key.clone());
@@ -364,7 +364,7 @@ where
         CircuitBreaker::from_parts(
             self.rules,
             self.template.clock.clone(),
-            self.template.name.clone(),
+            self.template.settings.name.clone(),
             listener,
         )
     }
