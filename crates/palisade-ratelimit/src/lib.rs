@@ -1,2 +1,25 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
+
+mod algorithm;
+mod decision;
+mod error;
+mod gcra;
+mod keyed;
+mod limiter;
+mod multi;
+mod quota;
+mod sliding;
+#[cfg(feature = "tokio")]
+mod wait;
+
+pub use algorithm::Algorithm;
+pub use decision::Decision;
+pub use error::{ConfigError, InsufficientCapacity, RateLimited, WaitError};
+pub use keyed::{
+    DEFAULT_MAX_KEYS, KeyedMetrics, KeyedRateLimiter, KeyedRateLimiterBuilder, WhenFull,
+};
+pub use limiter::{RateLimiter, RateLimiterBuilder};
+pub use multi::{MAX_QUOTAS, MultiGcra};
+pub use quota::{MAX_REPLENISH, Quota};
+pub use sliding::{MAX_WINDOW_LIMIT, SlidingWindow};

@@ -1,0 +1,68 @@
+//! The algorithms a limiter can run, behind one sealed trait.
+
+use std::fmt;
+
+use crate::decision::Decision;
+use crate::error::{ConfigError, InsufficientCapacity};
+
+/// A rate-limiting algorithm: [`Quota`](crate::Quota) (GCRA, the default),
+/// [`MultiGcra`](crate::MultiGcra) (several quotas checked as one) or
+/// [`SlidingWindow`](crate::SlidingWindow) ("N per window").
+///
+/// Both [`RateLimiter`](crate::RateLimiter) and [`KeyedRateLimiter`](crate::KeyedRateLimiter)
+/// run any of them. The trait is sealed: its methods are the crate's internals.
+pub trait Algorithm: private::Core {}
+
+pub(crate) mod private {
+    use super::*;
+
+    /// What a step does with the state.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Op {
+        /// Take the cells if they fit now.
+        Check,
+        /// Say whether they would fit, change nothing.
+        Peek,
+        /// Take the cells now or at the first moment they fit, if that is within `max_wait` ns
+        /// (a place in line). The wait is in the decision's `retry_after` field.
+        Reserve { max_wait: u64 },
+    }
+
+    /// The internals of [`Algorithm`]. Times are nanoseconds since the limiter's creation.
+    pub trait Core: Clone + Send + Sync + fmt::Debug + 'static {
+        /// One key's state in a keyed limiter.
+        type State: Send + Sync + fmt::Debug;
+        /// A direct limiter's state and configuration, changeable while checks run.
+        type Direct: Send + Sync + fmt::Debug;
+
+        fn validated(self) -> Result<Self, ConfigError>;
+        fn capacity(&self) -> u32;
+        fn new_state(&self) -> Self::State;
+        fn step(
+            &self,
+            state: &Self::State,
+            now: u64,
+            n: u32,
+            op: Op,
+        ) -> Result<Decision, InsufficientCapacity>;
+        fn refund(&self, state: &Self::State, now: u64, n: u32);
+        /// The first moment the state is back to full capacity: from then on, forgetting the
+        /// key loses nothing.
+        fn idle_at(&self, state: &Self::State, now: u64) -> u64;
+        /// Re-express `state` (kept under `self`) under `to`, keeping what has been used.
+        fn rebase(&self, state: &mut Self::State, to: &Self, now: u64);
+        /// Whether a limiter running `self` may switch to `to` at runtime.
+        fn can_become(&self, to: &Self) -> Result<(), ConfigError>;
+
+        fn direct(self) -> Self::Direct;
+        fn direct_config(direct: &Self::Direct) -> Self;
+        fn direct_step(
+            direct: &Self::Direct,
+            now: u64,
+            n: u32,
+            op: Op,
+        ) -> Result<Decision, InsufficientCapacity>;
+        fn direct_refund(direct: &Self::Direct, now: u64, n: u32);
+        fn direct_set(direct: &Self::Direct, to: Self, now: u64) -> Result<(), ConfigError>;
+    }
+}

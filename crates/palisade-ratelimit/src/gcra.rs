@@ -1,0 +1,326 @@
+//! GCRA, the generic cell rate algorithm: one theoretical arrival time (TAT) per limiter or key.
+//!
+//! A request for `n` cells at `now` fits when `max(tat, now) + n·T − now ≤ τ`, where `T` is the
+//! interval and `τ = burst·T`; taking them moves `tat` to `max(tat, now) + n·T`. That is a token
+//! bucket of `burst` tokens refilled one per `T`, kept in one number: `tat − now` is how much of
+//! the bucket is used, in time.
+
+use std::cmp;
+
+use palisade_core::sync::Mutex;
+use palisade_core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::algorithm::Algorithm;
+use crate::algorithm::private::{Core, Op};
+use crate::decision::{Decision, Outcome};
+use crate::error::{ConfigError, InsufficientCapacity};
+use crate::quota::Quota;
+
+/// Largest `τ` (`burst × interval`) in ns: 2⁵², about 52 days.
+pub(crate) const MAX_TAU: u64 = 1 << 52;
+/// Bits of the state word that hold the TAT (ns since the limiter's creation); the four above
+/// them hold a direct limiter's quota generation.
+const TAT_BITS: u32 = 60;
+const TAT_MASK: u64 = (1 << TAT_BITS) - 1;
+/// Quota generations a direct limiter cycles through (see [`GcraDirect`]).
+const GENERATIONS: usize = 16;
+/// Limiter time stops here (2⁵⁹ ns, 18 years after creation), so a TAT after any check still
+/// fits its 60 bits. Reservations are refused beyond the 60 bits.
+pub(crate) const MAX_NOW: u64 = 1 << 59;
+
+/// `T` and `τ` in ns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Params {
+    pub(crate) interval: u64,
+    pub(crate) tau: u64,
+}
+
+impl Params {
+    pub(crate) fn of(q: &Quota) -> Params {
+        Params {
+            interval: q.interval_ns,
+            tau: q.interval_ns * u64::from(q.burst),
+        }
+    }
+
+    pub(crate) fn burst(self) -> u32 {
+        (self.tau / self.interval) as u32
+    }
+
+    /// `n·T`, or the error when `n` cells could never fit.
+    #[inline]
+    pub(crate) fn cost(self, n: u32) -> Result<u64, InsufficientCapacity> {
+        let cost = u64::from(n).wrapping_mul(self.interval);
+        // n ≤ u32::MAX and interval ≤ 2^52, so the product fits in u128; test in u64 only
+        // when it cannot have wrapped (n·T ≤ τ ≤ 2^52 is all that passes anyway).
+        if u128::from(n) * u128::from(self.interval) > u128::from(self.tau) {
+            return Err(InsufficientCapacity {
+                requested: n,
+                capacity: self.burst(),
+            });
+        }
+        Ok(cost)
+    }
+}
+
+/// One GCRA step: the decision and, when the state changes, the new TAT.
+#[inline]
+pub(crate) fn step(p: Params, tat: u64, now: u64, cost: u64, op: Op) -> (Decision, Option<u64>) {
+    let start = cmp::max(tat, now);
+    let new_tat = start + cost;
+    let ahead = new_tat - now;
+    let allowed = |slack: u64, wait: u64| Decision {
+        outcome: Outcome::Allowed,
+        slack,
+        per_cell: p.interval,
+        capacity: p.tau,
+        reset_after: ahead,
+        retry_after: wait,
+    };
+    let limited = |wait: u64| Decision {
+        outcome: Outcome::Limited,
+        slack: p.tau.saturating_sub(start - now),
+        per_cell: p.interval,
+        capacity: p.tau,
+        reset_after: start - now,
+        retry_after: wait,
+    };
+    match op {
+        Op::Check if ahead <= p.tau => (allowed(p.tau - ahead, 0), Some(new_tat)),
+        Op::Peek if ahead <= p.tau => (allowed(p.tau - ahead, 0), None),
+        Op::Check | Op::Peek => (limited(ahead - p.tau), None),
+        Op::Reserve { max_wait } => {
+            let wait = ahead.saturating_sub(p.tau);
+            if wait <= max_wait && new_tat <= TAT_MASK {
+                (allowed(p.tau.saturating_sub(ahead), wait), Some(new_tat))
+            } else {
+                (limited(wait), None)
+            }
+        }
+    }
+}
+
+/// The TAT after `n·T` ns of capacity come back, or `None` if nothing changes.
+#[inline]
+pub(crate) fn refund(tat: u64, now: u64, cost: u64) -> Option<u64> {
+    (tat > now).then(|| cmp::max(tat - cost.min(tat), now))
+}
+
+/// `tat` (kept under `from`) re-expressed under `to`: the used part of the bucket,
+/// `(tat − now) / T` cells, stays used. Rounds up, so a change never hands out capacity.
+pub(crate) fn rebase(tat: u64, from: Params, to: Params, now: u64) -> u64 {
+    if tat <= now {
+        return tat;
+    }
+    let used = u128::from(tat - now) * u128::from(to.interval);
+    let ahead = used.div_ceil(u128::from(from.interval));
+    let ahead = u64::try_from(ahead).unwrap_or(u64::MAX);
+    cmp::min(now.saturating_add(ahead), TAT_MASK)
+}
+
+/// A [`Quota`] runs as GCRA.
+impl Algorithm for Quota {}
+
+impl Core for Quota {
+    type State = AtomicU64;
+    type Direct = GcraDirect;
+
+    fn validated(self) -> Result<Quota, ConfigError> {
+        self.validate()
+    }
+
+    fn capacity(&self) -> u32 {
+        self.burst
+    }
+
+    fn new_state(&self) -> AtomicU64 {
+        AtomicU64::new(0)
+    }
+
+    #[inline]
+    fn step(
+        &self,
+        state: &AtomicU64,
+        now: u64,
+        n: u32,
+        op: Op,
+    ) -> Result<Decision, InsufficientCapacity> {
+        let p = Params::of(self);
+        let cost = p.cost(n)?;
+        let mut tat = state.load(Ordering::Relaxed);
+        loop {
+            match step(p, tat, now, cost, op) {
+                (decision, Some(new)) => {
+                    match state.compare_exchange_weak(
+                        tat,
+                        new,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    ) {
+                        Ok(_) => return Ok(decision),
+                        Err(actual) => tat = actual,
+                    }
+                }
+                (decision, None) => return Ok(decision),
+            }
+        }
+    }
+
+    fn refund(&self, state: &AtomicU64, now: u64, n: u32) {
+        let cost = u64::from(n).saturating_mul(self.interval_ns);
+        let _ = state.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+            refund(tat, now, cost)
+        });
+    }
+
+    fn idle_at(&self, state: &AtomicU64, _now: u64) -> u64 {
+        state.load(Ordering::Relaxed)
+    }
+
+    fn can_become(&self, _to: &Quota) -> Result<(), ConfigError> {
+        Ok(())
+    }
+
+    fn rebase(&self, state: &mut AtomicU64, to: &Quota, now: u64) {
+        let tat = state.load(Ordering::Relaxed);
+        state.store(
+            rebase(tat, Params::of(self), Params::of(to), now),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn direct(self) -> GcraDirect {
+        GcraDirect::new(self)
+    }
+
+    fn direct_config(direct: &GcraDirect) -> Quota {
+        direct.quota()
+    }
+
+    #[inline]
+    fn direct_step(
+        direct: &GcraDirect,
+        now: u64,
+        n: u32,
+        op: Op,
+    ) -> Result<Decision, InsufficientCapacity> {
+        direct.step(now, n, op)
+    }
+
+    fn direct_refund(direct: &GcraDirect, now: u64, n: u32) {
+        direct.refund(now, n);
+    }
+
+    fn direct_set(direct: &GcraDirect, to: Quota, now: u64) -> Result<(), ConfigError> {
+        direct.set(to, now);
+        Ok(())
+    }
+}
+
+/// A direct GCRA limiter's state: one word holding the TAT (low 60 bits) and the generation of
+/// the quota it is kept under (high 4 bits), and the quotas of the last 16 generations.
+///
+/// A check loads the word, reads its generation's quota, and compare-exchanges the word. A quota
+/// change writes the next generation's slot, then compare-exchanges the word to that generation
+/// with the TAT re-expressed under the new quota. A check therefore always computes with the
+/// quota its TAT is kept under: its compare-exchange fails if the word changed generation after
+/// it was loaded. (A slot is rewritten only 16 changes later, so a check would have to be
+/// stalled across 16 quota changes, and find the same TAT after them, to mix two quotas.)
+#[derive(Debug)]
+pub struct GcraDirect {
+    word: AtomicU64,
+    slots: [Slot; GENERATIONS],
+    /// Serialises quota changes (checks never take it).
+    writer: Mutex<()>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    interval: AtomicU64,
+    tau: AtomicU64,
+}
+
+impl GcraDirect {
+    fn new(quota: Quota) -> GcraDirect {
+        let slots = std::array::from_fn(|_| Slot {
+            interval: AtomicU64::new(quota.interval_ns),
+            tau: AtomicU64::new(0),
+        });
+        let direct = GcraDirect {
+            word: AtomicU64::new(0),
+            slots,
+            writer: Mutex::new(()),
+        };
+        let p = Params::of(&quota);
+        direct.slots[0].tau.store(p.tau, Ordering::Relaxed);
+        direct
+    }
+
+    #[inline]
+    fn params(&self, word: u64) -> Params {
+        let slot = &self.slots[(word >> TAT_BITS) as usize];
+        Params {
+            interval: slot.interval.load(Ordering::Relaxed),
+            tau: slot.tau.load(Ordering::Relaxed),
+        }
+    }
+
+    fn quota(&self) -> Quota {
+        let p = self.params(self.word.load(Ordering::Acquire));
+        Quota::with_interval(std::time::Duration::from_nanos(p.interval)).burst(p.burst())
+    }
+
+    #[inline]
+    fn step(&self, now: u64, n: u32, op: Op) -> Result<Decision, InsufficientCapacity> {
+        // Acquire: the slot of the generation we load was written before the word named it.
+        let mut word = self.word.load(Ordering::Acquire);
+        loop {
+            let p = self.params(word);
+            let cost = p.cost(n)?;
+            match step(p, word & TAT_MASK, now, cost, op) {
+                (decision, Some(tat)) => {
+                    let new = (word & !TAT_MASK) | tat;
+                    match self.word.compare_exchange_weak(
+                        word,
+                        new,
+                        Ordering::Relaxed,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => return Ok(decision),
+                        Err(actual) => word = actual,
+                    }
+                }
+                (decision, None) => return Ok(decision),
+            }
+        }
+    }
+
+    fn refund(&self, now: u64, n: u32) {
+        let _ = self
+            .word
+            .fetch_update(Ordering::Relaxed, Ordering::Acquire, |word| {
+                let cost = u64::from(n).saturating_mul(self.params(word).interval);
+                refund(word & TAT_MASK, now, cost).map(|tat| (word & !TAT_MASK) | tat)
+            });
+    }
+
+    fn set(&self, quota: Quota, now: u64) {
+        let _writer = self.writer.lock();
+        let word = self.word.load(Ordering::Acquire);
+        let generation = (word >> TAT_BITS) as usize;
+        let next = (generation + 1) % GENERATIONS;
+        let to = Params::of(&quota);
+        self.slots[next]
+            .interval
+            .store(to.interval, Ordering::Relaxed);
+        self.slots[next].tau.store(to.tau, Ordering::Relaxed);
+        let from = self.params(word);
+        // Release: a check that loads the new generation sees its slot.
+        let _ = self
+            .word
+            .fetch_update(Ordering::Release, Ordering::Relaxed, |word| {
+                let tat = rebase(word & TAT_MASK, from, to, now);
+                Some(((next as u64) << TAT_BITS) | tat)
+            });
+    }
+}

@@ -1,0 +1,651 @@
+//! [`KeyedRateLimiter`]: one limit per key (client IP, API key, tenant) in bounded memory.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::time::Duration;
+
+use hashbrown::HashTable;
+use palisade_core::sync::RwLock;
+use palisade_core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use palisade_core::{Clock, FastClock};
+
+use crate::algorithm::Algorithm;
+use crate::algorithm::private::Op;
+use crate::decision::{Decision, Outcome};
+use crate::error::{ConfigError, InsufficientCapacity};
+use crate::limiter::{check_jitter, since, unreachable_capacity};
+use crate::quota::Quota;
+
+const TARGET: &str = "palisade_ratelimit";
+const MAX_SHARDS: usize = 1 << 12;
+/// The default cap on keys.
+pub const DEFAULT_MAX_KEYS: usize = 1 << 20;
+
+/// What a full [`KeyedRateLimiter`] does with a new key once no tracked key is fully
+/// replenished (keys that are are evicted first: forgetting them loses nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WhenFull {
+    /// Refuse the new key's requests ([`Decision::is_keys_full`]) until some key is fully
+    /// replenished; `retry_after` says when the first one in its shard will be. Never hands
+    /// out capacity a key still owes. The default.
+    #[default]
+    RejectNewKeys,
+    /// Evict the key in the new key's shard that is closest to fully replenished (for GCRA,
+    /// the one with the earliest theoretical arrival time: the least recently used relative
+    /// to its debt), with a `warn` event. That key starts over with full capacity if it comes
+    /// back, so it can get up to one extra burst: availability over exactness.
+    EvictClosestToFull,
+}
+
+/// A rate limiter per key, in bounded memory: a sharded table (one `RwLock` and hash table per
+/// shard) of one algorithm state per key, 8 bytes beside the key for a [`Quota`].
+///
+/// ```
+/// use palisade_ratelimit::{KeyedRateLimiter, Quota};
+///
+/// let limiter = KeyedRateLimiter::builder(Quota::per_second(1)).max_keys(10_000).build()?;
+/// assert!(limiter.check("alice").is_allowed());
+/// assert!(!limiter.check("alice").is_allowed());
+/// assert!(limiter.check("bob").is_allowed());
+/// # Ok::<(), palisade_ratelimit::ConfigError>(())
+/// ```
+///
+/// A check hashes its key once (the hash picks the shard and the slot), takes the shard's read
+/// lock and steps the key's state lock-free; only a key's first check takes the write lock.
+/// The number of keys never exceeds [`max_keys`](KeyedRateLimiterBuilder::max_keys). When the
+/// table is full, a new key first sweeps its shard (and, without waiting, the others) for keys
+/// that are fully replenished and drops them; a sweep is skipped while no key of that shard can
+/// be replenished yet, so its cost is spread over the inserts it makes room for. If nothing can
+/// go, [`WhenFull`] decides. No background task is needed;
+/// [`evict_idle`](KeyedRateLimiter::evict_idle) sweeps every shard on demand.
+pub struct KeyedRateLimiter<K, A: Algorithm = Quota, C: Clock = FastClock, S = RandomState> {
+    shards: Box<[Shard<K, A>]>,
+    hasher: S,
+    clock: C,
+    base: u64,
+    keys: AtomicUsize,
+    max_keys: usize,
+    when_full: WhenFull,
+    jitter: Duration,
+    evicted_idle: AtomicU64,
+    evicted_owing: AtomicU64,
+    rejected_keys: AtomicU64,
+}
+
+/// A shard on its own cache lines, so checks on different shards do not share one.
+#[repr(align(128))]
+struct Shard<K, A: Algorithm> {
+    table: RwLock<Table<K, A>>,
+    /// No key of this shard is fully replenished before this time (a lower bound: checks only
+    /// push it later; inserts and refunds lower it).
+    next_idle: AtomicU64,
+}
+
+struct Table<K, A: Algorithm> {
+    algorithm: A,
+    entries: HashTable<Entry<K, A::State>>,
+}
+
+struct Entry<K, S> {
+    key: K,
+    state: S,
+}
+
+/// Counters of a [`KeyedRateLimiter`]'s key table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyedMetrics {
+    /// Keys tracked now.
+    pub keys: usize,
+    /// The cap on keys.
+    pub max_keys: usize,
+    /// Keys dropped because they were fully replenished (nothing lost).
+    pub evicted_idle: u64,
+    /// Keys dropped by [`WhenFull::EvictClosestToFull`] while they still owed capacity.
+    pub evicted_owing: u64,
+    /// Requests of new keys refused by [`WhenFull::RejectNewKeys`].
+    pub rejected_new_keys: u64,
+}
+
+impl<K: Hash + Eq, A: Algorithm> KeyedRateLimiter<K, A, FastClock, RandomState> {
+    /// A builder for a keyed limiter running `algorithm` for each key.
+    pub fn builder(algorithm: A) -> KeyedRateLimiterBuilder<K, A, FastClock, RandomState> {
+        KeyedRateLimiterBuilder {
+            algorithm,
+            clock: FastClock::new(),
+            hasher: RandomState::new(),
+            max_keys: DEFAULT_MAX_KEYS,
+            when_full: WhenFull::default(),
+            shards: None,
+            jitter: Duration::ZERO,
+            _key: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<K: Hash + Eq> KeyedRateLimiter<K, Quota, FastClock, RandomState> {
+    /// A keyed limiter giving each key `quota`, with the default knobs.
+    pub fn new(quota: Quota) -> Result<Self, ConfigError> {
+        KeyedRateLimiter::builder(quota).build()
+    }
+}
+
+/// Builds a [`KeyedRateLimiter`]; [`build`](KeyedRateLimiterBuilder::build) validates every
+/// knob.
+///
+/// | knob | default | allowed |
+/// |---|---|---|
+/// | algorithm | (required) | a valid [`Quota`], [`MultiGcra`](crate::MultiGcra) or [`SlidingWindow`](crate::SlidingWindow) |
+/// | [`max_keys`](KeyedRateLimiterBuilder::max_keys) | 2²⁰ (1,048,576) | at least 1 |
+/// | [`when_full`](KeyedRateLimiterBuilder::when_full) | [`WhenFull::RejectNewKeys`] | either policy |
+/// | [`shards`](KeyedRateLimiterBuilder::shards) | 4 × available cores, rounded up to a power of two | a power of two up to 4096 |
+/// | [`clock`](KeyedRateLimiterBuilder::clock) | [`FastClock`] | any [`Clock`] |
+/// | [`hasher`](KeyedRateLimiterBuilder::hasher) | `RandomState` (SipHash, keyed per process: safe for client-chosen keys) | any `BuildHasher` |
+/// | [`wait_jitter`](KeyedRateLimiterBuilder::wait_jitter) | 0 | up to 1 hour |
+pub struct KeyedRateLimiterBuilder<K, A, C, S> {
+    algorithm: A,
+    clock: C,
+    hasher: S,
+    max_keys: usize,
+    when_full: WhenFull,
+    shards: Option<usize>,
+    jitter: Duration,
+    _key: std::marker::PhantomData<fn(K)>,
+}
+
+impl<K, A: fmt::Debug, C: fmt::Debug, S> fmt::Debug for KeyedRateLimiterBuilder<K, A, C, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedRateLimiterBuilder")
+            .field("algorithm", &self.algorithm)
+            .field("clock", &self.clock)
+            .field("max_keys", &self.max_keys)
+            .field("when_full", &self.when_full)
+            .field("shards", &self.shards)
+            .field("wait_jitter", &self.jitter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Hash + Eq, A: Algorithm, C: Clock, S: BuildHasher> KeyedRateLimiterBuilder<K, A, C, S> {
+    /// The most keys tracked at once (a hard cap).
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// What a full table does with new keys.
+    pub fn when_full(mut self, when_full: WhenFull) -> Self {
+        self.when_full = when_full;
+        self
+    }
+
+    /// The number of shards (a power of two up to 4096).
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = Some(shards);
+        self
+    }
+
+    /// The clock every decision reads.
+    pub fn clock<C2: Clock>(self, clock: C2) -> KeyedRateLimiterBuilder<K, A, C2, S> {
+        KeyedRateLimiterBuilder {
+            algorithm: self.algorithm,
+            clock,
+            hasher: self.hasher,
+            max_keys: self.max_keys,
+            when_full: self.when_full,
+            shards: self.shards,
+            jitter: self.jitter,
+            _key: std::marker::PhantomData,
+        }
+    }
+
+    /// The key hasher. Keep a keyed, DoS-resistant one (the default) when clients choose the
+    /// keys; a faster one is fine for keys you control.
+    pub fn hasher<S2: BuildHasher>(self, hasher: S2) -> KeyedRateLimiterBuilder<K, A, C, S2> {
+        KeyedRateLimiterBuilder {
+            algorithm: self.algorithm,
+            clock: self.clock,
+            hasher,
+            max_keys: self.max_keys,
+            when_full: self.when_full,
+            shards: self.shards,
+            jitter: self.jitter,
+            _key: std::marker::PhantomData,
+        }
+    }
+
+    /// Extra random delay, up to this much, for each waiter of
+    /// [`until_key_ready`](KeyedRateLimiter::until_key_ready) that had to wait.
+    pub fn wait_jitter(mut self, jitter: Duration) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// The limiter, or the first knob out of range.
+    pub fn build(self) -> Result<KeyedRateLimiter<K, A, C, S>, ConfigError> {
+        let algorithm = self.algorithm.validated()?;
+        if self.max_keys == 0 {
+            return Err(ConfigError::out_of_range("max_keys", "at least 1", 0));
+        }
+        let shards = match self.shards {
+            Some(n) if n == 0 || n > MAX_SHARDS || !n.is_power_of_two() => {
+                return Err(ConfigError::out_of_range(
+                    "shards",
+                    format!("a power of two from 1 to {MAX_SHARDS}"),
+                    n,
+                ));
+            }
+            Some(n) => n,
+            None => {
+                let cores = std::thread::available_parallelism().map_or(1, usize::from);
+                (cores * 4).next_power_of_two().min(MAX_SHARDS)
+            }
+        };
+        check_jitter(self.jitter)?;
+        let shards = (0..shards)
+            .map(|_| Shard {
+                table: RwLock::new(Table {
+                    algorithm: algorithm.clone(),
+                    entries: HashTable::new(),
+                }),
+                next_idle: AtomicU64::new(0),
+            })
+            .collect();
+        Ok(KeyedRateLimiter {
+            shards,
+            hasher: self.hasher,
+            base: self.clock.now().as_nanos(),
+            clock: self.clock,
+            keys: AtomicUsize::new(0),
+            max_keys: self.max_keys,
+            when_full: self.when_full,
+            jitter: self.jitter,
+            evicted_idle: AtomicU64::new(0),
+            evicted_owing: AtomicU64::new(0),
+            rejected_keys: AtomicU64::new(0),
+        })
+    }
+}
+
+impl<K, A, C, S> KeyedRateLimiter<K, A, C, S>
+where
+    K: Hash + Eq,
+    A: Algorithm,
+    C: Clock,
+    S: BuildHasher,
+{
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        since(&self.clock, self.base)
+    }
+
+    #[inline]
+    fn shard(&self, hash: u64) -> &Shard<K, A> {
+        // Bits 40.. pick the shard: hashbrown indexes buckets by the low bits and tags them with
+        // the top seven, so the shard index is independent of both.
+        &self.shards[(hash >> 40) as usize & (self.shards.len() - 1)]
+    }
+
+    /// Takes one cell from `key`'s limit if it is free now.
+    #[inline]
+    pub fn check<Q>(&self, key: &Q) -> Decision
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.run(key, 1, Op::Check)
+            .unwrap_or_else(|_| unreachable_capacity())
+    }
+
+    /// Takes `n` cells from `key`'s limit if they are all free now.
+    #[inline]
+    pub fn check_n<Q>(&self, key: &Q, n: u32) -> Result<Decision, InsufficientCapacity>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.run(key, n, Op::Check)
+    }
+
+    /// What [`check_n`](KeyedRateLimiter::check_n) would say now, changing nothing (an unknown
+    /// key is not added).
+    pub fn peek_n<Q>(&self, key: &Q, n: u32) -> Result<Decision, InsufficientCapacity>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.run(key, n, Op::Peek)
+    }
+
+    /// Gives back `n` cells `key` took earlier (never above full capacity). A key no longer
+    /// tracked has nothing to give back to.
+    pub fn refund<Q>(&self, key: &Q, n: u32)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hasher.hash_one(key);
+        let shard = self.shard(hash);
+        let table = shard.table.read();
+        if let Some(entry) = table.entries.find(hash, |e| e.key.borrow() == key) {
+            let now = self.now();
+            table.algorithm.refund(&entry.state, now, n);
+            shard.next_idle.fetch_min(
+                table.algorithm.idle_at(&entry.state, now),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    pub(crate) fn reserve<Q>(
+        &self,
+        key: &Q,
+        n: u32,
+        max_wait: Duration,
+    ) -> Result<Decision, InsufficientCapacity>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let max_wait = u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX);
+        self.run(key, n, Op::Reserve { max_wait })
+    }
+
+    #[inline]
+    fn run<Q>(&self, key: &Q, n: u32, op: Op) -> Result<Decision, InsufficientCapacity>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let hash = self.hasher.hash_one(key);
+        let shard = self.shard(hash);
+        let now = self.now();
+        {
+            let table = shard.table.read();
+            if let Some(entry) = table.entries.find(hash, |e| e.key.borrow() == key) {
+                return table.algorithm.step(&entry.state, now, n, op);
+            }
+            if op == Op::Peek {
+                return table
+                    .algorithm
+                    .step(&table.algorithm.new_state(), now, n, op);
+            }
+        }
+        self.insert(shard, hash, key, now, n, op)
+    }
+
+    #[cold]
+    fn insert<Q>(
+        &self,
+        shard: &Shard<K, A>,
+        hash: u64,
+        key: &Q,
+        now: u64,
+        n: u32,
+        op: Op,
+    ) -> Result<Decision, InsufficientCapacity>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let mut table = shard.table.write();
+        if let Some(entry) = table.entries.find(hash, |e| e.key.borrow() == key) {
+            return table.algorithm.step(&entry.state, now, n, op);
+        }
+        let state = table.algorithm.new_state();
+        // Refuse an impossible request before it takes a slot.
+        table.algorithm.step(&state, now, n, Op::Peek)?;
+        if !self.take_slot() && !self.make_room(shard, &mut table, now) {
+            self.rejected_keys.fetch_add(1, Ordering::Relaxed);
+            let wait = shard.next_idle.load(Ordering::Relaxed).saturating_sub(now);
+            tracing::debug!(target: TARGET, keys = self.max_keys, "keyed rate limiter full: refused a new key");
+            return Ok(keys_full(table.algorithm.capacity(), wait));
+        }
+        let decision = table.algorithm.step(&state, now, n, op)?;
+        shard
+            .next_idle
+            .fetch_min(table.algorithm.idle_at(&state, now), Ordering::Relaxed);
+        let hasher = &self.hasher;
+        table.entries.insert_unique(
+            hash,
+            Entry {
+                key: key.to_owned(),
+                state,
+            },
+            |e| hasher.hash_one(&e.key),
+        );
+        Ok(decision)
+    }
+
+    fn take_slot(&self) -> bool {
+        self.keys
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max_keys).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Frees a slot for a new key in `own` (whose write lock the caller holds): sweeps it and,
+    /// without blocking, the other shards; then applies the [`WhenFull`] policy. Returns
+    /// whether the caller now owns a slot.
+    fn make_room(&self, own: &Shard<K, A>, table: &mut Table<K, A>, now: u64) -> bool {
+        if self.sweep(own, table, now) > 0 && self.take_slot() {
+            return true;
+        }
+        for other in self.shards.iter().filter(|s| !std::ptr::eq(*s, own)) {
+            if other.next_idle.load(Ordering::Relaxed) > now {
+                continue;
+            }
+            // Never block on a second shard while holding one: try, and skip it if busy.
+            if let Some(mut other_table) = other.table.try_write()
+                && self.sweep(other, &mut other_table, now) > 0
+                && self.take_slot()
+            {
+                return true;
+            }
+        }
+        match self.when_full {
+            WhenFull::RejectNewKeys => false,
+            WhenFull::EvictClosestToFull => self.evict_closest(own, table, now),
+        }
+    }
+
+    /// Drops the keys of one shard that are fully replenished; returns how many.
+    fn sweep(&self, shard: &Shard<K, A>, table: &mut Table<K, A>, now: u64) -> usize {
+        if shard.next_idle.load(Ordering::Relaxed) > now {
+            return 0;
+        }
+        let before = table.entries.len();
+        let mut next_idle = u64::MAX;
+        let algorithm = &table.algorithm;
+        table.entries.retain(|e| {
+            let idle_at = algorithm.idle_at(&e.state, now);
+            let keep = idle_at > now;
+            if keep {
+                next_idle = next_idle.min(idle_at);
+            }
+            keep
+        });
+        shard.next_idle.store(next_idle, Ordering::Relaxed);
+        let removed = before - table.entries.len();
+        if removed > 0 {
+            self.keys.fetch_sub(removed, Ordering::Relaxed);
+            self.evicted_idle
+                .fetch_add(removed as u64, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// Evicts the key of `own` closest to full capacity (or, if `own` is empty, of the first
+    /// other shard free to lock), keeping its slot for the caller.
+    fn evict_closest(&self, own: &Shard<K, A>, table: &mut Table<K, A>, now: u64) -> bool {
+        if evict_min(table, &self.hasher, now).is_some_and(|owed| self.owed(owed)) {
+            return true;
+        }
+        for other in self.shards.iter().filter(|s| !std::ptr::eq(*s, own)) {
+            if let Some(mut other_table) = other.table.try_write()
+                && let Some(owed) = evict_min(&mut other_table, &self.hasher, now)
+            {
+                return self.owed(owed);
+            }
+        }
+        false
+    }
+
+    fn owed(&self, owed: u64) -> bool {
+        self.evicted_owing.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            target: TARGET,
+            owed_ns = owed,
+            max_keys = self.max_keys,
+            "keyed rate limiter full: evicted the key closest to full capacity; it may get an extra burst"
+        );
+        true
+    }
+
+    /// Drops every key that is fully replenished, in every shard (the work a full table does
+    /// on its own, done now). Returns how many keys were dropped.
+    pub fn evict_idle(&self) -> usize {
+        let now = self.now();
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let mut table = shard.table.write();
+            shard.next_idle.store(0, Ordering::Relaxed);
+            removed += self.sweep(shard, &mut table, now);
+        }
+        removed
+    }
+
+    /// Stops tracking `key`. Returns whether it was tracked. Its next check starts at full
+    /// capacity.
+    pub fn remove<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hasher.hash_one(key);
+        let mut table = self.shard(hash).table.write();
+        match table.entries.find_entry(hash, |e| e.key.borrow() == key) {
+            Ok(entry) => {
+                entry.remove();
+                self.keys.fetch_sub(1, Ordering::Relaxed);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Switches every key to `algorithm`, keeping each key's accounting (see
+    /// [`RateLimiter::set_algorithm`](crate::RateLimiter::set_algorithm)). Each shard switches
+    /// under its write lock, so every key switches atomically; keys of different shards switch
+    /// one shard after another. Costs one pass over the keys.
+    pub fn set_algorithm(&self, algorithm: A) -> Result<(), ConfigError> {
+        let algorithm = algorithm.validated()?;
+        self.shards[0]
+            .table
+            .read()
+            .algorithm
+            .can_become(&algorithm)?;
+        let now = self.now();
+        for shard in self.shards.iter() {
+            let mut table = shard.table.write();
+            let table = &mut *table;
+            for entry in table.entries.iter_mut() {
+                table.algorithm.rebase(&mut entry.state, &algorithm, now);
+            }
+            table.algorithm = algorithm.clone();
+            shard.next_idle.store(0, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The algorithm in force.
+    pub fn algorithm(&self) -> A {
+        self.shards[0].table.read().algorithm.clone()
+    }
+
+    /// Keys tracked now.
+    pub fn len(&self) -> usize {
+        self.keys.load(Ordering::Relaxed)
+    }
+
+    /// `true` when no key is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The key table's counters.
+    pub fn metrics(&self) -> KeyedMetrics {
+        KeyedMetrics {
+            keys: self.len(),
+            max_keys: self.max_keys,
+            evicted_idle: self.evicted_idle.load(Ordering::Relaxed),
+            evicted_owing: self.evicted_owing.load(Ordering::Relaxed),
+            rejected_new_keys: self.rejected_keys.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The clock decisions read.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    pub(crate) fn jitter(&self) -> Duration {
+        self.jitter
+    }
+}
+
+impl<K: Hash + Eq, C: Clock, S: BuildHasher> KeyedRateLimiter<K, Quota, C, S> {
+    /// Switches every key to `quota` (see [`set_algorithm`](KeyedRateLimiter::set_algorithm)).
+    pub fn set_quota(&self, quota: Quota) -> Result<(), ConfigError> {
+        self.set_algorithm(quota)
+    }
+}
+
+/// Removes the entry closest to full capacity; returns how much it still owed (ns or counts).
+fn evict_min<K, A: Algorithm>(
+    table: &mut Table<K, A>,
+    hasher: &impl BuildHasher,
+    now: u64,
+) -> Option<u64>
+where
+    K: Hash,
+{
+    let algorithm = &table.algorithm;
+    let (victim, idle_at) = table
+        .entries
+        .iter()
+        .map(|e| (e, algorithm.idle_at(&e.state, now)))
+        .min_by_key(|&(_, idle_at)| idle_at)?;
+    let hash = hasher.hash_one(&victim.key);
+    let victim: *const Entry<K, A::State> = victim;
+    if let Ok(entry) = table.entries.find_entry(hash, |e| std::ptr::eq(e, victim)) {
+        entry.remove();
+    }
+    Some(idle_at.saturating_sub(now))
+}
+
+fn keys_full(capacity: u32, wait: u64) -> Decision {
+    Decision {
+        outcome: Outcome::KeysFull,
+        slack: 0,
+        per_cell: 1,
+        capacity: u64::from(capacity),
+        reset_after: wait,
+        retry_after: wait,
+    }
+}
+
+impl<K, A: Algorithm, C: Clock, S> fmt::Debug for KeyedRateLimiter<K, A, C, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedRateLimiter")
+            .field("keys", &self.keys.load(Ordering::Relaxed))
+            .field("max_keys", &self.max_keys)
+            .field("when_full", &self.when_full)
+            .field("shards", &self.shards.len())
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,226 @@
+//! [`RateLimiter`]: one limit shared by everything that checks it.
+
+use std::fmt;
+use std::time::Duration;
+
+use palisade_core::{Clock, FastClock};
+
+use crate::algorithm::Algorithm;
+use crate::algorithm::private::Op;
+use crate::decision::Decision;
+use crate::error::{ConfigError, InsufficientCapacity};
+use crate::gcra::MAX_NOW;
+use crate::quota::Quota;
+
+/// A rate limiter for one stream of requests: lock-free for a [`Quota`] (one atomic word) and a
+/// [`SlidingWindow`](crate::SlidingWindow), one short lock for a
+/// [`MultiGcra`](crate::MultiGcra).
+///
+/// ```
+/// use palisade_ratelimit::{Quota, RateLimiter};
+///
+/// let limiter = RateLimiter::new(Quota::per_second(2))?;
+/// assert!(limiter.check().is_allowed());
+/// assert!(limiter.check().is_allowed());
+/// let refused = limiter.check();
+/// assert!(!refused.is_allowed());
+/// assert!(refused.retry_after().unwrap() <= std::time::Duration::from_millis(500));
+/// # Ok::<(), palisade_ratelimit::ConfigError>(())
+/// ```
+///
+/// Share it by reference or in an `Arc`; every method takes `&self`. Checks read the clock once
+/// and allocate nothing.
+pub struct RateLimiter<A: Algorithm = Quota, C: Clock = FastClock> {
+    direct: A::Direct,
+    clock: C,
+    base: u64,
+    jitter: Duration,
+}
+
+impl RateLimiter<Quota, FastClock> {
+    /// A limiter for `quota` on the fast clock; see [`builder`](RateLimiter::builder) for the
+    /// other knobs.
+    pub fn new(quota: Quota) -> Result<RateLimiter<Quota, FastClock>, ConfigError> {
+        RateLimiter::builder(quota).build()
+    }
+}
+
+impl<A: Algorithm> RateLimiter<A, FastClock> {
+    /// A builder for a limiter running `algorithm`: a [`Quota`],
+    /// [`MultiGcra`](crate::MultiGcra) or [`SlidingWindow`](crate::SlidingWindow).
+    pub fn builder(algorithm: A) -> RateLimiterBuilder<A, FastClock> {
+        RateLimiterBuilder {
+            algorithm,
+            clock: FastClock::new(),
+            jitter: Duration::ZERO,
+        }
+    }
+}
+
+/// Builds a [`RateLimiter`]; [`build`](RateLimiterBuilder::build) validates every knob.
+///
+/// | knob | default | allowed |
+/// |---|---|---|
+/// | algorithm | (required) | a valid [`Quota`], [`MultiGcra`](crate::MultiGcra) or [`SlidingWindow`](crate::SlidingWindow) |
+/// | [`clock`](RateLimiterBuilder::clock) | [`FastClock`] | any [`Clock`] |
+/// | [`wait_jitter`](RateLimiterBuilder::wait_jitter) | 0 | up to 1 hour |
+#[derive(Debug, Clone)]
+pub struct RateLimiterBuilder<A, C> {
+    algorithm: A,
+    clock: C,
+    jitter: Duration,
+}
+
+impl<A: Algorithm, C: Clock> RateLimiterBuilder<A, C> {
+    /// The clock every decision reads: `TokioClock` to follow tokio's (paused) time,
+    /// `ManualClock` for tests.
+    pub fn clock<C2: Clock>(self, clock: C2) -> RateLimiterBuilder<A, C2> {
+        RateLimiterBuilder {
+            algorithm: self.algorithm,
+            clock,
+            jitter: self.jitter,
+        }
+    }
+
+    /// Up to this much extra random delay for each waiter of `until_ready` that had to wait,
+    /// so waiters released together do not all hit the next service at once. Jitter only
+    /// delays: it never admits earlier and so never over-admits.
+    pub fn wait_jitter(mut self, jitter: Duration) -> RateLimiterBuilder<A, C> {
+        self.jitter = jitter;
+        self
+    }
+
+    /// The limiter, or the first knob out of range.
+    pub fn build(self) -> Result<RateLimiter<A, C>, ConfigError> {
+        let clock = self.clock;
+        let algorithm = self.algorithm.validated()?;
+        check_jitter(self.jitter)?;
+        Ok(RateLimiter {
+            direct: algorithm.direct(),
+            base: clock.now().as_nanos(),
+            clock,
+            jitter: self.jitter,
+        })
+    }
+}
+
+pub(crate) fn check_jitter(jitter: Duration) -> Result<(), ConfigError> {
+    if jitter > Duration::from_secs(3600) {
+        return Err(ConfigError::out_of_range(
+            "wait_jitter",
+            "at most 1h",
+            jitter,
+        ));
+    }
+    Ok(())
+}
+
+/// Nanoseconds since `base`, saturating at [`MAX_NOW`] (18 years).
+#[inline]
+pub(crate) fn since(clock: &impl Clock, base: u64) -> u64 {
+    clock.now().as_nanos().saturating_sub(base).min(MAX_NOW)
+}
+
+impl<A: Algorithm, C: Clock> RateLimiter<A, C> {
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        since(&self.clock, self.base)
+    }
+
+    /// Takes one cell if it is free now.
+    #[inline]
+    pub fn check(&self) -> Decision {
+        match A::direct_step(&self.direct, self.now(), 1, Op::Check) {
+            Ok(decision) => decision,
+            // Every valid algorithm has a capacity of at least one cell.
+            Err(_) => unreachable_capacity(),
+        }
+    }
+
+    /// Takes `n` cells if they are all free now (all or nothing). `n = 0` is always allowed.
+    /// An `n` larger than the capacity is an error: no wait would make it fit.
+    #[inline]
+    pub fn check_n(&self, n: u32) -> Result<Decision, InsufficientCapacity> {
+        A::direct_step(&self.direct, self.now(), n, Op::Check)
+    }
+
+    /// What [`check`](RateLimiter::check) would say now, without taking anything.
+    pub fn peek(&self) -> Decision {
+        self.peek_n(1).unwrap_or_else(|_| unreachable_capacity())
+    }
+
+    /// What [`check_n`](RateLimiter::check_n) would say now, without taking anything.
+    pub fn peek_n(&self, n: u32) -> Result<Decision, InsufficientCapacity> {
+        A::direct_step(&self.direct, self.now(), n, Op::Peek)
+    }
+
+    /// Gives back `n` cells taken earlier, e.g. when the work they paid for was cancelled
+    /// before it touched the protected resource. A refund never raises capacity above full,
+    /// so refunding cells never taken cannot create a burst.
+    pub fn refund(&self, n: u32) {
+        A::direct_refund(&self.direct, self.now(), n);
+    }
+
+    /// Switches to `algorithm` while checks run, keeping the accounting: capacity used stays
+    /// used (for GCRA, `(tat − now)/T` cells are carried over to the new interval, rounded up).
+    /// Errors if `algorithm` is invalid or cannot replace the current one (a sliding window's
+    /// length, a multi-quota's number of quotas); the limiter is then unchanged.
+    pub fn set_algorithm(&self, algorithm: A) -> Result<(), ConfigError> {
+        let algorithm = algorithm.validated()?;
+        A::direct_config(&self.direct).can_become(&algorithm)?;
+        A::direct_set(&self.direct, algorithm, self.now())
+    }
+
+    /// The algorithm (quota) in force.
+    pub fn algorithm(&self) -> A {
+        A::direct_config(&self.direct)
+    }
+
+    /// The clock decisions read.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    pub(crate) fn jitter(&self) -> Duration {
+        self.jitter
+    }
+
+    /// Takes `n` cells now or reserves the first moment they fit, if that is within
+    /// `max_wait`. Returns the decision whose raw `retry_after` is the wait.
+    pub(crate) fn reserve(
+        &self,
+        n: u32,
+        max_wait: Duration,
+    ) -> Result<Decision, InsufficientCapacity> {
+        let max_wait = u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX);
+        A::direct_step(&self.direct, self.now(), n, Op::Reserve { max_wait })
+    }
+}
+
+impl<C: Clock> RateLimiter<Quota, C> {
+    /// Switches to `quota` while checks run, keeping the accounting (see
+    /// [`set_algorithm`](RateLimiter::set_algorithm)).
+    pub fn set_quota(&self, quota: Quota) -> Result<(), ConfigError> {
+        self.set_algorithm(quota)
+    }
+
+    /// The quota in force.
+    pub fn quota(&self) -> Quota {
+        self.algorithm()
+    }
+}
+
+#[cold]
+pub(crate) fn unreachable_capacity() -> Decision {
+    unreachable!("a validated algorithm always has room for one cell")
+}
+
+impl<A: Algorithm, C: Clock> fmt::Debug for RateLimiter<A, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("algorithm", &self.algorithm())
+            .field("peek", &self.peek())
+            .field("clock", &self.clock)
+            .finish()
+    }
+}

@@ -1,0 +1,378 @@
+//! The sliding-window counter: "at most `limit` per `window`", as API quotas are written.
+//!
+//! Each window keeps a count; a request at offset `e` into the current window sees an
+//! estimate of the last `window` of traffic, `prev·(W − e)/W + curr`, and is admitted when the
+//! estimate plus its cells stays within the limit (Cloudflare's approximation: the previous
+//! window's requests are assumed evenly spread). The state is one word: the window index
+//! (24 bits, wrapping), the previous count and the current count (20 bits each).
+
+use std::time::Duration;
+
+use palisade_core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::algorithm::Algorithm;
+use crate::algorithm::private::{Core, Op};
+use crate::decision::{Decision, Outcome};
+use crate::error::{ConfigError, InsufficientCapacity};
+
+const COUNT_BITS: u32 = 20;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+const INDEX_BITS: u32 = 24;
+const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
+
+/// The largest `limit` a [`SlidingWindow`] accepts: 2²⁰ − 1.
+pub const MAX_WINDOW_LIMIT: u32 = COUNT_MASK as u32;
+
+/// At most `limit` cells per `window`, estimated over a window that slides (not one that
+/// resets on the minute). Build with [`SlidingWindow::new`].
+///
+/// Runtime changes ([`RateLimiter::set_algorithm`](crate::RateLimiter::set_algorithm)) may
+/// change the limit and keep the counts; a direct limiter keeps its window length, a keyed one
+/// folds each key's estimate into the new window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlidingWindow {
+    pub(crate) limit: u32,
+    pub(crate) window: u64,
+}
+
+impl SlidingWindow {
+    /// At most `limit` cells in any `window` (checked when a limiter is built: `limit` in
+    /// `1..=`[`MAX_WINDOW_LIMIT`], `window` from 1 µs to 52 days).
+    pub const fn new(limit: u32, window: Duration) -> SlidingWindow {
+        let ns = window.as_nanos();
+        let window = if ns > u64::MAX as u128 {
+            u64::MAX
+        } else {
+            ns as u64
+        };
+        SlidingWindow { limit, window }
+    }
+
+    /// The most cells admitted per window.
+    pub const fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// The window length.
+    pub const fn window(&self) -> Duration {
+        Duration::from_nanos(self.window)
+    }
+}
+
+/// `(index, prev, curr)` of `word` seen at `now`: counts of windows that ended are rolled.
+#[inline]
+fn view(word: u64, window: u64, now: u64) -> (u64, u64, u64, u64) {
+    let index = now / window;
+    let offset = now - index * window;
+    let stored = word >> (2 * COUNT_BITS);
+    let prev = (word >> COUNT_BITS) & COUNT_MASK;
+    let curr = word & COUNT_MASK;
+    let (prev, curr) = match index.wrapping_sub(stored) & INDEX_MASK {
+        0 => (prev, curr),
+        1 => (curr, 0),
+        _ => (0, 0),
+    };
+    (index, offset, prev, curr)
+}
+
+fn pack(index: u64, prev: u64, curr: u64) -> u64 {
+    ((index & INDEX_MASK) << (2 * COUNT_BITS)) | (prev << COUNT_BITS) | curr
+}
+
+/// One step on `word` with `limit`: the decision and the new word if it changes.
+#[inline]
+fn step(limit: u64, window: u64, word: u64, now: u64, n: u32, op: Op) -> (Decision, Option<u64>) {
+    let (index, offset, prev, curr) = view(word, window, now);
+    let n = u64::from(n);
+    let w = u128::from(window);
+    // Everything in "cells × window" units, so the estimate needs no rounding.
+    let used = u128::from(prev) * u128::from(window - offset) + u128::from(curr) * w;
+    let cap = u128::from(limit) * w;
+    let fits = used + u128::from(n) * w <= cap;
+    let reset = |curr: u64| {
+        if curr > 0 {
+            (index + 2) * window - now
+        } else if prev > 0 {
+            (index + 1) * window - now
+        } else {
+            0
+        }
+    };
+    if fits && op != Op::Peek {
+        let curr = curr + n;
+        let slack = ((cap - used - u128::from(n) * w) / w) as u64;
+        let decision = Decision {
+            outcome: Outcome::Allowed,
+            slack,
+            per_cell: 1,
+            capacity: limit,
+            reset_after: reset(curr),
+            retry_after: 0,
+        };
+        return (decision, Some(pack(index, prev, curr)));
+    }
+    let slack = (cap.saturating_sub(used) / w) as u64;
+    if fits {
+        let decision = Decision {
+            outcome: Outcome::Allowed,
+            slack: slack - n,
+            per_cell: 1,
+            capacity: limit,
+            reset_after: reset(curr + n),
+            retry_after: 0,
+        };
+        return (decision, None);
+    }
+    // When would it fit? Within this window once enough of `prev` has slid out, or else in the
+    // next one, where `curr` becomes the previous count.
+    let wait = if curr + n <= limit {
+        let room = u128::from(limit - curr - n) * w;
+        // prev · (W − e') ≤ room  ⇔  e' ≥ W − ⌊room / prev⌋   (prev > 0, or it would fit)
+        let slide = (room / u128::from(prev)).min(w) as u64;
+        (window - slide).saturating_sub(offset)
+    } else {
+        let room = u128::from(limit.saturating_sub(n)) * w;
+        let slide = (room / u128::from(curr.max(1))).min(w) as u64;
+        (window - offset) + (window - slide)
+    };
+    let decision = Decision {
+        outcome: Outcome::Limited,
+        slack,
+        per_cell: 1,
+        capacity: limit,
+        reset_after: reset(curr),
+        retry_after: wait,
+    };
+    (decision, None)
+}
+
+fn refund(window: u64, word: u64, now: u64, n: u32) -> Option<u64> {
+    let (index, _, prev, curr) = view(word, window, now);
+    let n = u64::from(n);
+    let from_curr = n.min(curr);
+    let from_prev = (n - from_curr).min(prev);
+    (from_curr + from_prev > 0).then(|| pack(index, prev - from_prev, curr - from_curr))
+}
+
+fn idle_at(window: u64, word: u64, now: u64) -> u64 {
+    let (index, _, prev, curr) = view(word, window, now);
+    if curr > 0 {
+        (index + 2) * window
+    } else if prev > 0 {
+        (index + 1) * window
+    } else {
+        0
+    }
+}
+
+impl SlidingWindow {
+    fn check_count(&self, n: u32) -> Result<(), InsufficientCapacity> {
+        if n > self.limit {
+            return Err(InsufficientCapacity {
+                requested: n,
+                capacity: self.limit,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn run(state: &AtomicU64, limit: u64, window: u64, now: u64, n: u32, op: Op) -> Decision {
+    let mut word = state.load(Ordering::Relaxed);
+    loop {
+        match step(limit, window, word, now, n, op) {
+            (decision, Some(new)) => {
+                match state.compare_exchange_weak(word, new, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => return decision,
+                    Err(actual) => word = actual,
+                }
+            }
+            (decision, None) => return decision,
+        }
+    }
+}
+
+impl Algorithm for SlidingWindow {}
+
+impl Core for SlidingWindow {
+    type State = AtomicU64;
+    type Direct = SlidingDirect;
+
+    fn validated(self) -> Result<SlidingWindow, ConfigError> {
+        if self.limit == 0 || self.limit > MAX_WINDOW_LIMIT {
+            return Err(ConfigError::out_of_range(
+                "limit",
+                format!("in 1..={MAX_WINDOW_LIMIT}"),
+                self.limit,
+            ));
+        }
+        if !(1_000..=crate::gcra::MAX_TAU).contains(&self.window) {
+            return Err(ConfigError::out_of_range(
+                "window",
+                format!("from 1µs to {:?}", crate::quota::MAX_REPLENISH),
+                self.window(),
+            ));
+        }
+        Ok(self)
+    }
+
+    fn capacity(&self) -> u32 {
+        self.limit
+    }
+
+    fn new_state(&self) -> AtomicU64 {
+        AtomicU64::new(0)
+    }
+
+    #[inline]
+    fn step(
+        &self,
+        state: &AtomicU64,
+        now: u64,
+        n: u32,
+        op: Op,
+    ) -> Result<Decision, InsufficientCapacity> {
+        self.check_count(n)?;
+        Ok(run(state, u64::from(self.limit), self.window, now, n, op))
+    }
+
+    fn refund(&self, state: &AtomicU64, now: u64, n: u32) {
+        let _ = state.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+            refund(self.window, w, now, n)
+        });
+    }
+
+    fn idle_at(&self, state: &AtomicU64, now: u64) -> u64 {
+        idle_at(self.window, state.load(Ordering::Relaxed), now)
+    }
+
+    fn can_become(&self, _to: &SlidingWindow) -> Result<(), ConfigError> {
+        Ok(())
+    }
+
+    fn rebase(&self, state: &mut AtomicU64, to: &SlidingWindow, now: u64) {
+        if to.window == self.window {
+            return;
+        }
+        let word = state.load(Ordering::Relaxed);
+        let (_, offset, prev, curr) = view(word, self.window, now);
+        let used = u128::from(prev) * u128::from(self.window - offset)
+            + u128::from(curr) * u128::from(self.window);
+        let carried = used
+            .div_ceil(u128::from(self.window))
+            .min(u128::from(COUNT_MASK)) as u64;
+        state.store(pack(now / to.window, 0, carried), Ordering::Relaxed);
+    }
+
+    fn direct(self) -> SlidingDirect {
+        SlidingDirect {
+            word: AtomicU64::new(0),
+            limit: AtomicU64::new(u64::from(self.limit)),
+            window: self.window,
+        }
+    }
+
+    fn direct_config(direct: &SlidingDirect) -> SlidingWindow {
+        SlidingWindow {
+            limit: direct.limit.load(Ordering::Relaxed) as u32,
+            window: direct.window,
+        }
+    }
+
+    #[inline]
+    fn direct_step(
+        direct: &SlidingDirect,
+        now: u64,
+        n: u32,
+        op: Op,
+    ) -> Result<Decision, InsufficientCapacity> {
+        let limit = direct.limit.load(Ordering::Relaxed);
+        if u64::from(n) > limit {
+            return Err(InsufficientCapacity {
+                requested: n,
+                capacity: limit as u32,
+            });
+        }
+        Ok(run(&direct.word, limit, direct.window, now, n, op))
+    }
+
+    fn direct_refund(direct: &SlidingDirect, now: u64, n: u32) {
+        let window = direct.window;
+        let _ = direct
+            .word
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                refund(window, w, now, n)
+            });
+    }
+
+    fn direct_set(direct: &SlidingDirect, to: SlidingWindow, _now: u64) -> Result<(), ConfigError> {
+        if to.window != direct.window {
+            return Err(ConfigError::out_of_range(
+                "window",
+                format!(
+                    "the window the limiter was built with ({:?}): only the limit changes at runtime",
+                    Duration::from_nanos(direct.window)
+                ),
+                to.window(),
+            ));
+        }
+        direct.limit.store(u64::from(to.limit), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A direct sliding-window limiter's state: the packed counts and the limit, which can change
+/// while checks run (each check reads one limit; the counts do not depend on it).
+#[derive(Debug)]
+pub struct SlidingDirect {
+    word: AtomicU64,
+    limit: AtomicU64,
+    window: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: u64 = 1_000;
+
+    fn check(word: &mut u64, limit: u64, now: u64, n: u32) -> Decision {
+        let (d, new) = step(limit, W, *word, now, n, Op::Check);
+        if let Some(new) = new {
+            *word = new;
+        }
+        d
+    }
+
+    #[test]
+    fn the_previous_window_slides_out_and_retry_after_is_exact() {
+        let mut word = 0;
+        for _ in 0..10 {
+            assert!(check(&mut word, 10, 500, 1).is_allowed());
+        }
+        let d = check(&mut word, 10, 999, 1);
+        assert!(!d.is_allowed());
+        // Next window, offset e: estimate = 10·(1000 − e)/1000; one more fits once it is ≤ 9,
+        // i.e. at e = 100 → 1100 − 999 = 101 ns from now.
+        assert_eq!(d.retry_after(), Some(Duration::from_nanos(101)));
+        assert!(!check(&mut word, 10, 1_099, 1).is_allowed());
+        assert!(check(&mut word, 10, 1_100, 1).is_allowed());
+        // Two windows later everything has slid out.
+        let d = check(&mut word, 10, 3_000, 10);
+        assert!(d.is_allowed());
+        assert_eq!(d.remaining(), 0);
+    }
+
+    #[test]
+    fn retry_within_the_window_is_exact() {
+        let mut word = 0;
+        for _ in 0..4 {
+            assert!(check(&mut word, 4, 0, 1).is_allowed());
+        }
+        // Window 1 at offset 0: estimate 4; need prev·(W − e) ≤ (4 − 0 − 2)·W → e ≥ 500.
+        let d = check(&mut word, 4, 1_000, 2);
+        assert_eq!(d.retry_after(), Some(Duration::from_nanos(500)));
+        assert!(!check(&mut word, 4, 1_499, 2).is_allowed());
+        assert!(check(&mut word, 4, 1_500, 2).is_allowed());
+    }
+}
