@@ -23,3 +23,16 @@ pub use limiter::{RateLimiter, RateLimiterBuilder};
 pub use multi::{MAX_QUOTAS, MultiGcra};
 pub use quota::{MAX_REPLENISH, Quota};
 pub use sliding::{MAX_WINDOW_LIMIT, SlidingWindow};
+#[cfg(feature = "tower")]
+mod future;
+#[cfg(feature = "tower")]
+mod layer;
+#[cfg(feature = "tower")]
+mod service;
+
+#[cfg(feature = "tower")]
+pub use future::{BoxError, ResponseFuture};
+#[cfg(feature = "tower")]
+pub use layer::{Mode, RateLimitLayer, Unkeyed};
+#[cfg(feature = "tower")]
+pub use service::RateLimit;

@@ -1,1 +1,224 @@
-//! placeholder
+//! The tower layer: reject and backpressure modes, one limit across clones, keyed limits, and
+//! cells given back when a waiting service or future is dropped.
+
+use std::future::{Ready, poll_fn, ready};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use palisade_core::TokioClock;
+use palisade_ratelimit::{
+    BoxError, KeyedRateLimiter, Quota, RateLimit, RateLimitLayer, RateLimited, RateLimiter,
+};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// Always ready; counts calls; echoes the request.
+#[derive(Clone, Default)]
+struct Echo(Arc<AtomicUsize>);
+
+impl<R> Service<R> for Echo {
+    type Response = R;
+    type Error = BoxError;
+    type Future = Ready<Result<R, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        ready(Ok(req))
+    }
+}
+
+fn limiter(quota: Quota) -> Arc<RateLimiter<Quota, TokioClock>> {
+    Arc::new(
+        RateLimiter::builder(quota)
+            .clock(TokioClock::new())
+            .build()
+            .unwrap(),
+    )
+}
+
+async fn call<S: Service<R, Error = BoxError>, R>(
+    svc: &mut S,
+    req: R,
+) -> Result<S::Response, BoxError> {
+    poll_fn(|cx| svc.poll_ready(cx)).await?;
+    svc.call(req).await
+}
+
+fn rate_limited(err: &BoxError) -> RateLimited {
+    *err.downcast_ref::<RateLimited>()
+        .expect("a RateLimited rejection")
+}
+
+#[tokio::test(start_paused = true)]
+async fn reject_mode_fails_fast_with_retry_after_and_never_calls_inner() {
+    let calls = Echo::default();
+    let mut svc = RateLimitLayer::new(limiter(Quota::per_second(2))).layer(calls.clone());
+    assert_eq!(call(&mut svc, 1).await.unwrap(), 1);
+    assert_eq!(call(&mut svc, 2).await.unwrap(), 2);
+    let err = call(&mut svc, 3).await.unwrap_err();
+    let rejected = rate_limited(&err);
+    assert_eq!(rejected.retry_after(), Duration::from_millis(500));
+    assert_eq!(rejected.limit(), 2);
+    assert!(!rejected.keys_full());
+    assert_eq!(calls.0.load(Ordering::SeqCst), 2);
+    tokio::time::advance(Duration::from_millis(500)).await;
+    assert_eq!(call(&mut svc, 4).await.unwrap(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_service_a_layer_builds_and_every_clone_share_one_limit() {
+    let layer = RateLimitLayer::new(limiter(Quota::per_second(3)));
+    let mut a = layer.layer(Echo::default());
+    let mut b = layer.clone().layer(Echo::default());
+    let mut c = a.clone();
+    let mut admitted = 0;
+    for svc in [&mut a, &mut b, &mut c] {
+        for _ in 0..3 {
+            admitted += usize::from(call(svc, ()).await.is_ok());
+        }
+    }
+    assert_eq!(admitted, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn backpressure_waits_in_poll_ready_first_come_first_served() {
+    let shared = limiter(Quota::per_second(10).burst(1));
+    let layer = RateLimitLayer::new(Arc::clone(&shared)).backpressure();
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    for i in 0..5u32 {
+        let mut svc = layer.layer(Echo::default());
+        let order = Arc::clone(&order);
+        tasks.push(tokio::spawn(async move {
+            call(&mut svc, i).await.unwrap();
+            order.lock().unwrap().push((i, start.elapsed()));
+        }));
+        // Let each task reserve before the next starts, so arrival order is defined.
+        tokio::task::yield_now().await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let order = order.lock().unwrap().clone();
+    let expected: Vec<_> = (0..5u32)
+        .map(|i| (i, Duration::from_millis(100 * u64::from(i))))
+        .collect();
+    assert_eq!(order, expected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_dropped_while_waiting_or_holding_a_cell_gives_it_back() {
+    let shared = limiter(Quota::per_second(1));
+    let layer = RateLimitLayer::new(Arc::clone(&shared)).backpressure();
+    // Take the only cell, then make a second service reserve the next one and wait.
+    let mut first = layer.layer(Echo::default());
+    call(&mut first, ()).await.unwrap();
+    let mut waiting = layer.layer(Echo::default());
+    let pending =
+        poll_fn(|cx| Poll::Ready(Service::<()>::poll_ready(&mut waiting, cx).is_pending())).await;
+    assert!(pending, "the second service waits for the next cell");
+    assert!(shared.peek().retry_after().unwrap() >= Duration::from_secs(1));
+    drop(waiting);
+    // Its reservation is gone: the next cell is free again in one interval, not two.
+    assert_eq!(shared.peek().retry_after(), Some(Duration::from_secs(1)));
+
+    // A service that got its cell in poll_ready but is dropped before call gives it back.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let mut ready_one = layer.layer(Echo::default());
+    assert!(
+        poll_fn(|cx| Poll::Ready(Service::<()>::poll_ready(&mut ready_one, cx).is_ready())).await
+    );
+    assert!(!shared.peek().is_allowed());
+    drop(ready_one);
+    assert!(shared.peek().is_allowed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn backpressure_within_rejects_at_once_what_would_wait_too_long() {
+    let shared = limiter(Quota::per_second(1));
+    let mut svc = RateLimitLayer::new(Arc::clone(&shared))
+        .backpressure_within(Duration::from_millis(500))
+        .layer(Echo::default());
+    call(&mut svc, ()).await.unwrap();
+    let start = tokio::time::Instant::now();
+    let err = call(&mut svc, ()).await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(rate_limited(&err).retry_after(), Duration::from_secs(1));
+    // Nothing was consumed by the refused request.
+    assert_eq!(shared.peek().retry_after(), Some(Duration::from_secs(1)));
+}
+
+fn keyed(quota: Quota) -> Arc<KeyedRateLimiter<u32, Quota, TokioClock>> {
+    Arc::new(
+        KeyedRateLimiter::builder(quota)
+            .clock(TokioClock::new())
+            .build()
+            .unwrap(),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn keyed_reject_limits_each_key_on_its_own() {
+    let calls = Echo::default();
+    let layer = RateLimitLayer::keyed(keyed(Quota::per_second(1)), |req: &(u32, &str)| req.0);
+    let mut svc = layer.layer(calls.clone());
+    assert!(call(&mut svc, (1, "a")).await.is_ok());
+    assert!(call(&mut svc, (2, "b")).await.is_ok());
+    let err = call(&mut svc, (1, "c")).await.unwrap_err();
+    assert_eq!(rate_limited(&err).retry_after(), Duration::from_secs(1));
+    assert_eq!(calls.0.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn keyed_backpressure_waits_in_the_response_future_and_gives_back_when_dropped() {
+    let shared = keyed(Quota::per_second(2).burst(1));
+    let calls = Echo::default();
+    let mut svc = RateLimitLayer::keyed(Arc::clone(&shared), |req: &u32| *req)
+        .backpressure()
+        .layer(calls.clone());
+    let start = tokio::time::Instant::now();
+    call(&mut svc, 7).await.unwrap();
+    call(&mut svc, 7).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(500));
+    assert_eq!(calls.0.load(Ordering::SeqCst), 2);
+
+    // Reserve the next cell in a future, then drop it before its moment.
+    poll_fn(|cx| Service::<u32>::poll_ready(&mut svc, cx))
+        .await
+        .unwrap();
+    let waiting = svc.call(7);
+    assert_eq!(
+        shared.peek_n(&7, 1).unwrap().retry_after(),
+        Some(Duration::from_millis(1_000))
+    );
+    drop(waiting);
+    assert_eq!(
+        shared.peek_n(&7, 1).unwrap().retry_after(),
+        Some(Duration::from_millis(500))
+    );
+    assert_eq!(
+        calls.0.load(Ordering::SeqCst),
+        2,
+        "the dropped request never reached the service"
+    );
+}
+
+#[test]
+fn services_and_futures_are_send_and_sync_where_the_inner_ones_are() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    type Direct = RateLimit<Echo, RateLimiter>;
+    send_sync::<Direct>();
+    send_sync::<RateLimitLayer<RateLimiter>>();
+    send::<<Direct as Service<u8>>::Future>();
+    type Keyed = RateLimit<Echo, KeyedRateLimiter<u32>, fn(&u32) -> u32>;
+    send_sync::<Keyed>();
+    send::<<Keyed as Service<u32>>::Future>();
+}

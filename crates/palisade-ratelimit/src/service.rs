@@ -1,0 +1,323 @@
+//! [`RateLimit`]: a tower service behind a shared rate limit.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use palisade_core::Clock;
+use tower_service::Service;
+
+use crate::algorithm::Algorithm;
+use crate::decision::Decision;
+use crate::error::{RateLimited, WaitError};
+use crate::future::{BoxError, ResponseFuture};
+use crate::keyed::KeyedRateLimiter;
+use crate::layer::{Mode, Unkeyed};
+use crate::limiter::RateLimiter;
+use crate::wait::random_up_to;
+
+/// A service behind a rate limit shared by every clone. Built by
+/// [`RateLimitLayer`](crate::RateLimitLayer).
+///
+/// - **Reject mode**: `poll_ready` is the inner service's; `call` checks the limit and, over
+///   it, returns a future that fails at once with a [`RateLimited`] (downcast the `BoxError`
+///   to read `retry_after`) without calling the inner service.
+/// - **Backpressure mode, unkeyed**: `poll_ready` reserves the next cell and is pending until
+///   its moment (first come, first served among waiting services), then polls the inner
+///   service; `call` spends the reserved cell. A service dropped while waiting or holding a
+///   reserved cell gives it back.
+/// - **Backpressure mode, keyed**: the key is in the request, so `call` reserves the key's
+///   next cell and the response future waits for it, then drives a clone of the inner service
+///   to readiness and calls it (the original stays ready for the next request). Dropping the
+///   future while it waits gives the cell back.
+pub struct RateLimit<S, L, F = Unkeyed> {
+    inner: S,
+    limiter: Arc<L>,
+    key: F,
+    mode: Mode,
+    ready: Ready,
+}
+
+/// Unkeyed backpressure: where this service stands with its next cell.
+enum Ready {
+    Idle,
+    Waiting(Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + Sync>>),
+    Granted(Refund),
+    Refused(RateLimited),
+}
+
+/// Gives a reserved cell back when dropped armed.
+struct Refund(Option<Box<dyn FnOnce() + Send + Sync>>);
+
+impl Refund {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Refund {
+    fn drop(&mut self) {
+        if let Some(refund) = self.0.take() {
+            refund();
+        }
+    }
+}
+
+impl<S, L, F> RateLimit<S, L, F> {
+    /// Wraps `inner` with `limiter`, reading keys with `key`.
+    pub fn new(inner: S, limiter: Arc<L>, key: F, mode: Mode) -> Self {
+        RateLimit {
+            inner,
+            limiter,
+            key,
+            mode,
+            ready: Ready::Idle,
+        }
+    }
+
+    /// The shared limiter.
+    pub fn limiter(&self) -> &Arc<L> {
+        &self.limiter
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service (a reserved cell is given back).
+    pub fn into_inner(self) -> S {
+        let RateLimit { inner, .. } = self;
+        inner
+    }
+}
+
+/// A clone shares the limiter and starts without a reserved cell.
+impl<S: Clone, L, F: Clone> Clone for RateLimit<S, L, F> {
+    fn clone(&self) -> Self {
+        RateLimit::new(
+            self.inner.clone(),
+            Arc::clone(&self.limiter),
+            self.key.clone(),
+            self.mode,
+        )
+    }
+}
+
+impl<S: fmt::Debug, L: fmt::Debug, F> fmt::Debug for RateLimit<S, L, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ready = match self.ready {
+            Ready::Idle => "idle",
+            Ready::Waiting(_) => "waiting",
+            Ready::Granted(_) => "granted",
+            Ready::Refused(_) => "refused",
+        };
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("limiter", &self.limiter)
+            .field("mode", &self.mode)
+            .field("ready", &ready)
+            .finish_non_exhaustive()
+    }
+}
+
+fn rejection(decision: &Decision) -> RateLimited {
+    RateLimited {
+        retry_after: decision.retry_after().unwrap_or_default(),
+        limit: decision.limit(),
+        keys_full: decision.is_keys_full(),
+    }
+}
+
+fn wait_rejection(error: WaitError, limit: u32) -> RateLimited {
+    let (retry_after, keys_full) = match error {
+        WaitError::TooLong { wait } => (wait, false),
+        WaitError::KeysFull => (Duration::ZERO, true),
+        WaitError::InsufficientCapacity(_) => (Duration::MAX, false),
+    };
+    RateLimited {
+        retry_after,
+        limit,
+        keys_full,
+    }
+}
+
+impl<S, Req, A, C> Service<Req> for RateLimit<S, RateLimiter<A, C>, Unkeyed>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    A: Algorithm,
+    C: Clock,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, S::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if let Mode::Backpressure { max_wait } = self.mode {
+            loop {
+                match &mut self.ready {
+                    Ready::Granted(_) | Ready::Refused(_) => break,
+                    Ready::Idle => {
+                        self.ready = self.reserve(max_wait);
+                    }
+                    Ready::Waiting(wait) => {
+                        let result = std::task::ready!(wait.as_mut().poll(cx));
+                        self.ready = match result {
+                            Ok(()) => Ready::Granted(self.refund_one()),
+                            Err(error) => match error.downcast::<RateLimited>() {
+                                Ok(rejected) => Ready::Refused(*rejected),
+                                Err(_) => Ready::Idle,
+                            },
+                        };
+                    }
+                }
+            }
+        }
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        match std::mem::replace(&mut self.ready, Ready::Idle) {
+            Ready::Granted(refund) => {
+                refund.disarm();
+                return ResponseFuture::called(self.inner.call(req));
+            }
+            Ready::Refused(rejected) => return ResponseFuture::refused(rejected),
+            // Reject mode, or `call` without a finished `poll_ready`: decide now.
+            Ready::Idle | Ready::Waiting(_) => {}
+        }
+        let decision = self.limiter.check();
+        if decision.is_allowed() {
+            ResponseFuture::called(self.inner.call(req))
+        } else {
+            ResponseFuture::refused(rejection(&decision))
+        }
+    }
+}
+
+impl<S, A: Algorithm, C: Clock> RateLimit<S, RateLimiter<A, C>, Unkeyed> {
+    fn refund_one(&self) -> Refund {
+        let limiter = Arc::clone(&self.limiter);
+        Refund(Some(Box::new(move || limiter.refund(1))))
+    }
+
+    /// Takes or reserves the next cell for the coming `call`.
+    fn reserve(&self, max_wait: Duration) -> Ready {
+        let limiter = Arc::clone(&self.limiter);
+        match limiter.reserve(1, max_wait) {
+            Ok(d) if d.is_allowed() && d.retry_after == 0 => Ready::Granted(self.refund_one()),
+            Ok(d) if d.is_allowed() => {
+                let refund = self.refund_one();
+                let wait = Duration::from_nanos(d.retry_after) + random_up_to(limiter.jitter());
+                Ready::Waiting(Box::pin(async move {
+                    tokio::time::sleep(wait).await;
+                    // The cell is spent by `call` (or given back if the service is dropped).
+                    refund.disarm();
+                    Ok(())
+                }))
+            }
+            Ok(d) if d.retry_after().is_some_and(|w| w <= max_wait) => {
+                // Nothing reserved (a sliding window): wait for the predicted moment and try
+                // again from `Idle`.
+                let wait = Duration::from_nanos(d.retry_after);
+                Ready::Waiting(Box::pin(async move {
+                    tokio::time::sleep(wait).await;
+                    Err("retry".into())
+                }))
+            }
+            Ok(d) => Ready::Refused(rejection(&d)),
+            Err(e) => Ready::Refused(wait_rejection(e.into(), limiter.peek().limit())),
+        }
+    }
+}
+
+impl<S, Req, K, Q, A, C, H, F> Service<Req> for RateLimit<S, KeyedRateLimiter<K, A, C, H>, F>
+where
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    S::Response: 'static,
+    Req: Send + Sync + 'static,
+    F: Fn(&Req) -> Q,
+    Q: Borrow<K> + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    A: Algorithm,
+    C: Clock,
+    H: BuildHasher + Send + Sync + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, S::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let key = (self.key)(&req);
+        let max_wait = match self.mode {
+            Mode::Reject => {
+                let decision = self.limiter.check(key.borrow());
+                return if decision.is_allowed() {
+                    ResponseFuture::called(self.inner.call(req))
+                } else {
+                    ResponseFuture::refused(rejection(&decision))
+                };
+            }
+            Mode::Backpressure { max_wait } => max_wait,
+        };
+        let decision = match self.limiter.reserve(key.borrow(), 1, max_wait) {
+            Ok(d) => d,
+            Err(e) => return ResponseFuture::refused(wait_rejection(e.into(), 0)),
+        };
+        if decision.is_allowed() && decision.retry_after == 0 {
+            return ResponseFuture::called(self.inner.call(req));
+        }
+        let budget = decision.retry_after().filter(|w| *w <= max_wait);
+        if !decision.is_allowed() && budget.is_none() {
+            return ResponseFuture::refused(rejection(&decision));
+        }
+        // Wait in the response future, on a clone: the original keeps its readiness. The
+        // refund is armed before the future exists, so dropping it even unpolled gives back.
+        let limiter = Arc::clone(&self.limiter);
+        let mut inner = self.inner.clone();
+        let key: K = key.borrow().clone();
+        let refund = decision.is_allowed().then(|| {
+            let limiter = Arc::clone(&limiter);
+            let key = key.clone();
+            Refund(Some(
+                Box::new(move || limiter.refund(&key, 1)) as Box<dyn FnOnce() + Send + Sync>
+            ))
+        });
+        let wait = Duration::from_nanos(decision.retry_after);
+        ResponseFuture::waiting(Box::pin(async move {
+            if let Some(refund) = refund {
+                tokio::time::sleep(wait + random_up_to(limiter.jitter())).await;
+                refund.disarm();
+            } else {
+                // Nothing could be reserved (a sliding window): wait, then queue properly.
+                tokio::time::sleep(wait).await;
+                let limit = limiter.algorithm().capacity();
+                limiter
+                    .until_key_ready_within(&key, 1, max_wait.saturating_sub(wait))
+                    .await
+                    .map_err(|e| wait_rejection(e, limit))?;
+            }
+            std::future::poll_fn(|cx| inner.poll_ready(cx))
+                .await
+                .map_err(Into::into)?;
+            inner.call(req).await.map_err(Into::into)
+        }))
+    }
+}
