@@ -19,7 +19,7 @@ pub use error::{ConfigError, InsufficientCapacity, RateLimited, WaitError};
 pub use keyed::{
     DEFAULT_MAX_KEYS, KeyedMetrics, KeyedRateLimiter, KeyedRateLimiterBuilder, WhenFull,
 };
-pub use limiter::{RateLimiter, RateLimiterBuilder};
+pub use limiter::{RateLimiter, RateLimiterBuilder, Reservation};
 pub use multi::{MAX_QUOTAS, MultiGcra};
 pub use quota::{MAX_REPLENISH, Quota};
 pub use sliding::{MAX_WINDOW_LIMIT, SlidingWindow};

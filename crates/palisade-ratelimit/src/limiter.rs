@@ -8,7 +8,7 @@ use palisade_core::{Clock, FastClock};
 use crate::algorithm::Algorithm;
 use crate::algorithm::private::Op;
 use crate::decision::Decision;
-use crate::error::{ConfigError, InsufficientCapacity};
+use crate::error::{ConfigError, InsufficientCapacity, WaitError};
 use crate::gcra::MAX_NOW;
 use crate::quota::Quota;
 
@@ -185,6 +185,33 @@ impl<A: Algorithm, C: Clock> RateLimiter<A, C> {
         self.jitter
     }
 
+    /// Takes `n` cells now, or reserves the first moment they fit if that is within
+    /// `max_wait`: the synchronous core of [`until_ready`](RateLimiter::until_ready), for
+    /// callers with their own timers. Reservations are served in the order they are made, and
+    /// a plain [`check`](RateLimiter::check) cannot take capacity already reserved.
+    ///
+    /// The [`Reservation`] says how long to wait. Dropping it gives the cells back (so a
+    /// caller that gives up consumes nothing); [`commit`](Reservation::commit) keeps them.
+    /// A sliding window cannot promise future capacity: for it a reservation that would have
+    /// to wait is [`WaitError::TooLong`] with the predicted wait.
+    pub fn reserve_n(
+        &self,
+        n: u32,
+        max_wait: Duration,
+    ) -> Result<Reservation<'_, A, C>, WaitError> {
+        let decision = self.reserve(n, max_wait)?;
+        let wait = Duration::from_nanos(decision.retry_after);
+        if !decision.is_allowed() {
+            return Err(WaitError::TooLong { wait });
+        }
+        Ok(Reservation {
+            limiter: self,
+            n,
+            wait,
+            armed: true,
+        })
+    }
+
     /// Takes `n` cells now or reserves the first moment they fit, if that is within
     /// `max_wait`. Returns the decision whose raw `retry_after` is the wait.
     pub(crate) fn reserve(
@@ -221,6 +248,51 @@ impl<A: Algorithm, C: Clock> fmt::Debug for RateLimiter<A, C> {
             .field("algorithm", &self.algorithm())
             .field("peek", &self.peek())
             .field("clock", &self.clock)
+            .finish()
+    }
+}
+
+/// Cells reserved by [`RateLimiter::reserve_n`]: usable after [`wait`](Reservation::wait),
+/// given back if dropped before [`commit`](Reservation::commit).
+#[must_use = "dropping a reservation gives its cells back"]
+pub struct Reservation<'a, A: Algorithm = Quota, C: Clock = FastClock> {
+    limiter: &'a RateLimiter<A, C>,
+    n: u32,
+    wait: Duration,
+    armed: bool,
+}
+
+impl<A: Algorithm, C: Clock> Reservation<'_, A, C> {
+    /// How long after the reservation was made its cells fit (zero if at once).
+    pub const fn wait(&self) -> Duration {
+        self.wait
+    }
+
+    /// The cells reserved.
+    pub const fn cells(&self) -> u32 {
+        self.n
+    }
+
+    /// Keeps the cells: the work they pay for is going ahead.
+    pub fn commit(mut self) {
+        self.armed = false;
+    }
+}
+
+impl<A: Algorithm, C: Clock> Drop for Reservation<'_, A, C> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.limiter.refund(self.n);
+        }
+    }
+}
+
+impl<A: Algorithm, C: Clock> fmt::Debug for Reservation<'_, A, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reservation")
+            .field("cells", &self.n)
+            .field("wait", &self.wait)
+            .field("armed", &self.armed)
             .finish()
     }
 }

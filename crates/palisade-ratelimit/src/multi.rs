@@ -223,3 +223,25 @@ impl Core for MultiGcra {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_reservation_charges_every_quota_as_of_the_moment_it_is_used() {
+        // a: 1 per 10 ns, burst 4 (idle); b: 1 per 100 ns, burst 1 (just used).
+        let quotas = MultiGcra::new([
+            Quota::with_interval(Duration::from_nanos(10)).burst(4),
+            Quota::with_interval(Duration::from_nanos(100)),
+        ]);
+        let mut tats = [0, 100];
+        let d = step(&quotas, &mut tats, 0, 1, Op::Reserve { max_wait: u64::MAX }).unwrap();
+        assert!(d.is_allowed());
+        assert_eq!(d.retry_after, 100, "b makes the request wait 100 ns");
+        // Used at 100, so `a` is charged from 100, not from 0 (where it would have refilled by
+        // the time the cell is used, admitting a fifth cell in a burst of four).
+        assert_eq!(tats, [110, 200]);
+    }
+}

@@ -1,0 +1,244 @@
+//! Property tests against a reference GCRA written here, in exact u128 arithmetic:
+//!
+//! - **no under-admission**: the limiter admits exactly when the reference admits, through any
+//!   sequence of checks, peeks, refunds and quota changes;
+//! - **no over-admission**: in every window `[a, b]` between two quota changes, the cells
+//!   admitted minus the cells refunded in it are at most `burst + (b − a)/T`.
+//!
+//! And a multi-quota limiter admits exactly when every quota's reference admits, and a refusal
+//! by one quota leaves every quota untouched.
+
+use std::time::Duration;
+
+use palisade_core::ManualClock;
+use palisade_ratelimit::{MultiGcra, Quota, RateLimiter};
+use proptest::prelude::*;
+
+/// The reference: a TAT in ns, with every step written straight from the definition.
+#[derive(Debug, Clone, Copy)]
+struct Reference {
+    tat: u128,
+    interval: u128,
+    burst: u128,
+}
+
+impl Reference {
+    fn new(q: Quota) -> Reference {
+        Reference {
+            tat: 0,
+            interval: q.interval().as_nanos(),
+            burst: u128::from(q.burst_size()),
+        }
+    }
+
+    fn tau(&self) -> u128 {
+        self.interval * self.burst
+    }
+
+    /// Cells `n` fit at `now` iff `max(tat, now) + n·T − now ≤ τ`.
+    fn fits(&self, now: u128, n: u32) -> bool {
+        self.tat.max(now) + u128::from(n) * self.interval - now <= self.tau()
+    }
+
+    fn take(&mut self, now: u128, n: u32) {
+        self.tat = self.tat.max(now) + u128::from(n) * self.interval;
+    }
+
+    fn refund(&mut self, now: u128, n: u32) {
+        if self.tat > now {
+            self.tat = self
+                .tat
+                .saturating_sub(u128::from(n) * self.interval)
+                .max(now);
+        }
+    }
+
+    /// The used part, `(tat − now)/T` cells, carried to the new interval, rounded up.
+    fn set(&mut self, now: u128, q: Quota) {
+        let to = Reference::new(q);
+        if self.tat > now {
+            self.tat = now + ((self.tat - now) * to.interval).div_ceil(self.interval);
+        }
+        self.interval = to.interval;
+        self.burst = to.burst;
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Check(u32),
+    Peek(u32),
+    Refund(u32),
+    Set(Quota),
+}
+
+/// Intervals of 1 µs to 50 ms, in odd nanoseconds too.
+fn quota() -> impl Strategy<Value = Quota> {
+    (1_000u64..=50_000_000, 1u32..=8)
+        .prop_map(|(ns, burst)| Quota::with_interval(Duration::from_nanos(ns)).burst(burst))
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (0u32..=4).prop_map(Op::Check),
+        1 => (0u32..=4).prop_map(Op::Peek),
+        2 => (1u32..=4).prop_map(Op::Refund),
+        1 => quota().prop_map(Op::Set),
+    ]
+}
+
+/// How far the clock moves before an operation.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// 0 to 60 ms in ns: many land inside one interval, some skip several.
+    Nanos(u64),
+    /// To the refusal's `retry_after` for one cell, plus −1, 0 or +1 ns: the exact boundary.
+    Boundary(i8),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0u64..=60_000_000).prop_map(Step::Nanos),
+        1 => (-1i8..=1).prop_map(Step::Boundary),
+    ]
+}
+
+fn steps() -> impl Strategy<Value = Vec<(Step, Op)>> {
+    prop::collection::vec((step(), op()), 1..200)
+}
+
+fn advance<A: palisade_ratelimit::Algorithm>(
+    limiter: &RateLimiter<A, ManualClock>,
+    clock: &ManualClock,
+    step: Step,
+) -> u128 {
+    let ns = match step {
+        Step::Nanos(ns) => ns,
+        Step::Boundary(delta) => match limiter.peek().retry_after() {
+            Some(wait) => (wait.as_nanos() as u64).saturating_add_signed(i64::from(delta)),
+            None => 0,
+        },
+    };
+    clock.advance(Duration::from_nanos(ns));
+    u128::from(ns)
+}
+
+/// An admission (+n) or refund (−n) at a time, for the window check.
+#[derive(Debug, Clone, Copy)]
+struct Event {
+    at: u128,
+    cells: i128,
+}
+
+/// Every window from one admission to a later one holds at most `burst + len/T` net cells.
+fn assert_windows(events: &[Event], q: Quota) -> Result<(), TestCaseError> {
+    let interval = q.interval().as_nanos() as i128;
+    let tau = interval * i128::from(q.burst_size());
+    for (i, first) in events.iter().enumerate() {
+        if first.cells <= 0 {
+            continue;
+        }
+        let mut net = 0;
+        for last in &events[i..] {
+            net += last.cells;
+            if last.cells > 0 {
+                let span = (last.at - first.at) as i128;
+                prop_assert!(
+                    net * interval <= tau + span,
+                    "{net} cells in {span}ns with burst {} every {interval}ns",
+                    q.burst_size()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    #[test]
+    fn gcra_admits_exactly_what_the_reference_admits_and_never_over_admits(
+        initial in quota(),
+        steps in steps(),
+    ) {
+        let clock = ManualClock::new();
+        let limiter = RateLimiter::builder(initial).clock(clock.clone()).build().unwrap();
+        let mut reference = Reference::new(initial);
+        let mut current = initial;
+        let mut now: u128 = 0;
+        let mut events = Vec::new();
+        for (step, op) in steps {
+            now += advance(&limiter, &clock, step);
+            match op {
+                Op::Check(n) => {
+                    let expected = reference.fits(now, n);
+                    match limiter.check_n(n) {
+                        Ok(decision) => {
+                            prop_assert_eq!(decision.is_allowed(), expected, "check_n({}) at {}", n, now);
+                            if expected {
+                                reference.take(now, n);
+                                events.push(Event { at: now, cells: i128::from(n) });
+                            } else {
+                                // A refusal says exactly when the same request would fit.
+                                let wait = decision.retry_after().unwrap().as_nanos();
+                                prop_assert!(reference.fits(now + wait, n));
+                                prop_assert!(!reference.fits(now + wait - 1, n));
+                            }
+                        }
+                        Err(_) => prop_assert!(u128::from(n) > reference.burst),
+                    }
+                }
+                Op::Peek(n) => {
+                    if let Ok(decision) = limiter.peek_n(n) {
+                        prop_assert_eq!(decision.is_allowed(), reference.fits(now, n));
+                    }
+                }
+                Op::Refund(n) => {
+                    limiter.refund(n);
+                    reference.refund(now, n);
+                    events.push(Event { at: now, cells: -i128::from(n) });
+                }
+                Op::Set(q) => {
+                    limiter.set_quota(q).unwrap();
+                    reference.set(now, q);
+                    assert_windows(&events, current)?;
+                    events.clear();
+                    current = q;
+                }
+            }
+            // The remaining count agrees with the reference's.
+            let remaining = (reference.tau() - (reference.tat.max(now) - now).min(reference.tau())) / reference.interval;
+            prop_assert_eq!(u128::from(limiter.peek_n(0).unwrap().remaining()), remaining);
+        }
+        assert_windows(&events, current)?;
+    }
+
+    #[test]
+    fn multi_quota_admits_only_what_every_quota_admits_and_a_refusal_takes_nothing(
+        a in quota(),
+        b in quota(),
+        steps in prop::collection::vec((step(), 0u32..=4), 1..200),
+    ) {
+        let clock = ManualClock::new();
+        let limiter = RateLimiter::builder(MultiGcra::new([a, b])).clock(clock.clone()).build().unwrap();
+        let mut refs = [Reference::new(a), Reference::new(b)];
+        let mut now: u128 = 0;
+        for (step, n) in steps {
+            now += advance(&limiter, &clock, step);
+            let fits = refs.iter().all(|r| u128::from(n) <= r.burst && r.fits(now, n));
+            match limiter.check_n(n) {
+                Ok(decision) => {
+                    prop_assert_eq!(decision.is_allowed(), fits);
+                    if fits {
+                        refs.iter_mut().for_each(|r| r.take(now, n));
+                    }
+                }
+                Err(_) => prop_assert!(refs.iter().any(|r| u128::from(n) > r.burst)),
+            }
+        }
+        // Nothing a refusal did shows later: the next decision still matches.
+        let fits = refs.iter().all(|r| r.fits(now, 1));
+        prop_assert_eq!(limiter.peek().is_allowed(), fits);
+    }
+}
