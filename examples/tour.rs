@@ -11,6 +11,7 @@ use std::time::Duration;
 use palisade::breaker::{
     CallError, CircuitBreaker, OpenDuration, SlidingWindow, State, Transition,
 };
+use palisade::ratelimit::{KeyedRateLimiter, Quota, RateLimiter};
 use palisade::retry::{Backoff, Jitter, RetryPolicy, TpsBudget, retry};
 use palisade::{Clock, FastClock, Instant, ManualClock, TokioClock};
 
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
     chapter_time();
     chapter_retry();
     chapter_breaker();
+    chapter_ratelimit();
     coming_next();
     ExitCode::SUCCESS
 }
@@ -308,6 +310,126 @@ fn chapter_breaker() {
     println!();
 }
 
+/// palisade-ratelimit: per-client limits on a server, fair waiting on a client.
+fn chapter_ratelimit() {
+    println!("Chapter 4 - rate limiting (palisade-ratelimit)");
+    println!("----------------------------------------------");
+    println!("A server gives each client 10 requests per second with a burst of 20, in one keyed");
+    println!("limiter (one atomic word per client, at most 10,000 clients tracked). Over 5 s of");
+    println!("virtual time, a polite client sends 8 requests a second, a greedy one 50, and a");
+    println!("bursty one 40 at once every 2 s:");
+    println!();
+
+    let runtime = paused_runtime();
+    runtime.block_on(async {
+        let limiter = KeyedRateLimiter::builder(Quota::per_second(10).burst(20))
+            .max_keys(10_000)
+            .clock(TokioClock::new())
+            .build()
+            .expect("a valid limiter");
+        let start = tokio::time::Instant::now();
+        // (client, requests at each tick of 25 ms): polite every 5th tick, greedy 1-2 per
+        // tick, bursty 40 at once every 80th tick.
+        let mut tally = [("polite", 0u32, 0u32), ("greedy", 0, 0), ("bursty", 0, 0)];
+        let mut first_refusal = None;
+        for tick in 0..200u32 {
+            tokio::time::sleep_until(start + Duration::from_millis(25 * u64::from(tick))).await;
+            let sends = [
+                u32::from(tick % 5 == 0),
+                1 + u32::from(tick % 4 == 0),
+                if tick % 80 == 0 { 40 } else { 0 },
+            ];
+            for (i, n) in sends.into_iter().enumerate() {
+                for _ in 0..n {
+                    let decision = limiter.check(tally[i].0);
+                    if decision.is_allowed() {
+                        tally[i].1 += 1;
+                    } else {
+                        tally[i].2 += 1;
+                        first_refusal.get_or_insert((tally[i].0, decision));
+                    }
+                }
+            }
+        }
+        println!("    client   sent  admitted  refused");
+        for (name, ok, no) in tally {
+            println!("    {name:<7} {:>5}  {ok:>8}  {no:>7}", ok + no);
+        }
+        if let Some((name, d)) = first_refusal {
+            println!();
+            println!(
+                "  The first refusal ({name}) said: 429, Retry-After {}, RateLimit-Limit {},",
+                human(d.retry_after().unwrap_or_default()),
+                d.limit()
+            );
+            println!(
+                "  RateLimit-Remaining {}. Nobody got more than 20 + 10/s, and the polite client",
+                d.remaining()
+            );
+            println!("  was never refused: one client's flood doesn't spend another's budget.");
+        }
+    });
+    println!();
+
+    println!("On the client side, five tasks share a limit of 2 requests per second (burst 1) and");
+    println!(
+        "wait for it with until_ready. There is no polling: each reserves its place and sleeps"
+    );
+    println!("until exactly then, in arrival order. Task 2 gives up after 0.6 s (its future is");
+    println!("dropped), which hands its place back:");
+    println!();
+    runtime.block_on(async {
+        let limiter = Arc::new(
+            RateLimiter::builder(Quota::per_second(2).burst(1))
+                .clock(TokioClock::new())
+                .build()
+                .expect("a valid limiter"),
+        );
+        let start = tokio::time::Instant::now();
+        let mut tasks = Vec::new();
+        for task in 0..5u32 {
+            let limiter = Arc::clone(&limiter);
+            tasks.push(tokio::spawn(async move {
+                let wait = limiter.until_ready();
+                if task == 2 {
+                    match tokio::time::timeout(Duration::from_millis(600), wait).await {
+                        Ok(()) => println!(
+                            "    task {task} ran at t = {:.1} s",
+                            start.elapsed().as_secs_f64()
+                        ),
+                        Err(_) => println!(
+                            "    task {task} gave up at t = {:.1} s",
+                            start.elapsed().as_secs_f64()
+                        ),
+                    }
+                } else {
+                    wait.await;
+                    println!(
+                        "    task {task} ran at t = {:.1} s",
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+            }));
+            tokio::task::yield_now().await;
+        }
+        for task in tasks {
+            task.await.expect("the task ran");
+        }
+        let next = limiter.peek().retry_after().unwrap_or_default();
+        let when = if next.is_zero() {
+            "at once".to_string()
+        } else {
+            format!("after {}", human(next))
+        };
+        println!();
+        println!(
+            "  Tasks 3 and 4 kept their places, and the cell task 2 gave back is free: a caller"
+        );
+        println!("  arriving as task 4 runs is admitted {when}, not 0.5 s later.");
+    });
+    println!();
+}
+
 /// A current-thread runtime with tokio's clock paused: sleeps complete at once, in order.
 fn paused_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -322,10 +444,6 @@ fn coming_next() {
     println!("-----------");
     println!("These crates are planned and get their chapters here as they land:");
     for (name, what) in [
-        (
-            "palisade-ratelimit",
-            "GCRA in one atomic, keyed limits, fair waiting",
-        ),
         (
             "palisade-bulkhead",
             "bounded queues, shedding, adaptive concurrency",
