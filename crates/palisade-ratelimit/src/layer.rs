@@ -37,7 +37,7 @@ pub enum Mode {
 /// let client = RateLimitLayer::new(shared).backpressure();
 ///
 /// // One limit per client, rejecting when over it (server side):
-/// let per_client = Arc::new(KeyedRateLimiter::new(Quota::per_second(10).burst(20))?);
+/// let per_client = Arc::new(KeyedRateLimiter::<u32>::new(Quota::per_second(10).burst(20))?);
 /// let server = RateLimitLayer::keyed(per_client, |req: &(u32, &str)| req.0);
 /// # let _ = (client, server);
 /// # Ok::<(), palisade_ratelimit::ConfigError>(())
