@@ -68,6 +68,7 @@ pub struct KeyedRateLimiter<K, A: Algorithm = Quota, C: Clock = FastClock, S = R
     keys: AtomicUsize,
     max_keys: usize,
     when_full: WhenFull,
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     jitter: Duration,
     evicted_idle: AtomicU64,
     evicted_owing: AtomicU64,
@@ -339,6 +340,7 @@ where
         }
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn reserve<Q>(
         &self,
         key: &Q,
@@ -592,6 +594,7 @@ where
         &self.clock
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn jitter(&self) -> Duration {
         self.jitter
     }

@@ -181,6 +181,7 @@ impl<A: Algorithm, C: Clock> RateLimiter<A, C> {
         &self.clock
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn jitter(&self) -> Duration {
         self.jitter
     }
