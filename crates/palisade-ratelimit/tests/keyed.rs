@@ -1,0 +1,528 @@
+//! `KeyedRateLimiter` over its public API, on a manual clock: independent keys, the hard cap on
+//! keys and what a full table does (idle keys first, then `WhenFull`), `evict_idle`, `remove`,
+//! runtime quota changes and borrowed lookups.
+//!
+//! Which shard a key lands in depends on the hasher. Tests that depend on it either use one
+//! shard or the `ByValue` hasher below, which puts key `s << 40 | i` in shard `s`.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use palisade_core::ManualClock;
+use palisade_ratelimit::{ConfigError, Decision, KeyedMetrics, KeyedRateLimiter, Quota, WhenFull};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn field(err: &ConfigError) -> &'static str {
+    match err {
+        ConfigError::OutOfRange { field, .. } => field,
+        other => panic!("unexpected error {other:?}"),
+    }
+}
+
+fn allowed(d: Decision) -> Decision {
+    assert!(d.is_allowed(), "expected an admission, got {d:?}");
+    assert!(!d.is_keys_full());
+    d
+}
+
+fn refused(d: Decision) -> Decision {
+    assert!(!d.is_allowed(), "expected a refusal, got {d:?}");
+    assert!(
+        !d.is_keys_full(),
+        "an over-rate refusal is not keys-full: {d:?}"
+    );
+    d
+}
+
+fn keys_full(d: Decision) -> Decision {
+    assert!(
+        !d.is_allowed() && d.is_keys_full(),
+        "expected keys-full, got {d:?}"
+    );
+    d
+}
+
+/// Hashes a `u64` key to itself, so the test picks the shard (bits 40.. of the hash).
+#[derive(Clone, Copy, Debug, Default)]
+struct ByValue;
+
+struct Identity(u64);
+
+impl Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+impl BuildHasher for ByValue {
+    type Hasher = Identity;
+    fn build_hasher(&self) -> Identity {
+        Identity(0)
+    }
+}
+
+fn in_shard(shard: u64, i: u64) -> u64 {
+    (shard << 40) | i
+}
+
+/// One shard, `max_keys` keys, `policy`, 10 cells a second (one every 100 ms).
+fn one_shard(
+    max_keys: usize,
+    policy: WhenFull,
+) -> (KeyedRateLimiter<String, Quota, ManualClock>, ManualClock) {
+    let clock = ManualClock::new();
+    let l = KeyedRateLimiter::builder(Quota::per_second(10))
+        .max_keys(max_keys)
+        .when_full(policy)
+        .shards(1)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    (l, clock)
+}
+
+fn by_value(
+    shards: usize,
+    max_keys: usize,
+    policy: WhenFull,
+) -> (
+    KeyedRateLimiter<u64, Quota, ManualClock, ByValue>,
+    ManualClock,
+) {
+    let clock = ManualClock::new();
+    let l = KeyedRateLimiter::builder(Quota::per_second(10))
+        .max_keys(max_keys)
+        .when_full(policy)
+        .shards(shards)
+        .hasher(ByValue)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    (l, clock)
+}
+
+fn metrics<K: std::hash::Hash + Eq, S: BuildHasher>(
+    l: &KeyedRateLimiter<K, Quota, ManualClock, S>,
+) -> KeyedMetrics {
+    l.metrics()
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn keys_are_limited_independently() {
+    let clock = ManualClock::new();
+    let l = KeyedRateLimiter::builder(Quota::per_second(2))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    assert_eq!(allowed(l.check("alice")).remaining(), 1);
+    assert_eq!(allowed(l.check("alice")).remaining(), 0);
+    let d = refused(l.check("alice"));
+    assert_eq!((d.retry_after(), d.limit()), (Some(ms(500)), 2));
+    assert_eq!(allowed(l.check("bob")).remaining(), 1);
+    assert_eq!(allowed(l.check_n("carol", 2).unwrap()).remaining(), 0);
+    refused(l.check("carol"));
+    allowed(l.check("bob"));
+    refused(l.check("bob"));
+    assert_eq!(l.len(), 3);
+    clock.advance(ms(500));
+    allowed(l.check("alice"));
+    refused(l.check("alice"));
+}
+
+#[test]
+fn the_default_constructor_and_metrics() {
+    let l = KeyedRateLimiter::<String>::new(Quota::per_second(1)).unwrap();
+    assert!(l.is_empty());
+    allowed(l.check("a"));
+    let m = l.metrics();
+    assert_eq!(m.keys, 1);
+    assert_eq!(m.max_keys, palisade_ratelimit::DEFAULT_MAX_KEYS);
+    assert_eq!(
+        (m.evicted_idle, m.evicted_owing, m.rejected_new_keys),
+        (0, 0, 0)
+    );
+    assert!(!format!("{l:?}").is_empty());
+}
+
+#[test]
+fn builder_validation() {
+    let b = || KeyedRateLimiter::<u64>::builder(Quota::per_second(1));
+    assert_eq!(field(&b().max_keys(0).build().unwrap_err()), "max_keys");
+    for shards in [0, 3, 6, 8_192] {
+        let err = b().shards(shards).build().unwrap_err();
+        assert_eq!(field(&err), "shards", "{shards}");
+        assert!(err.to_string().contains("power of two"), "{err}");
+    }
+    assert!(b().shards(1).build().is_ok());
+    assert!(b().shards(4_096).build().is_ok());
+    assert_eq!(
+        field(
+            &b().wait_jitter(Duration::from_secs(7_200))
+                .build()
+                .unwrap_err()
+        ),
+        "wait_jitter"
+    );
+    assert_eq!(
+        field(
+            &KeyedRateLimiter::<u64>::builder(Quota::per_second(0))
+                .build()
+                .unwrap_err()
+        ),
+        "rate"
+    );
+}
+
+#[test]
+fn max_keys_is_a_hard_cap_when_rejecting_new_keys() {
+    let clock = ManualClock::new();
+    let l = KeyedRateLimiter::builder(Quota::per_second(10))
+        .max_keys(3)
+        .clock(clock)
+        .build()
+        .unwrap();
+    let mut admitted = 0;
+    for key in 0..100u64 {
+        let d = l.check(&key);
+        if d.is_allowed() {
+            admitted += 1;
+        } else {
+            keys_full(d);
+        }
+        assert!(l.len() <= 3, "{} keys", l.len());
+    }
+    assert_eq!(admitted, 3);
+    assert_eq!(l.len(), 3);
+    let m = l.metrics();
+    assert_eq!((m.keys, m.max_keys, m.rejected_new_keys), (3, 3, 97));
+}
+
+#[test]
+fn max_keys_is_a_hard_cap_when_evicting() {
+    let clock = ManualClock::new();
+    let l = KeyedRateLimiter::builder(Quota::per_second(10))
+        .max_keys(3)
+        .when_full(WhenFull::EvictClosestToFull)
+        .clock(clock)
+        .build()
+        .unwrap();
+    for key in 0..100u64 {
+        allowed(l.check(&key));
+        assert!(l.len() <= 3, "{} keys", l.len());
+    }
+    let m = l.metrics();
+    assert_eq!((m.keys, m.evicted_owing, m.rejected_new_keys), (3, 97, 0));
+}
+
+#[test]
+fn max_keys_holds_under_threads() {
+    for policy in [WhenFull::RejectNewKeys, WhenFull::EvictClosestToFull] {
+        let clock = ManualClock::new();
+        let l = Arc::new(
+            KeyedRateLimiter::builder(Quota::per_second(10))
+                .max_keys(16)
+                .shards(4)
+                .when_full(policy)
+                .clock(clock.clone())
+                .build()
+                .unwrap(),
+        );
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let l = Arc::clone(&l);
+                let clock = clock.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2_000u64 {
+                        let _ = l.check(&(t * 1_000_000 + i % 300));
+                        assert!(l.len() <= 16, "{} keys", l.len());
+                        if i % 100 == 0 {
+                            clock.advance(ms(30));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(l.len() <= 16);
+        assert_eq!(l.metrics().keys, l.len());
+        // Once every key is replenished, the table empties completely.
+        clock.advance(Duration::from_secs(2));
+        l.evict_idle();
+        assert_eq!(l.len(), 0, "{policy:?}");
+    }
+}
+
+#[test]
+fn a_full_table_evicts_fully_replenished_keys_first() {
+    for policy in [WhenFull::RejectNewKeys, WhenFull::EvictClosestToFull] {
+        let (l, clock) = one_shard(2, policy);
+        allowed(l.check("a")); // replenished at 100 ms
+        clock.advance(ms(50));
+        allowed(l.check("b")); // replenished at 150 ms
+        clock.advance(ms(50));
+        // t = 100 ms: "a" is full again and can go; "b" still owes.
+        assert_eq!(allowed(l.check("c")).remaining(), 9);
+        let m = l.metrics();
+        assert_eq!(
+            (m.keys, m.evicted_idle, m.evicted_owing),
+            (2, 1, 0),
+            "{policy:?}"
+        );
+        // "b" kept its accounting: 0.5 cell is still owed.
+        assert_eq!(allowed(l.check("b")).remaining(), 8);
+    }
+}
+
+#[test]
+fn reject_new_keys_refuses_with_keys_full_until_a_key_is_replenished() {
+    let (l, clock) = one_shard(2, WhenFull::RejectNewKeys);
+    allowed(l.check("a")); // replenished at 100 ms
+    allowed(l.check_n("b", 3).unwrap()); // replenished at 300 ms
+    let d = keys_full(l.check("c"));
+    assert_eq!(d.retry_after(), Some(ms(100)));
+    assert_eq!(d.remaining(), 0);
+    assert_eq!(d.limit(), 10);
+    assert_eq!(l.len(), 2);
+    assert_eq!(l.metrics().rejected_new_keys, 1);
+    // An impossible request is still the capacity error, and is not counted.
+    assert!(l.check_n("c", 11).is_err());
+    assert_eq!(l.metrics().rejected_new_keys, 1);
+    clock.advance(ms(99));
+    assert_eq!(keys_full(l.check("c")).retry_after(), Some(ms(1)));
+    assert_eq!(l.metrics().rejected_new_keys, 2);
+    clock.advance(ms(1));
+    allowed(l.check("c"));
+    assert_eq!(l.len(), 2);
+    assert_eq!(l.metrics().evicted_idle, 1);
+    // "a" was the one dropped: it comes back as a new key and finds the table full again.
+    assert_eq!(keys_full(l.check("a")).retry_after(), Some(ms(100)));
+}
+
+#[test]
+fn retrying_a_refused_new_key_after_retry_after_admits_it() {
+    let (l, clock) = one_shard(1, WhenFull::RejectNewKeys);
+    allowed(l.check("a")); // "a" replenished at 100 ms
+    assert_eq!(keys_full(l.check("b")).retry_after(), Some(ms(100)));
+    // "a" keeps using its limit: now it is replenished only at 500 ms.
+    allowed(l.check_n("a", 4).unwrap());
+    let retry = keys_full(l.check("b")).retry_after().unwrap();
+    assert_eq!(
+        retry,
+        ms(500),
+        "retry_after must say when a key is replenished"
+    );
+    clock.advance(retry);
+    allowed(l.check("b"));
+}
+
+#[test]
+fn a_new_key_in_an_empty_shard_is_told_when_a_key_elsewhere_is_replenished() {
+    let (l, clock) = by_value(2, 1, WhenFull::RejectNewKeys);
+    let (a, b) = (in_shard(0, 1), in_shard(1, 1));
+    allowed(l.check(&a)); // replenished at 100 ms
+    let d = keys_full(l.check(&b));
+    assert_eq!(d.retry_after(), Some(ms(100)), "{d:?}");
+    clock.advance(ms(100));
+    // The new key's sweep reaches the other shard and drops the idle key there.
+    allowed(l.check(&b));
+    assert_eq!(l.len(), 1);
+    assert_eq!(metrics(&l).evicted_idle, 1);
+}
+
+#[test]
+fn a_new_key_sweeps_idle_keys_of_other_shards() {
+    let (l, clock) = by_value(4, 2, WhenFull::RejectNewKeys);
+    allowed(l.check(&in_shard(1, 1)));
+    allowed(l.check(&in_shard(2, 1)));
+    clock.advance(ms(100));
+    allowed(l.check(&in_shard(3, 1)));
+    allowed(l.check(&in_shard(0, 1)));
+    let m = metrics(&l);
+    assert_eq!((m.keys, m.evicted_idle, m.evicted_owing), (2, 2, 0));
+}
+
+#[test]
+fn evict_closest_to_full_evicts_the_key_owing_least() {
+    let (l, _clock) = one_shard(2, WhenFull::EvictClosestToFull);
+    allowed(l.check_n("a", 3).unwrap()); // owes 300 ms
+    allowed(l.check("b")); // owes 100 ms
+    // Nothing is idle: "b" is closest to full and goes.
+    assert_eq!(allowed(l.check("c")).remaining(), 9);
+    let m = l.metrics();
+    assert_eq!((m.keys, m.evicted_idle, m.evicted_owing), (2, 0, 1));
+    // "a" kept its accounting (7 left before this check).
+    assert_eq!(allowed(l.check("a")).remaining(), 6);
+    // "b" starts over with a full burst (the documented extra burst), evicting "c" (owing
+    // 100 ms against "a"'s 400 ms).
+    assert_eq!(allowed(l.check("b")).remaining(), 9);
+    assert_eq!(l.metrics().evicted_owing, 2);
+    assert_eq!(allowed(l.check("a")).remaining(), 5);
+    assert_eq!(l.len(), 2);
+}
+
+#[test]
+fn evict_closest_to_full_reaches_other_shards_when_its_own_is_empty() {
+    let (l, _clock) = by_value(2, 1, WhenFull::EvictClosestToFull);
+    let (a, b) = (in_shard(0, 7), in_shard(1, 7));
+    allowed(l.check_n(&a, 5).unwrap());
+    assert_eq!(allowed(l.check(&b)).remaining(), 9);
+    let m = metrics(&l);
+    assert_eq!((m.keys, m.evicted_owing), (1, 1));
+    // "a" was evicted: it starts over.
+    assert_eq!(allowed(l.check(&a)).remaining(), 9);
+    assert_eq!(metrics(&l).evicted_owing, 2);
+}
+
+#[test]
+fn an_existing_key_is_never_refused_for_capacity_reasons() {
+    for policy in [WhenFull::RejectNewKeys, WhenFull::EvictClosestToFull] {
+        let (l, clock) = one_shard(2, policy);
+        allowed(l.check_n("a", 10).unwrap());
+        allowed(l.check_n("b", 10).unwrap());
+        if policy == WhenFull::RejectNewKeys {
+            keys_full(l.check("c"));
+        }
+        let before = l.metrics();
+        for _ in 0..50 {
+            // Over its rate: an ordinary refusal, never keys-full.
+            assert_eq!(refused(l.check("a")).retry_after(), Some(ms(100)));
+            refused(l.check("b"));
+            clock.advance(ms(100));
+            allowed(l.check("a"));
+            allowed(l.check("b"));
+        }
+        // No existing key's check touched the table.
+        assert_eq!(l.metrics(), before, "{policy:?}");
+    }
+}
+
+#[test]
+fn evict_idle_drops_exactly_the_replenished_keys() {
+    let (l, clock) = one_shard(100, WhenFull::RejectNewKeys);
+    allowed(l.check("a")); // replenished at 100 ms
+    allowed(l.check_n("b", 5).unwrap()); // at 500 ms
+    allowed(l.check_n("c", 10).unwrap()); // at 1 s
+    assert_eq!(l.evict_idle(), 0);
+    clock.advance(ms(100));
+    assert_eq!(l.evict_idle(), 1);
+    assert_eq!(l.len(), 2);
+    assert_eq!(l.metrics().evicted_idle, 1);
+    // "b" was kept with its accounting.
+    assert_eq!(allowed(l.check("b")).remaining(), 5);
+    // t = 1 s: "b" (replenished at 600 ms) and "c" (at 1 s) both go.
+    clock.advance(ms(900));
+    assert_eq!(l.evict_idle(), 2);
+    assert_eq!(l.len(), 0);
+    assert!(l.is_empty());
+    assert_eq!(l.metrics().evicted_idle, 3);
+}
+
+#[test]
+fn remove_forgets_a_key() {
+    let (l, _clock) = one_shard(10, WhenFull::RejectNewKeys);
+    allowed(l.check_n("a", 10).unwrap());
+    allowed(l.check("b"));
+    refused(l.check("a"));
+    assert!(l.remove("a"));
+    assert!(!l.remove("a"));
+    assert!(!l.remove("never"));
+    assert_eq!(l.len(), 1);
+    assert_eq!(allowed(l.check("a")).remaining(), 9);
+    assert_eq!(l.len(), 2);
+    // remove frees a slot in a full table.
+    let (l, _clock) = one_shard(1, WhenFull::RejectNewKeys);
+    allowed(l.check("a"));
+    keys_full(l.check("b"));
+    assert!(l.remove("a"));
+    allowed(l.check("b"));
+}
+
+#[test]
+fn set_quota_keeps_each_keys_accounting() {
+    let (l, clock) = one_shard(10, WhenFull::RejectNewKeys);
+    // per_second(10) from one_shard; start from 100/s instead.
+    l.set_quota(Quota::per_second(100)).unwrap();
+    l.check_n("a", 30).unwrap();
+    allowed(l.check("b"));
+    l.set_quota(Quota::per_second(50)).unwrap();
+    assert_eq!(l.algorithm(), Quota::per_second(50));
+    assert_eq!(l.len(), 2);
+    // "a": 30 used of the new 50, one cell every 20 ms.
+    assert_eq!(allowed(l.check_n("a", 20).unwrap()).remaining(), 0);
+    assert_eq!(refused(l.check("a")).retry_after(), Some(ms(20)));
+    // "b": 1 used.
+    assert_eq!(allowed(l.check_n("b", 49).unwrap()).remaining(), 0);
+    // A new key gets the new quota.
+    assert_eq!(allowed(l.check("c")).limit(), 50);
+    clock.advance(ms(20));
+    allowed(l.check("a"));
+    // Invalid changes are errors and change nothing.
+    assert_eq!(
+        field(&l.set_quota(Quota::per_second(0)).unwrap_err()),
+        "rate"
+    );
+    assert_eq!(l.algorithm(), Quota::per_second(50));
+}
+
+#[test]
+fn borrowed_lookups_on_string_keys() {
+    let clock = ManualClock::new();
+    let l: KeyedRateLimiter<String, Quota, ManualClock> =
+        KeyedRateLimiter::builder(Quota::per_second(3))
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+    let owned = String::from("alice");
+    allowed(l.check("alice"));
+    allowed(l.check(&owned));
+    assert_eq!(allowed(l.peek_n("alice", 1).unwrap()).remaining(), 0);
+    allowed(l.check_n(owned.as_str(), 1).unwrap());
+    refused(l.check("alice"));
+    l.refund("alice", 2);
+    assert_eq!(allowed(l.check_n("alice", 2).unwrap()).remaining(), 0);
+    assert_eq!(l.len(), 1);
+    assert!(l.remove("alice"));
+    assert!(l.is_empty());
+}
+
+#[test]
+fn peek_and_impossible_requests_never_add_a_key() {
+    let (l, _clock) = one_shard(1, WhenFull::RejectNewKeys);
+    assert_eq!(allowed(l.peek_n("a", 10).unwrap()).remaining(), 0);
+    assert!(l.peek_n("a", 11).is_err());
+    let err = l.check_n("a", 11).unwrap_err();
+    assert_eq!((err.requested(), err.capacity()), (11, 10));
+    assert!(l.is_empty());
+    allowed(l.check("b"));
+    // Peeking an unknown key in a full table tells what a fresh key would get.
+    assert!(l.peek_n("a", 1).unwrap().is_allowed());
+    assert_eq!(l.len(), 1);
+    // A refund to an unknown key does nothing.
+    l.refund("a", 5);
+    assert_eq!(l.len(), 1);
+}
+
+#[test]
+fn keyed_refund_never_raises_a_key_above_full() {
+    let (l, _clock) = one_shard(10, WhenFull::RejectNewKeys);
+    allowed(l.check_n("a", 4).unwrap());
+    l.refund("a", 100);
+    assert_eq!(allowed(l.check_n("a", 10).unwrap()).remaining(), 0);
+    refused(l.check("a"));
+}
