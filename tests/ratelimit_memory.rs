@@ -1,0 +1,166 @@
+//! Memory per key: palisade's `KeyedRateLimiter` beside governor's default keyed limiter (a
+//! `DashMap` state store on its default clock), both tracking the same 100,000 `u64` keys.
+//!
+//! Bytes are counted by a thread-local counting allocator (allocation-counter, which this test
+//! binary alone installs), so the numbers are exact. To make them the same on every run and
+//! every machine, both limiters hash with SipHash under fixed keys (std's `RandomState` draws
+//! its keys per process, which moves keys between shards) and have 8 shards (the default of
+//! both, 4 × cores, on a 2-core machine); everything else is each library's default.
+//!
+//! Run with `cargo test --test ratelimit_memory -- --nocapture` to see the numbers.
+
+use std::hash::{BuildHasherDefault, DefaultHasher};
+use std::num::NonZeroU32;
+
+use allocation_counter::AllocationInfo;
+use governor::state::keyed::DashMapStateStore;
+use palisade::ratelimit::{KeyedRateLimiter, Quota};
+
+const KEYS: u64 = 100_000;
+const SHARDS: usize = 8;
+const RATE: u32 = 1_000;
+
+type FixedHasher = BuildHasherDefault<DefaultHasher>;
+
+/// What a keyed limiter allocated: while being built, and while its keys went in.
+#[derive(Debug)]
+struct Footprint {
+    built: AllocationInfo,
+    inserted: AllocationInfo,
+}
+
+impl Footprint {
+    /// Bytes still held per key, the limiter's fixed part included.
+    fn held_per_key(&self) -> f64 {
+        (self.built.bytes_current + self.inserted.bytes_current) as f64 / KEYS as f64
+    }
+
+    /// Bytes the inserts still hold per key (the table alone).
+    fn table_per_key(&self) -> f64 {
+        self.inserted.bytes_current as f64 / KEYS as f64
+    }
+
+    /// Bytes the inserts allocated per key, counting the tables given up as they grew.
+    fn allocated_per_key(&self) -> f64 {
+        self.inserted.bytes_total as f64 / KEYS as f64
+    }
+
+    /// The most bytes held at once during the inserts, per key (old and new table while one
+    /// grows).
+    fn peak_per_key(&self) -> f64 {
+        self.inserted.bytes_max as f64 / KEYS as f64
+    }
+}
+
+/// Builds a limiter and checks keys `0..KEYS` once each, counting both steps; the limiter is
+/// dropped only after counting.
+fn footprint<L>(build: impl FnOnce() -> L, check: impl Fn(&L, u64)) -> Footprint {
+    let mut limiter = None;
+    let built = allocation_counter::measure(|| limiter = Some(build()));
+    let limiter = limiter.unwrap();
+    let inserted = allocation_counter::measure(|| {
+        for key in 0..KEYS {
+            check(&limiter, key);
+        }
+    });
+    drop(limiter);
+    Footprint { built, inserted }
+}
+
+fn palisade_keyed() -> KeyedRateLimiter<u64, Quota, palisade::FastClock, FixedHasher> {
+    KeyedRateLimiter::builder(Quota::per_second(RATE))
+        .hasher(FixedHasher::default())
+        .shards(SHARDS)
+        .build()
+        .unwrap()
+}
+
+type GovernorKeyed =
+    governor::RateLimiter<u64, DashMapStateStore<u64, FixedHasher>, governor::clock::DefaultClock>;
+
+fn governor_keyed() -> GovernorKeyed {
+    let state = DashMapStateStore::with_hasher_and_shard_amount(FixedHasher::default(), SHARDS);
+    governor::RateLimiter::new(
+        governor::Quota::per_second(NonZeroU32::new(RATE).unwrap()),
+        state,
+        governor::clock::DefaultClock::default(),
+    )
+}
+
+fn palisade_footprint() -> Footprint {
+    footprint(palisade_keyed, |limiter, key| {
+        assert!(limiter.check(&key).is_allowed());
+    })
+}
+
+fn governor_footprint() -> Footprint {
+    footprint(governor_keyed, |limiter, key| {
+        limiter.check_key(&key).unwrap();
+    })
+}
+
+fn report(name: &str, f: &Footprint) {
+    println!(
+        "{name:>8}: {:6.2} B/key held ({:6.2} table + {} B fixed), {:6.2} B/key allocated, \
+         {:6.2} B/key peak, {} allocations",
+        f.held_per_key(),
+        f.table_per_key(),
+        f.built.bytes_current,
+        f.allocated_per_key(),
+        f.peak_per_key(),
+        f.built.count_total + f.inserted.count_total,
+    );
+}
+
+#[test]
+fn palisade_holds_no_more_per_key_than_governor() {
+    // The clocks calibrate once per process, allocating; do it before counting.
+    drop(palisade_keyed());
+    drop(governor_keyed());
+
+    let palisade = palisade_footprint();
+    let governor = governor_footprint();
+    println!("{KEYS} u64 keys, {SHARDS} shards:");
+    report("palisade", &palisade);
+    report("governor", &governor);
+
+    for (name, f) in [("palisade", &palisade), ("governor", &governor)] {
+        assert!(f.inserted.bytes_current > 0, "{name} held nothing per key");
+    }
+    assert!(
+        palisade.held_per_key() <= governor.held_per_key(),
+        "palisade holds {:.2} B/key, governor {:.2}",
+        palisade.held_per_key(),
+        governor.held_per_key()
+    );
+}
+
+#[test]
+fn the_counts_are_deterministic() {
+    drop(palisade_keyed());
+    drop(governor_keyed());
+    let (a, b) = (palisade_footprint(), palisade_footprint());
+    assert_eq!((a.built, a.inserted), (b.built, b.inserted));
+    let (a, b) = (governor_footprint(), governor_footprint());
+    assert_eq!((a.built, a.inserted), (b.built, b.inserted));
+}
+
+#[test]
+fn dropping_a_limiter_frees_every_key() {
+    drop(palisade_keyed());
+    drop(governor_keyed());
+    let info = allocation_counter::measure(|| {
+        let limiter = palisade_keyed();
+        for key in 0..KEYS {
+            assert!(limiter.check(&key).is_allowed());
+        }
+    });
+    assert_eq!(info.bytes_current, 0, "palisade leaked");
+    let info = allocation_counter::measure(|| {
+        let limiter = governor_keyed();
+        for key in 0..KEYS {
+            limiter.check_key(&key).unwrap();
+        }
+    });
+    assert_eq!(info.bytes_current, 0, "governor leaked");
+}
