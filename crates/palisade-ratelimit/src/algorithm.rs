@@ -23,8 +23,10 @@ pub(crate) mod private {
         Check,
         /// Say whether they would fit, change nothing.
         Peek,
-        /// Take the cells now or at the first moment they fit, if that is within `max_wait` ns
-        /// (a place in line). The wait is in the decision's `retry_after` field.
+        /// Take the cells now or (GCRA only) reserve the first moment they fit, if that is
+        /// within `max_wait` ns: a place in line. The wait is in the decision's `retry_after`
+        /// field. Algorithms that cannot promise future capacity take the cells only if they
+        /// fit now, and otherwise refuse with the predicted wait.
         Reserve { max_wait: u64 },
     }
 
@@ -46,6 +48,11 @@ pub(crate) mod private {
             op: Op,
         ) -> Result<Decision, InsufficientCapacity>;
         fn refund(&self, state: &Self::State, now: u64, n: u32);
+        /// Gives back a reservation of `n` cells that left the state at `end`.
+        fn undo(&self, state: &Self::State, now: u64, n: u32, end: u64) {
+            let _ = end;
+            self.refund(state, now, n);
+        }
         /// The first moment the state is back to full capacity: from then on, forgetting the
         /// key loses nothing.
         fn idle_at(&self, state: &Self::State, now: u64) -> u64;
@@ -63,6 +70,10 @@ pub(crate) mod private {
             op: Op,
         ) -> Result<Decision, InsufficientCapacity>;
         fn direct_refund(direct: &Self::Direct, now: u64, n: u32);
+        fn direct_undo(direct: &Self::Direct, now: u64, n: u32, end: u64) {
+            let _ = end;
+            Self::direct_refund(direct, now, n);
+        }
         fn direct_set(direct: &Self::Direct, to: Self, now: u64) -> Result<(), ConfigError>;
     }
 }

@@ -71,7 +71,8 @@ impl Decision {
 
     /// For a refusal, how long until the same request would be granted (if no one else takes
     /// the capacity first); `None` when it was allowed. For a refusal of a new key by a full
-    /// keyed limiter, the time until some key is fully replenished and so can be evicted.
+    /// keyed limiter, the earliest moment some key can be fully replenished and so evicted (a
+    /// lower bound: a key used since the table last looked may take longer).
     #[inline]
     pub const fn retry_after(&self) -> Option<Duration> {
         match self.outcome {

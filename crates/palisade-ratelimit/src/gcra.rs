@@ -100,10 +100,25 @@ pub(crate) fn step(p: Params, tat: u64, now: u64, cost: u64, op: Op) -> (Decisio
     }
 }
 
-/// The TAT after `n·T` ns of capacity come back, or `None` if nothing changes.
+/// The TAT after `cost` ns of capacity come back, or `None` if nothing changes.
+///
+/// Nothing comes back while a waiter's reservation is pending: only a reservation puts the TAT
+/// more than `τ` ahead of now (or a quota change that left a debt), and capacity given back then
+/// would be handed out again at the very moment the waiter uses its cells.
 #[inline]
-pub(crate) fn refund(tat: u64, now: u64, cost: u64) -> Option<u64> {
-    (tat > now).then(|| cmp::max(tat - cost.min(tat), now))
+pub(crate) fn refund(p: Params, tat: u64, now: u64, cost: u64) -> Option<u64> {
+    (tat > now && tat - now <= p.tau).then(|| cmp::max(tat - cost.min(tat), now))
+}
+
+/// The TAT after a reservation that moved it to `end` is given back: exactly, if nothing was
+/// taken after it; otherwise as a [`refund`], since later reservations were placed behind it.
+#[inline]
+pub(crate) fn undo(p: Params, tat: u64, now: u64, cost: u64, end: u64) -> Option<u64> {
+    if tat == end && tat > now {
+        Some(cmp::max(end - cost.min(end), now))
+    } else {
+        refund(p, tat, now, cost)
+    }
 }
 
 /// `tat` (kept under `from`) re-expressed under `to`: the used part of the bucket,
@@ -167,9 +182,18 @@ impl Core for Quota {
     }
 
     fn refund(&self, state: &AtomicU64, now: u64, n: u32) {
-        let cost = u64::from(n).saturating_mul(self.interval_ns);
+        let p = Params::of(self);
+        let cost = u64::from(n).saturating_mul(p.interval);
         let _ = state.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
-            refund(tat, now, cost)
+            refund(p, tat, now, cost)
+        });
+    }
+
+    fn undo(&self, state: &AtomicU64, now: u64, n: u32, end: u64) {
+        let p = Params::of(self);
+        let cost = u64::from(n).saturating_mul(p.interval);
+        let _ = state.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+            undo(p, tat, now, cost, end)
         });
     }
 
@@ -208,7 +232,11 @@ impl Core for Quota {
     }
 
     fn direct_refund(direct: &GcraDirect, now: u64, n: u32) {
-        direct.refund(now, n);
+        direct.give_back(now, n, None);
+    }
+
+    fn direct_undo(direct: &GcraDirect, now: u64, n: u32, end: u64) {
+        direct.give_back(now, n, Some(end));
     }
 
     fn direct_set(direct: &GcraDirect, to: Quota, now: u64) -> Result<(), ConfigError> {
@@ -295,12 +323,19 @@ impl GcraDirect {
         }
     }
 
-    fn refund(&self, now: u64, n: u32) {
+    /// A refund, or with `end` the undoing of a reservation that ended there.
+    fn give_back(&self, now: u64, n: u32, end: Option<u64>) {
         let _ = self
             .word
             .fetch_update(Ordering::Relaxed, Ordering::Acquire, |word| {
-                let cost = u64::from(n).saturating_mul(self.params(word).interval);
-                refund(word & TAT_MASK, now, cost).map(|tat| (word & !TAT_MASK) | tat)
+                let p = self.params(word);
+                let cost = u64::from(n).saturating_mul(p.interval);
+                let tat = word & TAT_MASK;
+                match end {
+                    Some(end) => undo(p, tat, now, cost, end),
+                    None => refund(p, tat, now, cost),
+                }
+                .map(|tat| (word & !TAT_MASK) | tat)
             });
     }
 

@@ -28,8 +28,9 @@ pub const DEFAULT_MAX_KEYS: usize = 1 << 20;
 #[non_exhaustive]
 pub enum WhenFull {
     /// Refuse the new key's requests ([`Decision::is_keys_full`]) until some key is fully
-    /// replenished; `retry_after` says when the first one in its shard will be. Never hands
-    /// out capacity a key still owes. The default.
+    /// replenished; `retry_after` is the earliest moment one can be (a lower bound: a key used
+    /// since the table last looked may take longer). Never hands out capacity a key still
+    /// owes. The default.
     #[default]
     RejectNewKeys,
     /// Evict the key in the new key's shard that is closest to fully replenished (for GCRA,
@@ -346,17 +347,48 @@ where
         key: &Q,
         n: u32,
         max_wait: Duration,
-    ) -> Result<Decision, InsufficientCapacity>
+    ) -> Result<(Decision, u64), InsufficientCapacity>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
         let max_wait = u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX);
-        self.run(key, n, Op::Reserve { max_wait })
+        let (decision, now) = self.run_at(key, n, Op::Reserve { max_wait })?;
+        Ok((decision, now + decision.reset_after))
+    }
+
+    /// Gives back a reservation of `n` of `key`'s cells that left its state at `end`.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn undo<Q>(&self, key: &Q, n: u32, end: u64)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hasher.hash_one(key);
+        let shard = self.shard(hash);
+        let table = shard.table.read();
+        if let Some(entry) = table.entries.find(hash, |e| e.key.borrow() == key) {
+            let now = self.now();
+            table.algorithm.undo(&entry.state, now, n, end);
+            shard.next_idle.fetch_min(
+                table.algorithm.idle_at(&entry.state, now),
+                Ordering::Relaxed,
+            );
+        }
     }
 
     #[inline]
     fn run<Q>(&self, key: &Q, n: u32, op: Op) -> Result<Decision, InsufficientCapacity>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.run_at(key, n, op).map(|(decision, _)| decision)
+    }
+
+    /// One step on `key`'s state, with the time it was taken at.
+    #[inline]
+    fn run_at<Q>(&self, key: &Q, n: u32, op: Op) -> Result<(Decision, u64), InsufficientCapacity>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
@@ -367,15 +399,26 @@ where
         {
             let table = shard.table.read();
             if let Some(entry) = table.entries.find(hash, |e| e.key.borrow() == key) {
-                return table.algorithm.step(&entry.state, now, n, op);
-            }
-            if op == Op::Peek {
                 return table
                     .algorithm
-                    .step(&table.algorithm.new_state(), now, n, op);
+                    .step(&entry.state, now, n, op)
+                    .map(|d| (d, now));
+            }
+            if op == Op::Peek {
+                if self.when_full == WhenFull::RejectNewKeys && self.len() >= self.max_keys {
+                    // What the first check would get if no sweep can free a slot now.
+                    let next_idle = self.next_idle();
+                    if next_idle > now {
+                        return Ok((keys_full(table.algorithm.capacity(), next_idle - now), now));
+                    }
+                }
+                return table
+                    .algorithm
+                    .step(&table.algorithm.new_state(), now, n, op)
+                    .map(|d| (d, now));
             }
         }
-        self.insert(shard, hash, key, now, n, op)
+        self.insert(shard, hash, key, now, n, op).map(|d| (d, now))
     }
 
     #[cold]
@@ -401,7 +444,9 @@ where
         table.algorithm.step(&state, now, n, Op::Peek)?;
         if !self.take_slot() && !self.make_room(shard, &mut table, now) {
             self.rejected_keys.fetch_add(1, Ordering::Relaxed);
-            let wait = shard.next_idle.load(Ordering::Relaxed).saturating_sub(now);
+            // The earliest moment any shard's sweep could free a slot (each shard's bound is a
+            // lower bound: keys used since it was computed may take longer).
+            let wait = self.next_idle().saturating_sub(now);
             tracing::debug!(target: TARGET, keys = self.max_keys, "keyed rate limiter full: refused a new key");
             return Ok(keys_full(table.algorithm.capacity(), wait));
         }
@@ -419,6 +464,15 @@ where
             |e| hasher.hash_one(&e.key),
         );
         Ok(decision)
+    }
+
+    /// The earliest moment any shard could have a fully replenished key (a lower bound).
+    fn next_idle(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.next_idle.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     fn take_slot(&self) -> bool {

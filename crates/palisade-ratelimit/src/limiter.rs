@@ -137,8 +137,9 @@ impl<A: Algorithm, C: Clock> RateLimiter<A, C> {
         }
     }
 
-    /// Takes `n` cells if they are all free now (all or nothing). `n = 0` is always allowed.
-    /// An `n` larger than the capacity is an error: no wait would make it fit.
+    /// Takes `n` cells if they are all free now (all or nothing). `n = 0` takes nothing and
+    /// reports the current numbers (it is refused only while waiters hold reservations beyond
+    /// the burst). An `n` larger than the capacity is an error: no wait would make it fit.
     #[inline]
     pub fn check_n(&self, n: u32) -> Result<Decision, InsufficientCapacity> {
         A::direct_step(&self.direct, self.now(), n, Op::Check)
@@ -156,7 +157,11 @@ impl<A: Algorithm, C: Clock> RateLimiter<A, C> {
 
     /// Gives back `n` cells taken earlier, e.g. when the work they paid for was cancelled
     /// before it touched the protected resource. A refund never raises capacity above full,
-    /// so refunding cells never taken cannot create a burst.
+    /// so refunding cells never taken cannot create a burst. A sliding window gives back only
+    /// from the current window's count, so refund cells in the window they were taken in.
+    /// While waiters hold reservations
+    /// (or a quota change left the limiter owing more than a burst) a refund gives nothing
+    /// back: the capacity would be handed out again at the moment a waiter uses its cells.
     pub fn refund(&self, n: u32) {
         A::direct_refund(&self.direct, self.now(), n);
     }
@@ -192,7 +197,9 @@ impl<A: Algorithm, C: Clock> RateLimiter<A, C> {
     /// a plain [`check`](RateLimiter::check) cannot take capacity already reserved.
     ///
     /// The [`Reservation`] says how long to wait. Dropping it gives the cells back (so a
-    /// caller that gives up consumes nothing); [`commit`](Reservation::commit) keeps them.
+    /// caller that gives up consumes nothing) unless later reservations are queued behind it
+    /// (see [`until_ready`](RateLimiter::until_ready)); [`commit`](Reservation::commit) keeps
+    /// them.
     /// A sliding window cannot promise future capacity: for it a reservation that would have
     /// to wait is [`WaitError::TooLong`] with the predicted wait.
     pub fn reserve_n(
@@ -200,7 +207,7 @@ impl<A: Algorithm, C: Clock> RateLimiter<A, C> {
         n: u32,
         max_wait: Duration,
     ) -> Result<Reservation<'_, A, C>, WaitError> {
-        let decision = self.reserve(n, max_wait)?;
+        let (decision, end) = self.reserve(n, max_wait)?;
         let wait = Duration::from_nanos(decision.retry_after);
         if !decision.is_allowed() {
             return Err(WaitError::TooLong { wait });
@@ -208,6 +215,7 @@ impl<A: Algorithm, C: Clock> RateLimiter<A, C> {
         Ok(Reservation {
             limiter: self,
             n,
+            end,
             wait,
             armed: true,
         })
@@ -219,9 +227,17 @@ impl<A: Algorithm, C: Clock> RateLimiter<A, C> {
         &self,
         n: u32,
         max_wait: Duration,
-    ) -> Result<Decision, InsufficientCapacity> {
+    ) -> Result<(Decision, u64), InsufficientCapacity> {
         let max_wait = u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX);
-        A::direct_step(&self.direct, self.now(), n, Op::Reserve { max_wait })
+        let now = self.now();
+        let decision = A::direct_step(&self.direct, now, n, Op::Reserve { max_wait })?;
+        // For GCRA, where the reservation left the TAT (its `reset_after` counts from now).
+        Ok((decision, now + decision.reset_after))
+    }
+
+    /// Gives back a reservation of `n` cells that left the state at `end`.
+    pub(crate) fn undo(&self, n: u32, end: u64) {
+        A::direct_undo(&self.direct, self.now(), n, end);
     }
 }
 
@@ -259,6 +275,7 @@ impl<A: Algorithm, C: Clock> fmt::Debug for RateLimiter<A, C> {
 pub struct Reservation<'a, A: Algorithm = Quota, C: Clock = FastClock> {
     limiter: &'a RateLimiter<A, C>,
     n: u32,
+    end: u64,
     wait: Duration,
     armed: bool,
 }
@@ -283,7 +300,7 @@ impl<A: Algorithm, C: Clock> Reservation<'_, A, C> {
 impl<A: Algorithm, C: Clock> Drop for Reservation<'_, A, C> {
     fn drop(&mut self) {
         if self.armed {
-            self.limiter.refund(self.n);
+            self.limiter.undo(self.n, self.end);
         }
     }
 }

@@ -73,13 +73,11 @@ fn step(
         let ahead = cmp::max(tats[i], now) + costs[i] - now;
         wait = cmp::max(wait, ahead.saturating_sub(p.tau));
     }
-    let admit = match op {
-        Op::Check | Op::Peek => wait == 0,
-        Op::Reserve { max_wait } => wait <= max_wait,
-    };
-    // The request is admitted at `at`; each quota is charged as of then (charging a quota that
-    // would admit earlier as of `now` would let it refill before the cells are used).
-    let at = now + if admit { wait } else { 0 };
+    // Several TATs cannot promise one future moment to a waiter (a quota that admits earlier
+    // would refill before the cells are used), so a reservation takes the cells only if they
+    // fit now, like a check; waiters sleep until the predicted moment and check again.
+    let admit = wait == 0;
+    let at = now;
     let mut decision = Decision {
         outcome: if admit {
             Outcome::Allowed
@@ -113,7 +111,7 @@ fn step(
 
 fn refund(quotas: &MultiGcra, tats: &mut [u64], now: u64, n: u32) {
     for (tat, p) in tats.iter_mut().zip(quotas.params()) {
-        if let Some(new) = gcra::refund(*tat, now, u64::from(n).saturating_mul(p.interval)) {
+        if let Some(new) = gcra::refund(p, *tat, now, u64::from(n).saturating_mul(p.interval)) {
             *tat = new;
         }
     }
@@ -230,7 +228,7 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn a_reservation_charges_every_quota_as_of_the_moment_it_is_used() {
+    fn a_reservation_that_would_wait_takes_nothing() {
         // a: 1 per 10 ns, burst 4 (idle); b: 1 per 100 ns, burst 1 (just used).
         let quotas = MultiGcra::new([
             Quota::with_interval(Duration::from_nanos(10)).burst(4),
@@ -238,10 +236,12 @@ mod tests {
         ]);
         let mut tats = [0, 100];
         let d = step(&quotas, &mut tats, 0, 1, Op::Reserve { max_wait: u64::MAX }).unwrap();
-        assert!(d.is_allowed());
-        assert_eq!(d.retry_after, 100, "b makes the request wait 100 ns");
-        // Used at 100, so `a` is charged from 100, not from 0 (where it would have refilled by
-        // the time the cell is used, admitting a fifth cell in a burst of four).
-        assert_eq!(tats, [110, 200]);
+        assert!(!d.is_allowed());
+        assert_eq!(
+            d.retry_after(),
+            Some(Duration::from_nanos(100)),
+            "b makes it wait 100 ns"
+        );
+        assert_eq!(tats, [0, 100], "neither quota is charged");
     }
 }

@@ -56,7 +56,13 @@ impl Quota {
     }
 
     const fn per_period(n: u32, period_ns: u64) -> Quota {
-        let interval_ns = if n == 0 { 0 } else { period_ns / n as u64 };
+        // Rounded up: the rate is never faster than asked.
+        // More than one cell per nanosecond leaves a zero interval, which `validate` refuses.
+        let interval_ns = if n == 0 || n as u64 > period_ns {
+            0
+        } else {
+            period_ns.div_ceil(n as u64)
+        };
         Quota {
             interval_ns,
             burst: n,
@@ -112,6 +118,13 @@ impl Quota {
             return Err(ConfigError::out_of_range(
                 "interval",
                 "at least 1ns (at most 1e9 cells per second)",
+                self.interval(),
+            ));
+        }
+        if self.interval_ns > crate::gcra::MAX_TAU {
+            return Err(ConfigError::out_of_range(
+                "interval",
+                format!("at most {MAX_REPLENISH:?}"),
                 self.interval(),
             ));
         }

@@ -46,7 +46,9 @@ pub struct RateLimit<S, L, F = Unkeyed> {
 /// Unkeyed backpressure: where this service stands with its next cell.
 enum Ready {
     Idle,
-    Waiting(Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + Sync>>),
+    /// Sleeping until the reserved moment; yields the armed refund of the reserved cell, or
+    /// `None` when nothing could be reserved and the service should try again.
+    Waiting(Pin<Box<dyn Future<Output = Option<Refund>> + Send + Sync>>),
     Granted(Refund),
     Refused(RateLimited),
 }
@@ -70,7 +72,7 @@ impl Drop for Refund {
 
 impl<S, L, F> RateLimit<S, L, F> {
     /// Wraps `inner` with `limiter`, reading keys with `key`.
-    pub fn new(inner: S, limiter: Arc<L>, key: F, mode: Mode) -> Self {
+    pub const fn new(inner: S, limiter: Arc<L>, key: F, mode: Mode) -> Self {
         RateLimit {
             inner,
             limiter,
@@ -172,13 +174,9 @@ where
                         self.ready = self.reserve(max_wait);
                     }
                     Ready::Waiting(wait) => {
-                        let result = std::task::ready!(wait.as_mut().poll(cx));
-                        self.ready = match result {
-                            Ok(()) => Ready::Granted(self.refund_one()),
-                            Err(error) => match error.downcast::<RateLimited>() {
-                                Ok(rejected) => Ready::Refused(*rejected),
-                                Err(_) => Ready::Idle,
-                            },
+                        self.ready = match std::task::ready!(wait.as_mut().poll(cx)) {
+                            Some(refund) => Ready::Granted(refund),
+                            None => Ready::Idle,
                         };
                     }
                 }
@@ -207,36 +205,38 @@ where
 }
 
 impl<S, A: Algorithm, C: Clock> RateLimit<S, RateLimiter<A, C>, Unkeyed> {
-    fn refund_one(&self) -> Refund {
+    fn undo_one(&self, end: u64) -> Refund {
         let limiter = Arc::clone(&self.limiter);
-        Refund(Some(Box::new(move || limiter.refund(1))))
+        Refund(Some(Box::new(move || limiter.undo(1, end))))
     }
 
     /// Takes or reserves the next cell for the coming `call`.
     fn reserve(&self, max_wait: Duration) -> Ready {
         let limiter = Arc::clone(&self.limiter);
         match limiter.reserve(1, max_wait) {
-            Ok(d) if d.is_allowed() && d.retry_after == 0 => Ready::Granted(self.refund_one()),
-            Ok(d) if d.is_allowed() => {
-                let refund = self.refund_one();
+            Ok((d, end)) if d.is_allowed() && d.retry_after == 0 => {
+                Ready::Granted(self.undo_one(end))
+            }
+            Ok((d, end)) if d.is_allowed() => {
+                // Armed before the future exists: dropped even unpolled, it gives the cell back.
+                let refund = self.undo_one(end);
                 let wait = Duration::from_nanos(d.retry_after) + random_up_to(limiter.jitter());
                 Ready::Waiting(Box::pin(async move {
                     tokio::time::sleep(wait).await;
-                    // The cell is spent by `call` (or given back if the service is dropped).
-                    refund.disarm();
-                    Ok(())
+                    // The cell is spent by `call`, or given back if the service is dropped.
+                    Some(refund)
                 }))
             }
-            Ok(d) if d.retry_after().is_some_and(|w| w <= max_wait) => {
-                // Nothing reserved (a sliding window): wait for the predicted moment and try
-                // again from `Idle`.
-                let wait = Duration::from_nanos(d.retry_after);
+            Ok((d, _)) if d.retry_after().is_some_and(|w| w <= max_wait) => {
+                // Nothing reserved (a sliding window, several quotas): wait for the predicted
+                // moment and try again from `Idle`.
+                let wait = Duration::from_nanos(d.retry_after) + random_up_to(limiter.jitter());
                 Ready::Waiting(Box::pin(async move {
                     tokio::time::sleep(wait).await;
-                    Err("retry".into())
+                    None
                 }))
             }
-            Ok(d) => Ready::Refused(rejection(&d)),
+            Ok((d, _)) => Ready::Refused(rejection(&d)),
             Err(e) => Ready::Refused(wait_rejection(e.into(), limiter.peek().limit())),
         }
     }
@@ -244,13 +244,13 @@ impl<S, A: Algorithm, C: Clock> RateLimit<S, RateLimiter<A, C>, Unkeyed> {
 
 impl<S, Req, K, Q, A, C, H, F> Service<Req> for RateLimit<S, KeyedRateLimiter<K, A, C, H>, F>
 where
-    S: Service<Req> + Clone + Send + Sync + 'static,
+    S: Service<Req> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
     S::Response: 'static,
-    Req: Send + Sync + 'static,
+    Req: Send + 'static,
     F: Fn(&Req) -> Q,
-    Q: Borrow<K> + Send + Sync + 'static,
+    Q: Borrow<K>,
     K: Hash + Eq + Clone + Send + Sync + 'static,
     A: Algorithm,
     C: Clock,
@@ -277,12 +277,16 @@ where
             }
             Mode::Backpressure { max_wait } => max_wait,
         };
-        let decision = match self.limiter.reserve(key.borrow(), 1, max_wait) {
-            Ok(d) => d,
+        let (decision, end) = match self.limiter.reserve(key.borrow(), 1, max_wait) {
+            Ok(reserved) => reserved,
             Err(e) => return ResponseFuture::refused(wait_rejection(e.into(), 0)),
         };
         if decision.is_allowed() && decision.retry_after == 0 {
             return ResponseFuture::called(self.inner.call(req));
+        }
+        if decision.is_keys_full() {
+            // A table full of keys that owe capacity: refuse rather than wait on a guess.
+            return ResponseFuture::refused(rejection(&decision));
         }
         let budget = decision.retry_after().filter(|w| *w <= max_wait);
         if !decision.is_allowed() && budget.is_none() {
@@ -297,7 +301,7 @@ where
             let limiter = Arc::clone(&limiter);
             let key = key.clone();
             Refund(Some(
-                Box::new(move || limiter.refund(&key, 1)) as Box<dyn FnOnce() + Send + Sync>
+                Box::new(move || limiter.undo(&key, 1, end)) as Box<dyn FnOnce() + Send + Sync>
             ))
         });
         let wait = Duration::from_nanos(decision.retry_after);

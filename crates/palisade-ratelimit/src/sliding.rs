@@ -20,6 +20,9 @@ const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 const INDEX_BITS: u32 = 24;
 const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
 
+/// The shortest window: 1 ms, so the 24-bit window index wraps only after 4.6 hours.
+const MIN_WINDOW: u64 = 1_000_000;
+
 /// The largest `limit` a [`SlidingWindow`] accepts: 2²⁰ − 1.
 pub const MAX_WINDOW_LIMIT: u32 = COUNT_MASK as u32;
 
@@ -37,7 +40,12 @@ pub struct SlidingWindow {
 
 impl SlidingWindow {
     /// At most `limit` cells in any `window` (checked when a limiter is built: `limit` in
-    /// `1..=`[`MAX_WINDOW_LIMIT`], `window` from 1 µs to 52 days).
+    /// `1..=`[`MAX_WINDOW_LIMIT`], `window` from 1 ms to 52 days).
+    ///
+    /// The state keeps the window index in 24 bits: a limiter (or key) left untouched for a
+    /// whole multiple of 2²⁴ windows (4.6 hours of 1 ms windows, 194 days of 1 s windows), give
+    /// or take one window, sees its old counts again for up to two windows. That only ever
+    /// makes it stricter, never looser.
     pub const fn new(limit: u32, window: Duration) -> SlidingWindow {
         let ns = window.as_nanos();
         let window = if ns > u64::MAX as u128 {
@@ -146,12 +154,19 @@ fn step(limit: u64, window: u64, word: u64, now: u64, n: u32, op: Op) -> (Decisi
     (decision, None)
 }
 
+/// Gives back up to `n` cells of the current window's count. Cells counted in an earlier
+/// window are not given back: a refund doesn't say which window its cells were taken in, and
+/// taking them off the wrong count would let one window admit more than the limit.
 fn refund(window: u64, word: u64, now: u64, n: u32) -> Option<u64> {
     let (index, _, prev, curr) = view(word, window, now);
-    let n = u64::from(n);
-    let from_curr = n.min(curr);
-    let from_prev = (n - from_curr).min(prev);
-    (from_curr + from_prev > 0).then(|| pack(index, prev - from_prev, curr - from_curr))
+    let back = u64::from(n).min(curr);
+    (back > 0).then(|| pack(index, prev, curr - back))
+}
+
+/// Whether cells whose take left the window forgotten at `end` (two windows after the one they
+/// were counted in) were counted in the current window: only those can be given back exactly.
+fn taken_this_window(window: u64, now: u64, end: u64) -> bool {
+    (end / window).checked_sub(2) == Some(now / window)
 }
 
 fn idle_at(window: u64, word: u64, now: u64) -> u64 {
@@ -206,10 +221,10 @@ impl Core for SlidingWindow {
                 self.limit,
             ));
         }
-        if !(1_000..=crate::gcra::MAX_TAU).contains(&self.window) {
+        if !(MIN_WINDOW..=crate::gcra::MAX_TAU).contains(&self.window) {
             return Err(ConfigError::out_of_range(
                 "window",
-                format!("from 1µs to {:?}", crate::quota::MAX_REPLENISH),
+                format!("from 1ms to {:?}", crate::quota::MAX_REPLENISH),
                 self.window(),
             ));
         }
@@ -240,6 +255,12 @@ impl Core for SlidingWindow {
         let _ = state.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
             refund(self.window, w, now, n)
         });
+    }
+
+    fn undo(&self, state: &AtomicU64, now: u64, n: u32, end: u64) {
+        if taken_this_window(self.window, now, end) {
+            self.refund(state, now, n);
+        }
     }
 
     fn idle_at(&self, state: &AtomicU64, now: u64) -> u64 {
@@ -303,6 +324,12 @@ impl Core for SlidingWindow {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
                 refund(window, w, now, n)
             });
+    }
+
+    fn direct_undo(direct: &SlidingDirect, now: u64, n: u32, end: u64) {
+        if taken_this_window(direct.window, now, end) {
+            Self::direct_refund(direct, now, n);
+        }
     }
 
     fn direct_set(direct: &SlidingDirect, to: SlidingWindow, _now: u64) -> Result<(), ConfigError> {

@@ -5,8 +5,11 @@
 //! and the waiter sleeps exactly until the moment its cells fit. Reservations are ordered by
 //! that compare-exchange, so waiters are served first come, first served (and a plain
 //! `check` cannot take capacity promised to a waiter). A waiter dropped before its moment
-//! refunds its cells, so it consumes nothing. A sliding window cannot promise future
-//! capacity: its waiters sleep until the predicted moment and check again, which is not FIFO.
+//! gives its cells back, so it consumes nothing, unless later waiters have already reserved
+//! behind it: their moments were computed after its cells, and handing its cells out again
+//! would admit them twice, so its slot then goes unused. A sliding window or a multi-quota
+//! cannot promise future capacity: their waiters sleep until the predicted moment and check
+//! again, which is not FIFO.
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash, RandomState};
@@ -46,7 +49,7 @@ impl<A: Algorithm, C: Clock> RateLimiter<A, C> {
             max_wait,
             self.jitter(),
             |max| self.reserve(n, max),
-            || self.refund(n),
+            |end| self.undo(n, end),
             || self.now(),
         )
         .await
@@ -88,7 +91,7 @@ where
             max_wait,
             self.jitter(),
             |max| self.reserve(key, n, max),
-            || self.refund(key, n),
+            |end| self.undo(key, n, end),
             || self.now(),
         )
         .await
@@ -99,29 +102,30 @@ where
 pub(crate) async fn wait(
     max_wait: Duration,
     jitter: Duration,
-    reserve: impl Fn(Duration) -> Result<Decision, InsufficientCapacity>,
-    refund: impl Fn(),
+    reserve: impl Fn(Duration) -> Result<(Decision, u64), InsufficientCapacity>,
+    undo: impl Fn(u64),
     now: impl Fn() -> u64,
 ) -> Result<(), WaitError> {
     let start = now();
     loop {
         let spent = Duration::from_nanos(now().saturating_sub(start));
         let budget = max_wait.saturating_sub(spent);
-        let decision = reserve(budget)?;
+        let (decision, end) = reserve(budget)?;
         let wait = Duration::from_nanos(decision.retry_after);
         match decision.outcome {
             Outcome::Allowed if wait.is_zero() => return Ok(()),
             Outcome::Allowed => {
-                let guard = RefundOnDrop(Some(&refund));
+                let undo = || undo(end);
+                let guard = RefundOnDrop(Some(&undo));
                 tokio::time::sleep(wait + random_up_to(jitter)).await;
                 guard.disarm();
                 return Ok(());
             }
             Outcome::KeysFull => return Err(WaitError::KeysFull),
             Outcome::Limited if wait > budget => return Err(WaitError::TooLong { wait }),
-            // Capacity that cannot be reserved ahead (a sliding window): sleep until the
-            // predicted moment, then try again.
-            Outcome::Limited => tokio::time::sleep(wait).await,
+            // Capacity that cannot be reserved ahead (a sliding window, several quotas): sleep
+            // until the predicted moment, jittered like any waiter, then try again.
+            Outcome::Limited => tokio::time::sleep(wait + random_up_to(jitter)).await,
         }
     }
 }

@@ -213,7 +213,14 @@ fn sliding_window_validation() {
         field(&config_error(build(SlidingWindow::new(10, Duration::ZERO)))),
         "window"
     );
-    assert!(build(SlidingWindow::new(10, Duration::from_micros(1))).is_ok());
+    assert_eq!(
+        field(&config_error(build(SlidingWindow::new(
+            10,
+            Duration::from_micros(999)
+        )))),
+        "window"
+    );
+    assert!(build(SlidingWindow::new(10, Duration::from_millis(1))).is_ok());
     assert!(build(SlidingWindow::new(10, MAX_REPLENISH)).is_ok());
     assert_eq!(
         field(&config_error(build(SlidingWindow::new(
@@ -241,27 +248,31 @@ fn sliding_window_max_limit_counts_exactly() {
 }
 
 #[test]
-fn a_sliding_window_quiet_for_2_pow_24_windows_forgets_its_counts() {
-    // The state keeps the window index in 24 bits: a limiter quiet for exactly 2^24 windows
-    // (194 days of a 1 s window) must not see its old counts again.
+fn a_wrapped_window_index_is_only_ever_stricter_and_for_at_most_two_windows() {
+    // The state keeps the window index in 24 bits (documented): a limiter quiet for exactly
+    // 2^24 windows sees its old counts again, which refuses, never admits more.
     let (l, clock) = direct(SlidingWindow::new(1, secs(1)));
     allowed(l.check());
     refused(l.check());
     clock.advance(secs(1 << 24));
+    refused(l.check());
+    clock.advance(secs(2));
     allowed(l.check());
+    refused(l.check());
 }
 
 #[test]
-fn a_keyed_sliding_window_quiet_for_2_pow_24_windows_forgets_its_counts() {
-    // Same with the shortest window, 1 µs: 2^24 windows are 16.8 s.
+fn a_keyed_sliding_window_forgets_its_counts_after_a_quiet_spell() {
+    // The shortest window, 1 ms: a key quiet for a while (not a multiple of 2^24 windows)
+    // starts over.
     let clock = ManualClock::new();
-    let keyed = KeyedRateLimiter::builder(SlidingWindow::new(1, Duration::from_micros(1)))
+    let keyed = KeyedRateLimiter::builder(SlidingWindow::new(1, Duration::from_millis(1)))
         .clock(clock.clone())
         .build()
         .unwrap();
     allowed(keyed.check("k"));
     refused(keyed.check("k"));
-    clock.advance(Duration::from_micros(1 << 24));
+    clock.advance(Duration::from_millis(3 + (1 << 23)));
     allowed(keyed.check("k"));
 }
 
@@ -494,4 +505,21 @@ fn keyed_multi_gcra_limits_each_key_on_every_quota() {
     // Per-minute: 3 used, one cell every 20 s, first back at t = 20 s.
     assert_eq!(refused(l.check("a")).retry_after(), Some(ms(19_500)));
     assert_eq!(allowed(l.check_n("b", 2).unwrap()).remaining(), 0);
+}
+
+#[test]
+fn a_sliding_window_reservation_given_back_in_a_later_window_gives_nothing() {
+    let (l, clock) = direct(SlidingWindow::new(10, secs(1)));
+    let taken = l.reserve_n(10, Duration::MAX).unwrap(); // counted in window 0
+    clock.advance(Duration::from_millis(1_999));
+    allowed(l.check_n(9).unwrap()); // window 1 (the estimate still counts window 0's at 0.1%)
+    // Window 0's cells come back in window 1: taking them off window 1's count would let it
+    // admit 18.
+    drop(taken);
+    refused(l.check_n(9).unwrap());
+    // Given back in the window it was taken in, a reservation does come back.
+    clock.advance(secs(3));
+    let taken = l.reserve_n(10, Duration::MAX).unwrap();
+    drop(taken);
+    allowed(l.check_n(10).unwrap());
 }

@@ -88,10 +88,10 @@ fn constructors_set_interval_and_burst() {
     assert_eq!((q.interval(), q.burst_size()), (ms(250), 8));
     assert_eq!(q.replenish_all(), Duration::from_secs(2));
 
-    // Whole nanoseconds: a third of a second is truncated.
+    // Whole nanoseconds, rounded up: the rate is never faster than asked.
     assert_eq!(
         Quota::per_second(3).interval(),
-        Duration::from_nanos(333_333_333)
+        Duration::from_nanos(333_333_334)
     );
     // burst() changes the burst only, not the rate.
     assert_eq!(
@@ -232,7 +232,7 @@ fn a_quiet_limiter_refills_to_its_burst_and_no_further() {
 #[test]
 fn spacing_is_exact_for_an_interval_in_whole_nanoseconds() {
     let (l, clock) = limiter(Quota::per_second(3).burst(1));
-    let interval = Duration::from_nanos(333_333_333);
+    let interval = Duration::from_nanos(333_333_334);
     allowed(l.check());
     assert_eq!(refused(l.check()).retry_after(), Some(interval));
     for _ in 0..30 {
@@ -549,4 +549,20 @@ fn public_types_are_send_and_sync() {
     // And the errors are 'static errors, so they box into `BoxError`.
     let _: Box<dyn std::error::Error + Send + Sync> =
         Box::new(Quota::per_second(0).validate().unwrap_err());
+}
+
+#[test]
+fn giving_back_a_reservation_after_later_ones_were_made_never_over_admits() {
+    // Burst 1, one cell a second: a is taken at 0 (never used), b reserved for 1 s, c for 2 s.
+    let (l, clock) = limiter(Quota::per_second(1));
+    let a = l.reserve_n(1, Duration::MAX).unwrap();
+    l.reserve_n(1, Duration::MAX).unwrap().commit();
+    clock.advance(Duration::from_millis(1_500));
+    let c = l.reserve_n(1, Duration::MAX).unwrap();
+    assert_eq!(c.wait(), Duration::from_millis(500));
+    c.commit();
+    // Giving a back now would hand its cell out again at 2 s, beside c's.
+    drop(a);
+    clock.advance(Duration::from_millis(500));
+    refused(l.check());
 }

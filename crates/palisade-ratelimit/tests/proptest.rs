@@ -44,8 +44,26 @@ impl Reference {
         self.tat = self.tat.max(now) + u128::from(n) * self.interval;
     }
 
+    /// Nothing comes back while the TAT is more than τ ahead (a reservation or a quota
+    /// change's debt is pending).
+    /// Takes `n` now or reserves them; returns where the TAT was left and the wait.
+    fn reserve(&mut self, now: u128, n: u32) -> (u128, u128) {
+        self.take(now, n);
+        (self.tat, (self.tat - now).saturating_sub(self.tau()))
+    }
+
+    /// A reservation that left the TAT at `end` is given back: exactly if nothing came after
+    /// it, else like a refund.
+    fn undo(&mut self, now: u128, n: u32, end: u128) {
+        if self.tat == end && self.tat > now {
+            self.tat = (end - u128::from(n) * self.interval).max(now);
+        } else {
+            self.refund(now, n);
+        }
+    }
+
     fn refund(&mut self, now: u128, n: u32) {
-        if self.tat > now {
+        if self.tat > now && self.tat - now <= self.tau() {
             self.tat = self
                 .tat
                 .saturating_sub(u128::from(n) * self.interval)
@@ -130,18 +148,20 @@ struct Event {
     cells: i128,
 }
 
-/// Every window from one admission to a later one holds at most `burst + len/T` net cells.
+/// Every window `[a, b]` (closed: every event at `a` and at `b` is in it) holds at most
+/// `burst + (b − a)/T` net cells. `events` must be sorted by time.
 fn assert_windows(events: &[Event], q: Quota) -> Result<(), TestCaseError> {
     let interval = q.interval().as_nanos() as i128;
     let tau = interval * i128::from(q.burst_size());
     for (i, first) in events.iter().enumerate() {
-        if first.cells <= 0 {
-            continue;
+        if i > 0 && events[i - 1].at == first.at {
+            continue; // every window starts with all the events of its first instant
         }
         let mut net = 0;
-        for last in &events[i..] {
+        for (j, last) in events.iter().enumerate().skip(i) {
             net += last.cells;
-            if last.cells > 0 {
+            let group_ends = events.get(j + 1).is_none_or(|next| next.at != last.at);
+            if group_ends {
                 let span = (last.at - first.at) as i128;
                 prop_assert!(
                     net * interval <= tau + span,
@@ -154,8 +174,104 @@ fn assert_windows(events: &[Event], q: Quota) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+#[derive(Debug, Clone)]
+enum Wait {
+    Check(u32),
+    Refund(u32),
+    /// Reserve `n` cells (a waiter arrives).
+    Reserve(u32),
+    /// The oldest pending waiter gives up (its reservation is dropped).
+    CancelOldest,
+    /// The newest pending waiter gives up.
+    CancelNewest,
+    /// The oldest pending waiter's moment comes: it uses its cells.
+    Serve,
+}
+
+fn wait_op() -> impl Strategy<Value = Wait> {
+    prop_oneof![
+        4 => (0u32..=3).prop_map(Wait::Check),
+        1 => (1u32..=3).prop_map(Wait::Refund),
+        3 => (1u32..=3).prop_map(Wait::Reserve),
+        1 => Just(Wait::CancelOldest),
+        1 => Just(Wait::CancelNewest),
+        2 => Just(Wait::Serve),
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    #[test]
+    fn waiters_cancelled_in_any_order_never_cause_over_admission(
+        q in quota(),
+        steps in prop::collection::vec((step(), wait_op()), 1..200),
+    ) {
+        let clock = ManualClock::new();
+        let limiter = RateLimiter::builder(q).clock(clock.clone()).build().unwrap();
+        let mut reference = Reference::new(q);
+        let mut now: u128 = 0;
+        let mut events = Vec::new();
+        // Pending waiters: (reservation, cells, the TAT it left, its moment).
+        let mut pending = std::collections::VecDeque::new();
+        for (step, op) in steps {
+            now += advance(&limiter, &clock, step);
+            match op {
+                Wait::Check(n) => {
+                    let expected = u128::from(n) <= reference.burst && reference.fits(now, n);
+                    let admitted = limiter.check_n(n).is_ok_and(|d| d.is_allowed());
+                    prop_assert_eq!(admitted, expected);
+                    if admitted {
+                        reference.take(now, n);
+                        events.push(Event { at: now, cells: i128::from(n) });
+                    }
+                }
+                Wait::Refund(n) => {
+                    limiter.refund(n);
+                    reference.refund(now, n);
+                    events.push(Event { at: now, cells: -i128::from(n) });
+                }
+                Wait::Reserve(n) => match limiter.reserve_n(n, Duration::MAX) {
+                    Ok(reservation) => {
+                        let (end, wait) = reference.reserve(now, n);
+                        prop_assert_eq!(reservation.wait().as_nanos(), wait);
+                        pending.push_back((reservation, n, end, now + wait));
+                    }
+                    Err(_) => prop_assert!(u128::from(n) > reference.burst),
+                },
+                Wait::CancelOldest | Wait::CancelNewest => {
+                    let waiter = if matches!(op, Wait::CancelOldest) {
+                        pending.pop_front()
+                    } else {
+                        pending.pop_back()
+                    };
+                    if let Some((reservation, n, end, at)) = waiter {
+                        drop(reservation);
+                        reference.undo(now, n, end);
+                        if at <= now {
+                            // Its moment had come: its cells were taken then, and giving them
+                            // back now is a refund.
+                            events.push(Event { at, cells: i128::from(n) });
+                            events.push(Event { at: now, cells: -i128::from(n) });
+                        }
+                    }
+                }
+                Wait::Serve => {
+                    if let Some((reservation, n, _, at)) = pending.pop_front() {
+                        reservation.commit();
+                        events.push(Event { at, cells: i128::from(n) });
+                    }
+                }
+            }
+            prop_assert_eq!(limiter.peek_n(0).unwrap().reset_after().as_nanos(), reference.tat.saturating_sub(now));
+        }
+        for (reservation, n, _, at) in pending {
+            reservation.commit();
+            events.push(Event { at, cells: i128::from(n) });
+        }
+        events.sort_by_key(|e| e.at);
+        assert_windows(&events, q)?;
+    }
 
     #[test]
     fn gcra_admits_exactly_what_the_reference_admits_and_never_over_admits(

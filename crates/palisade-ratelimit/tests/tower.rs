@@ -222,3 +222,23 @@ fn services_and_futures_are_send_and_sync_where_the_inner_ones_are() {
     send_sync::<Keyed>();
     send::<<Keyed as Service<u32>>::Future>();
 }
+
+#[tokio::test(start_paused = true)]
+async fn keyed_backpressure_refuses_a_new_key_of_a_full_table_instead_of_waiting() {
+    let shared = Arc::new(
+        KeyedRateLimiter::builder(Quota::per_second(1))
+            .max_keys(1)
+            .clock(TokioClock::new())
+            .build()
+            .unwrap(),
+    );
+    let mut svc = RateLimitLayer::keyed(shared, |req: &u32| *req)
+        .backpressure()
+        .layer(Echo::default());
+    call(&mut svc, 1).await.unwrap();
+    let start = tokio::time::Instant::now();
+    let err = call(&mut svc, 2).await.unwrap_err();
+    assert!(rate_limited(&err).keys_full());
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert!(rate_limited(&err).retry_after() <= Duration::from_secs(1));
+}

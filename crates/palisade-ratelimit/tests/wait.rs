@@ -69,9 +69,9 @@ async fn until_ready_returns_at_once_when_capacity_is_free() {
     }
     assert_eq!(Instant::now(), start);
     // The three cells were taken.
-    assert_eq!(retry(l.check()), Duration::from_nanos(333_333_333));
-    // A full n fits at once too after a refill.
-    sleep(secs(1)).await;
+    assert_eq!(retry(l.check()), Duration::from_nanos(333_333_334));
+    // A full n fits at once too after a refill (three intervals: 1 s and 2 ns).
+    sleep(secs(2)).await;
     let start = Instant::now();
     l.until_n_ready(3).await.unwrap();
     l.until_n_ready(0).await.unwrap();
