@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use palisade_core::sync::atomic::{AtomicU64, Ordering};
+
 use crate::decision::Decision;
 use crate::error::{ConfigError, InsufficientCapacity};
 
@@ -75,5 +77,28 @@ pub(crate) mod private {
             Self::direct_refund(direct, now, n);
         }
         fn direct_set(direct: &Self::Direct, to: Self, now: u64) -> Result<(), ConfigError>;
+    }
+}
+
+/// Steps a one-word state until its compare-exchange lands or the step writes nothing.
+///
+/// `step` maps the word it is given to a decision and, if the state changes, the new word.
+/// Loads are `Acquire` so that a direct GCRA limiter's step sees the quota slot its word names.
+#[inline]
+pub(crate) fn update_word<E>(
+    state: &AtomicU64,
+    mut step: impl FnMut(u64) -> Result<(Decision, Option<u64>), E>,
+) -> Result<Decision, E> {
+    let mut word = state.load(Ordering::Acquire);
+    loop {
+        match step(word)? {
+            (decision, Some(new)) => {
+                match state.compare_exchange_weak(word, new, Ordering::Relaxed, Ordering::Acquire) {
+                    Ok(_) => return Ok(decision),
+                    Err(actual) => word = actual,
+                }
+            }
+            (decision, None) => return Ok(decision),
+        }
     }
 }

@@ -10,8 +10,8 @@ use std::cmp;
 use palisade_core::sync::Mutex;
 use palisade_core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::algorithm::Algorithm;
 use crate::algorithm::private::{Core, Op};
+use crate::algorithm::{Algorithm, update_word};
 use crate::decision::{Decision, Outcome};
 use crate::error::{ConfigError, InsufficientCapacity};
 use crate::quota::Quota;
@@ -162,23 +162,7 @@ impl Core for Quota {
     ) -> Result<Decision, InsufficientCapacity> {
         let p = Params::of(self);
         let cost = p.cost(n)?;
-        let mut tat = state.load(Ordering::Relaxed);
-        loop {
-            match step(p, tat, now, cost, op) {
-                (decision, Some(new)) => {
-                    match state.compare_exchange_weak(
-                        tat,
-                        new,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    ) {
-                        Ok(_) => return Ok(decision),
-                        Err(actual) => tat = actual,
-                    }
-                }
-                (decision, None) => return Ok(decision),
-            }
-        }
+        update_word(state, |tat| Ok(step(p, tat, now, cost, op)))
     }
 
     fn refund(&self, state: &AtomicU64, now: u64, n: u32) {
@@ -300,27 +284,12 @@ impl GcraDirect {
 
     #[inline]
     fn step(&self, now: u64, n: u32, op: Op) -> Result<Decision, InsufficientCapacity> {
-        // Acquire: the slot of the generation we load was written before the word named it.
-        let mut word = self.word.load(Ordering::Acquire);
-        loop {
+        // The slot of the generation a word names was written before the word named it.
+        update_word(&self.word, |word| {
             let p = self.params(word);
-            let cost = p.cost(n)?;
-            match step(p, word & TAT_MASK, now, cost, op) {
-                (decision, Some(tat)) => {
-                    let new = (word & !TAT_MASK) | tat;
-                    match self.word.compare_exchange_weak(
-                        word,
-                        new,
-                        Ordering::Relaxed,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => return Ok(decision),
-                        Err(actual) => word = actual,
-                    }
-                }
-                (decision, None) => return Ok(decision),
-            }
-        }
+            let (decision, tat) = step(p, word & TAT_MASK, now, p.cost(n)?, op);
+            Ok((decision, tat.map(|tat| (word & !TAT_MASK) | tat)))
+        })
     }
 
     /// A refund, or with `end` the undoing of a reservation that ended there.

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use palisade_core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::algorithm::Algorithm;
 use crate::algorithm::private::{Core, Op};
+use crate::algorithm::{Algorithm, update_word};
 use crate::decision::{Decision, Outcome};
 use crate::error::{ConfigError, InsufficientCapacity};
 
@@ -193,17 +193,10 @@ impl SlidingWindow {
 }
 
 fn run(state: &AtomicU64, limit: u64, window: u64, now: u64, n: u32, op: Op) -> Decision {
-    let mut word = state.load(Ordering::Relaxed);
-    loop {
-        match step(limit, window, word, now, n, op) {
-            (decision, Some(new)) => {
-                match state.compare_exchange_weak(word, new, Ordering::Relaxed, Ordering::Relaxed) {
-                    Ok(_) => return decision,
-                    Err(actual) => word = actual,
-                }
-            }
-            (decision, None) => return decision,
-        }
+    let updated: Result<Decision, std::convert::Infallible> =
+        update_word(state, |word| Ok(step(limit, window, word, now, n, op)));
+    match updated {
+        Ok(decision) => decision,
     }
 }
 
