@@ -19,7 +19,7 @@ use crate::future::{BoxError, ResponseFuture};
 use crate::keyed::KeyedRateLimiter;
 use crate::layer::{Mode, Unkeyed};
 use crate::limiter::RateLimiter;
-use crate::wait::random_up_to;
+use crate::wait::{RefundOnDrop, random_up_to};
 
 /// A service behind a rate limit shared by every clone. Built by
 /// [`RateLimitLayer`](crate::RateLimitLayer).
@@ -43,30 +43,65 @@ pub struct RateLimit<S, L, F = Unkeyed> {
     ready: Ready,
 }
 
-/// Unkeyed backpressure: where this service stands with its next cell.
-enum Ready {
+/// Unkeyed backpressure: where this service stands with its next cell. Allocation-free per
+/// request: the limiter handle is taken once per service and the timer is boxed once and reset.
+#[derive(Default)]
+struct Ready {
+    state: State,
+    /// The limiter, to give a reserved cell back; set by the first reservation.
+    undo: Option<Arc<dyn UndoCell>>,
+    /// The timer for the reserved moment, reset for each wait.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+#[derive(Default)]
+enum State {
+    #[default]
     Idle,
-    /// Sleeping until the reserved moment; yields the armed refund of the reserved cell, or
-    /// `None` when nothing could be reserved and the service should try again.
-    Waiting(Pin<Box<dyn Future<Output = Option<Refund>> + Send + Sync>>),
-    Granted(Refund),
+    /// Sleeping until the reserved moment, holding the reservation's end (`None` when nothing
+    /// could be reserved and the service should try again when the timer fires).
+    Sleeping(Option<u64>),
+    /// A reserved cell whose moment has come, for the next `call`.
+    Granted(u64),
     Refused(RateLimited),
 }
 
-/// Gives a reserved cell back when dropped armed.
-struct Refund(Option<Box<dyn FnOnce() + Send + Sync>>);
+/// A limiter that can give back one reserved cell (type-erased, so a service's [`Ready`]
+/// gives back on drop whatever its limiter's type).
+trait UndoCell: Send + Sync {
+    fn undo_cell(&self, end: u64);
+}
 
-impl Refund {
-    fn disarm(mut self) {
-        self.0 = None;
+impl<A: Algorithm, C: Clock> UndoCell for RateLimiter<A, C> {
+    fn undo_cell(&self, end: u64) {
+        self.undo(1, end);
     }
 }
 
-impl Drop for Refund {
-    fn drop(&mut self) {
-        if let Some(refund) = self.0.take() {
-            refund();
+impl Ready {
+    /// Back to `Idle`, giving back a cell reserved and not spent.
+    fn release(&mut self) {
+        if let State::Sleeping(Some(end)) | State::Granted(end) = std::mem::take(&mut self.state)
+            && let Some(undo) = &self.undo
+        {
+            undo.undo_cell(end);
         }
+    }
+
+    /// Sleeps `wait` from now on the (reused) timer.
+    fn sleep(&mut self, wait: Duration, end: Option<u64>) {
+        let deadline = tokio::time::Instant::now() + wait;
+        match &mut self.sleep {
+            Some(sleep) => sleep.as_mut().reset(deadline),
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        self.state = State::Sleeping(end);
+    }
+}
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -78,7 +113,11 @@ impl<S, L, F> RateLimit<S, L, F> {
             limiter,
             key,
             mode,
-            ready: Ready::Idle,
+            ready: Ready {
+                state: State::Idle,
+                undo: None,
+                sleep: None,
+            },
         }
     }
 
@@ -118,11 +157,11 @@ impl<S: Clone, L, F: Clone> Clone for RateLimit<S, L, F> {
 
 impl<S: fmt::Debug, L: fmt::Debug, F> fmt::Debug for RateLimit<S, L, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ready = match self.ready {
-            Ready::Idle => "idle",
-            Ready::Waiting(_) => "waiting",
-            Ready::Granted(_) => "granted",
-            Ready::Refused(_) => "refused",
+        let ready = match self.ready.state {
+            State::Idle => "idle",
+            State::Sleeping(_) => "waiting",
+            State::Granted(_) => "granted",
+            State::Refused(_) => "refused",
         };
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
@@ -168,16 +207,14 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         if let Mode::Backpressure { max_wait } = self.mode {
             loop {
-                match &mut self.ready {
-                    Ready::Granted(_) | Ready::Refused(_) => break,
-                    Ready::Idle => {
-                        self.ready = self.reserve(max_wait);
-                    }
-                    Ready::Waiting(wait) => {
-                        self.ready = match std::task::ready!(wait.as_mut().poll(cx)) {
-                            Some(refund) => Ready::Granted(refund),
-                            None => Ready::Idle,
-                        };
+                match self.ready.state {
+                    State::Granted(_) | State::Refused(_) => break,
+                    State::Idle => self.reserve(max_wait),
+                    State::Sleeping(end) => {
+                        if let Some(sleep) = &mut self.ready.sleep {
+                            std::task::ready!(sleep.as_mut().poll(cx));
+                        }
+                        self.ready.state = end.map_or(State::Idle, State::Granted);
                     }
                 }
             }
@@ -186,14 +223,17 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        match std::mem::replace(&mut self.ready, Ready::Idle) {
-            Ready::Granted(refund) => {
-                refund.disarm();
-                return ResponseFuture::called(self.inner.call(req));
+        match std::mem::take(&mut self.ready.state) {
+            // The reserved cell is spent.
+            State::Granted(_) => return ResponseFuture::called(self.inner.call(req)),
+            State::Refused(rejected) => return ResponseFuture::refused(rejected),
+            // Reject mode, or `call` without a finished `poll_ready`: give back what is
+            // reserved and decide now.
+            waiting @ State::Sleeping(_) => {
+                self.ready.state = waiting;
+                self.ready.release();
             }
-            Ready::Refused(rejected) => return ResponseFuture::refused(rejected),
-            // Reject mode, or `call` without a finished `poll_ready`: decide now.
-            Ready::Idle | Ready::Waiting(_) => {}
+            State::Idle => {}
         }
         let decision = self.limiter.check();
         if decision.is_allowed() {
@@ -205,39 +245,33 @@ where
 }
 
 impl<S, A: Algorithm, C: Clock> RateLimit<S, RateLimiter<A, C>, Unkeyed> {
-    fn undo_one(&self, end: u64) -> Refund {
-        let limiter = Arc::clone(&self.limiter);
-        Refund(Some(Box::new(move || limiter.undo(1, end))))
-    }
-
     /// Takes or reserves the next cell for the coming `call`.
-    fn reserve(&self, max_wait: Duration) -> Ready {
-        let limiter = Arc::clone(&self.limiter);
+    fn reserve(&mut self, max_wait: Duration) {
+        let limiter = &self.limiter;
+        let ready = &mut self.ready;
         match limiter.reserve(1, max_wait) {
-            Ok((d, end)) if d.is_allowed() && d.retry_after == 0 => {
-                Ready::Granted(self.undo_one(end))
-            }
             Ok((d, end)) if d.is_allowed() => {
-                // Armed before the future exists: dropped even unpolled, it gives the cell back.
-                let refund = self.undo_one(end);
-                let wait = Duration::from_nanos(d.retry_after) + random_up_to(limiter.jitter());
-                Ready::Waiting(Box::pin(async move {
-                    tokio::time::sleep(wait).await;
-                    // The cell is spent by `call`, or given back if the service is dropped.
-                    Some(refund)
-                }))
+                // Held by `ready` from here: dropped at any point, it gives the cell back.
+                if ready.undo.is_none() {
+                    ready.undo = Some(Arc::clone(limiter) as Arc<dyn UndoCell>);
+                }
+                if d.retry_after == 0 {
+                    ready.state = State::Granted(end);
+                } else {
+                    let wait = Duration::from_nanos(d.retry_after) + random_up_to(limiter.jitter());
+                    ready.sleep(wait, Some(end));
+                }
             }
             Ok((d, _)) if d.retry_after().is_some_and(|w| w <= max_wait) => {
                 // Nothing reserved (a sliding window, several quotas): wait for the predicted
                 // moment and try again from `Idle`.
                 let wait = Duration::from_nanos(d.retry_after) + random_up_to(limiter.jitter());
-                Ready::Waiting(Box::pin(async move {
-                    tokio::time::sleep(wait).await;
-                    None
-                }))
+                ready.sleep(wait, None);
             }
-            Ok((d, _)) => Ready::Refused(rejection(&d)),
-            Err(e) => Ready::Refused(wait_rejection(e.into(), limiter.peek().limit())),
+            Ok((d, _)) => ready.state = State::Refused(rejection(&d)),
+            Err(e) => {
+                ready.state = State::Refused(wait_rejection(e.into(), limiter.peek().limit()));
+            }
         }
     }
 }
@@ -300,9 +334,7 @@ where
         let refund = decision.is_allowed().then(|| {
             let limiter = Arc::clone(&limiter);
             let key = key.clone();
-            Refund(Some(
-                Box::new(move || limiter.undo(&key, 1, end)) as Box<dyn FnOnce() + Send + Sync>
-            ))
+            RefundOnDrop(Some(move || limiter.undo(&key, 1, end)))
         });
         let wait = Duration::from_nanos(decision.retry_after);
         ResponseFuture::waiting(Box::pin(async move {

@@ -115,8 +115,7 @@ pub(crate) async fn wait(
         match decision.outcome {
             Outcome::Allowed if wait.is_zero() => return Ok(()),
             Outcome::Allowed => {
-                let undo = || undo(end);
-                let guard = RefundOnDrop(Some(&undo));
+                let guard = RefundOnDrop(Some(|| undo(end)));
                 tokio::time::sleep(wait + random_up_to(jitter)).await;
                 guard.disarm();
                 return Ok(());
@@ -131,17 +130,17 @@ pub(crate) async fn wait(
 }
 
 /// Gives the reserved cells back unless disarmed: a waiter dropped mid-sleep consumes nothing.
-struct RefundOnDrop<'a, F: Fn()>(Option<&'a F>);
+pub(crate) struct RefundOnDrop<F: FnOnce()>(pub(crate) Option<F>);
 
-impl<F: Fn()> RefundOnDrop<'_, F> {
-    fn disarm(mut self) {
+impl<F: FnOnce()> RefundOnDrop<F> {
+    pub(crate) fn disarm(mut self) {
         self.0 = None;
     }
 }
 
-impl<F: Fn()> Drop for RefundOnDrop<'_, F> {
+impl<F: FnOnce()> Drop for RefundOnDrop<F> {
     fn drop(&mut self) {
-        if let Some(refund) = self.0 {
+        if let Some(refund) = self.0.take() {
             refund();
         }
     }

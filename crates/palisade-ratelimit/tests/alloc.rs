@@ -120,3 +120,60 @@ fn keyed_check_on_an_existing_key_allocates_nothing() {
     // The refused path ran too.
     assert!(!l.check_n(keys[0].as_str(), 10).unwrap().is_allowed());
 }
+
+/// The unkeyed tower service in backpressure mode spends nothing on the heap per request (the
+/// reserved cell is a number, the limiter handle is taken once per service).
+#[cfg(feature = "tower")]
+#[test]
+fn backpressure_service_allocates_nothing_per_request() {
+    use std::future::{Future, Ready, ready};
+    use std::pin::pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Waker};
+
+    use palisade_ratelimit::RateLimitLayer;
+    use tower_layer::Layer;
+    use tower_service::Service;
+
+    struct Echo;
+    impl Service<u32> for Echo {
+        type Response = u32;
+        type Error = std::convert::Infallible;
+        type Future = Ready<Result<u32, Self::Error>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: u32) -> Self::Future {
+            ready(Ok(req))
+        }
+    }
+
+    let clock = ManualClock::new();
+    let limiter = Arc::new(
+        RateLimiter::builder(Quota::per_second(1_000).burst(1_000))
+            .clock(clock.clone())
+            .build()
+            .unwrap(),
+    );
+    let mut svc = RateLimitLayer::new(Arc::clone(&limiter))
+        .backpressure()
+        .layer(Echo);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut one = |i: u32| {
+        assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+        let response = pin!(svc.call(i));
+        match response.poll(&mut cx) {
+            Poll::Ready(Ok(echoed)) => assert_eq!(echoed, i),
+            other => panic!("expected the echo, got {:?}", other.map(|r| r.is_ok())),
+        }
+    };
+    one(0); // the first reservation takes the service's limiter handle
+    let n = allocations(|| {
+        for i in 1..500 {
+            one(i);
+        }
+    });
+    assert_eq!(n, 0);
+    // Every request took a cell: a check now would leave 1000 - 500 - 1.
+    assert_eq!(limiter.peek().remaining(), 499);
+}

@@ -242,3 +242,39 @@ async fn keyed_backpressure_refuses_a_new_key_of_a_full_table_instead_of_waiting
     assert_eq!(start.elapsed(), Duration::ZERO);
     assert!(rate_limited(&err).retry_after() <= Duration::from_secs(1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn call_before_the_reserved_moment_gives_the_reservation_back_and_decides_now() {
+    let shared = limiter(Quota::per_second(1));
+    let layer = RateLimitLayer::new(Arc::clone(&shared)).backpressure();
+    let mut first = layer.layer(Echo::default());
+    call(&mut first, ()).await.unwrap();
+    let echo = Echo::default();
+    let mut eager = layer.layer(echo.clone());
+    let pending =
+        poll_fn(|cx| Poll::Ready(Service::<()>::poll_ready(&mut eager, cx).is_pending())).await;
+    assert!(pending);
+    // `call` while still sleeping: the reserved cell goes back and the request is checked now,
+    // which refuses it (the only cell comes back in one second).
+    let err = eager.call(()).await.unwrap_err();
+    assert_eq!(rate_limited(&err).retry_after(), Duration::from_secs(1));
+    assert_eq!(echo.0.load(Ordering::SeqCst), 0);
+    assert_eq!(shared.peek().retry_after(), Some(Duration::from_secs(1)));
+    // The same service waits again on its reused timer, and gets the cell at its moment.
+    let start = tokio::time::Instant::now();
+    call(&mut eager, ()).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(echo.0.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn into_inner_gives_a_reserved_cell_back() {
+    let shared = limiter(Quota::per_second(1));
+    let mut svc = RateLimitLayer::new(Arc::clone(&shared))
+        .backpressure()
+        .layer(Echo::default());
+    assert!(poll_fn(|cx| Poll::Ready(Service::<()>::poll_ready(&mut svc, cx).is_ready())).await);
+    assert!(!shared.peek().is_allowed());
+    let _inner: Echo = svc.into_inner();
+    assert!(shared.peek().is_allowed());
+}
