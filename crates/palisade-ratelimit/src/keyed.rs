@@ -58,8 +58,9 @@ pub enum WhenFull {
 /// The number of keys never exceeds [`max_keys`](KeyedRateLimiterBuilder::max_keys). When the
 /// table is full, a new key first sweeps its shard (and, without waiting, the others) for keys
 /// that are fully replenished and drops them; a sweep is skipped while no key of that shard can
-/// be replenished yet, so its cost is spread over the inserts it makes room for. If nothing can
-/// go, [`WhenFull`] decides. No background task is needed;
+/// be replenished yet, and for 100 ms after a sweep that freed under 1/64 of the shard, so a
+/// shard costs at most one pass per 100 ms beyond the passes that pay for themselves. If
+/// nothing can go, [`WhenFull`] decides. No background task is needed;
 /// [`evict_idle`](KeyedRateLimiter::evict_idle) sweeps every shard on demand.
 pub struct KeyedRateLimiter<K, A: Algorithm = Quota, C: Clock = FastClock, S = RandomState> {
     shards: Box<[Shard<K, A>]>,
@@ -72,6 +73,7 @@ pub struct KeyedRateLimiter<K, A: Algorithm = Quota, C: Clock = FastClock, S = R
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     jitter: Duration,
     evicted_idle: AtomicU64,
+    sweeps: AtomicU64,
     evicted_owing: AtomicU64,
     rejected_keys: AtomicU64,
 }
@@ -83,6 +85,27 @@ struct Shard<K, A: Algorithm> {
     /// No key of this shard is fully replenished before this time (a lower bound: checks only
     /// push it later; inserts and refunds lower it).
     next_idle: AtomicU64,
+    /// A full table does not sweep this shard before this time: set after a sweep that freed
+    /// few keys, so a table whose keys replenish one at a time pays one pass over the shard per
+    /// [`SWEEP_COOLDOWN`], not one per new key.
+    next_sweep: AtomicU64,
+}
+
+/// How long a shard waits after a sweep that freed fewer than 1/[`PRODUCTIVE`] of its keys
+/// before a full table sweeps it again.
+const SWEEP_COOLDOWN: Duration = Duration::from_millis(100);
+
+/// A sweep that frees at least 1/`PRODUCTIVE` of the shard's keys has paid for itself (at most
+/// `PRODUCTIVE` keys visited per key freed); the next one may run as soon as a key is idle.
+const PRODUCTIVE: usize = 64;
+
+impl<K, A: Algorithm> Shard<K, A> {
+    /// The earliest time a full table's sweep of this shard may free a key.
+    fn sweepable_at(&self) -> u64 {
+        self.next_idle
+            .load(Ordering::Relaxed)
+            .max(self.next_sweep.load(Ordering::Relaxed))
+    }
 }
 
 struct Table<K, A: Algorithm> {
@@ -109,6 +132,9 @@ pub struct KeyedMetrics {
     pub evicted_owing: u64,
     /// Requests of new keys refused by [`WhenFull::RejectNewKeys`].
     pub rejected_new_keys: u64,
+    /// Passes over a shard looking for replenished keys (by a full table, or
+    /// [`evict_idle`](KeyedRateLimiter::evict_idle)).
+    pub sweeps: u64,
 }
 
 impl<K: Hash + Eq, A: Algorithm> KeyedRateLimiter<K, A, FastClock, RandomState> {
@@ -253,6 +279,7 @@ impl<K: Hash + Eq, A: Algorithm, C: Clock, S: BuildHasher> KeyedRateLimiterBuild
                     entries: HashTable::new(),
                 }),
                 next_idle: AtomicU64::new(0),
+                next_sweep: AtomicU64::new(0),
             })
             .collect();
         Ok(KeyedRateLimiter {
@@ -265,6 +292,7 @@ impl<K: Hash + Eq, A: Algorithm, C: Clock, S: BuildHasher> KeyedRateLimiterBuild
             when_full: self.when_full,
             jitter: self.jitter,
             evicted_idle: AtomicU64::new(0),
+            sweeps: AtomicU64::new(0),
             evicted_owing: AtomicU64::new(0),
             rejected_keys: AtomicU64::new(0),
         })
@@ -466,11 +494,11 @@ where
         Ok(decision)
     }
 
-    /// The earliest moment any shard could have a fully replenished key (a lower bound).
+    /// The earliest moment a full table's sweep of any shard could free a key (a lower bound).
     fn next_idle(&self) -> u64 {
         self.shards
             .iter()
-            .map(|s| s.next_idle.load(Ordering::Relaxed))
+            .map(Shard::sweepable_at)
             .min()
             .unwrap_or(u64::MAX)
     }
@@ -491,7 +519,7 @@ where
             return true;
         }
         for other in self.shards.iter().filter(|s| !std::ptr::eq(*s, own)) {
-            if other.next_idle.load(Ordering::Relaxed) > now {
+            if other.sweepable_at() > now {
                 continue;
             }
             // Never block on a second shard while holding one: try, and skip it if busy.
@@ -510,9 +538,10 @@ where
 
     /// Drops the keys of one shard that are fully replenished; returns how many.
     fn sweep(&self, shard: &Shard<K, A>, table: &mut Table<K, A>, now: u64) -> usize {
-        if shard.next_idle.load(Ordering::Relaxed) > now {
+        if shard.sweepable_at() > now {
             return 0;
         }
+        self.sweeps.fetch_add(1, Ordering::Relaxed);
         let before = table.entries.len();
         let mut next_idle = u64::MAX;
         let algorithm = &table.algorithm;
@@ -526,6 +555,12 @@ where
         });
         shard.next_idle.store(next_idle, Ordering::Relaxed);
         let removed = before - table.entries.len();
+        let next_sweep = if removed * PRODUCTIVE >= before {
+            0
+        } else {
+            now.saturating_add(SWEEP_COOLDOWN.as_nanos() as u64)
+        };
+        shard.next_sweep.store(next_sweep, Ordering::Relaxed);
         if removed > 0 {
             self.keys.fetch_sub(removed, Ordering::Relaxed);
             self.evicted_idle
@@ -551,6 +586,11 @@ where
     }
 
     fn owed(&self, owed: u64) -> bool {
+        if owed == 0 {
+            // Replenished after all (its shard's sweep was cooling down): nothing lost.
+            self.evicted_idle.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
         self.evicted_owing.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             target: TARGET,
@@ -569,6 +609,7 @@ where
         for shard in self.shards.iter() {
             let mut table = shard.table.write();
             shard.next_idle.store(0, Ordering::Relaxed);
+            shard.next_sweep.store(0, Ordering::Relaxed);
             removed += self.sweep(shard, &mut table, now);
         }
         removed
@@ -640,6 +681,7 @@ where
             evicted_idle: self.evicted_idle.load(Ordering::Relaxed),
             evicted_owing: self.evicted_owing.load(Ordering::Relaxed),
             rejected_new_keys: self.rejected_keys.load(Ordering::Relaxed),
+            sweeps: self.sweeps.load(Ordering::Relaxed),
         }
     }
 

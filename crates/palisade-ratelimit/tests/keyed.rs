@@ -528,3 +528,60 @@ fn keyed_refund_never_raises_a_key_above_full() {
     assert_eq!(allowed(l.check_n("a", 10).unwrap()).remaining(), 0);
     refused(l.check("a"));
 }
+
+/// A full table of 1,000 keys that replenish one per millisecond, with a new key every
+/// millisecond: the worst case for sweeps (each would free one key). Returns the limiter after
+/// the second thousand keys, with how many of them were admitted.
+fn staggered(policy: WhenFull) -> (KeyedRateLimiter<u64, Quota, ManualClock>, usize) {
+    let clock = ManualClock::new();
+    let l = KeyedRateLimiter::builder(Quota::per_second(1))
+        .max_keys(1_000)
+        .when_full(policy)
+        .shards(1)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    for key in 0..1_000 {
+        allowed(l.check(&key));
+        clock.advance(ms(1));
+    }
+    let mut admitted = 0;
+    for key in 1_000..2_000 {
+        let d = l.check(&key);
+        if d.is_allowed() {
+            admitted += 1;
+        } else {
+            assert!(d.is_keys_full(), "{d:?}");
+            let wait = d.retry_after().unwrap();
+            assert!(
+                wait <= ms(100),
+                "a replenished key frees up within 100 ms: {wait:?}"
+            );
+        }
+        clock.advance(ms(1));
+    }
+    (l, admitted)
+}
+
+#[test]
+fn keys_replenishing_one_at_a_time_cost_a_sweep_per_100_ms_not_per_new_key() {
+    let (l, admitted) = staggered(WhenFull::RejectNewKeys);
+    let m = l.metrics();
+    // The first sweep frees one key and cools the shard down for 100 ms; by then 100 keys are
+    // replenished, so every later sweep frees a hundred at once.
+    assert!(m.sweeps <= 15, "{m:?}");
+    assert!(admitted >= 880, "{admitted} admitted, {m:?}");
+    assert_eq!(m.rejected_new_keys, 1_000 - admitted as u64);
+    assert_eq!(m.evicted_idle, admitted as u64);
+    assert_eq!(m.keys, 1_000);
+}
+
+#[test]
+fn evicting_closest_to_full_during_a_cool_down_takes_a_replenished_key_first() {
+    let (l, admitted) = staggered(WhenFull::EvictClosestToFull);
+    let m = l.metrics();
+    assert_eq!(admitted, 1_000);
+    // Every key made room for was replenished: nothing owed was lost, and no warning.
+    assert_eq!((m.evicted_owing, m.evicted_idle), (0, 1_000), "{m:?}");
+    assert_eq!(m.keys, 1_000);
+}
