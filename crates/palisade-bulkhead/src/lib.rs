@@ -1,2 +1,27 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
+
+mod adaptive;
+mod bulkhead;
+mod config;
+mod error;
+#[cfg(feature = "tower")]
+mod future;
+#[cfg(feature = "tower")]
+mod layer;
+mod queue;
+#[cfg(feature = "tower")]
+mod service;
+
+pub use crate::adaptive::{
+    Aimd, AimdBuilder, Gradient2, Gradient2Builder, LimitAlgorithm, Sample, Vegas, VegasBuilder,
+};
+pub use crate::bulkhead::{Acquire, Bulkhead, Metrics, OwnedPermit, Permit};
+pub use crate::config::{BulkheadBuilder, Discipline, MAX_CONCURRENT, MAX_QUEUED, MAX_WAIT};
+pub use crate::error::{ConfigError, Reason, Rejected};
+#[cfg(feature = "tower")]
+pub use crate::future::{BoxError, ResponseFuture};
+#[cfg(feature = "tower")]
+pub use crate::layer::{BulkheadLayer, Mode};
+#[cfg(feature = "tower")]
+pub use crate::service::{BulkheadService, OnResponse, ReleaseOnResponse};

@@ -1,0 +1,599 @@
+//! [`Bulkhead`]: a concurrency limit with a bounded, disciplined wait queue.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use palisade_core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use palisade_core::sync::{Arc, Mutex};
+use palisade_core::{Clock, FastClock};
+
+use crate::config::{BulkheadBuilder, Discipline, MAX_CONCURRENT, Settings};
+use crate::error::{ConfigError, Reason, Rejected};
+use crate::queue::{Queue, Status, Ticket};
+
+const TARGET: &str = "palisade_bulkhead";
+
+/// Bit 0 of the state word: someone waits in the queue. While it is set, permits go to waiters
+/// (under the queue lock) and never to a caller passing by, which keeps the queue fair.
+const WAITERS: u64 = 1;
+/// One permit in the state word: the permits free now are the word shifted right by one, as a
+/// signed number (negative after the limit was lowered below what is in flight).
+const ONE: u64 = 2;
+
+#[inline]
+fn available(word: u64) -> i64 {
+    (word as i64) >> 1
+}
+
+/// A concurrency limit: at most `max_concurrent` permits are out at once; callers beyond that
+/// wait in a bounded queue (or are refused at once), each for at most `max_wait`.
+///
+/// Cloning is cheap and every clone shares one limit. See the [crate docs](crate) for an
+/// example, the knobs and the guarantees.
+///
+/// The fast path is one compare-and-swap to acquire and one to release, with no lock; the queue
+/// is a short `parking_lot` critical section entered only when no permit is free.
+pub struct Bulkhead<C: Clock = FastClock> {
+    inner: Arc<Inner<C>>,
+}
+
+pub(crate) struct Inner<C> {
+    /// Free permits (signed, shifted left by one) and the [`WAITERS`] bit.
+    word: AtomicU64,
+    /// The limit in force (changed under the queue lock).
+    limit: AtomicU32,
+    /// Waiters, mirrored from the queue for lock-free reads.
+    queued: AtomicUsize,
+    waiters: Mutex<Waiters>,
+    settings: Settings,
+    clock: C,
+    rejected_full: AtomicU64,
+    rejected_queue_full: AtomicU64,
+    rejected_timed_out: AtomicU64,
+}
+
+struct Waiters {
+    queue: Queue,
+    /// The last time the queue was empty (CoDel), on the bulkhead's clock.
+    last_empty: u64,
+}
+
+/// A snapshot of a bulkhead's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Metrics {
+    /// Permits out now (can exceed `limit` for a while after the limit was lowered).
+    pub in_flight: u32,
+    /// Callers waiting in the queue now.
+    pub queued: usize,
+    /// The concurrency limit in force.
+    pub limit: u32,
+    /// Acquires refused at once because every permit was in use.
+    pub rejected_full: u64,
+    /// Acquires refused because the queue was full.
+    pub rejected_queue_full: u64,
+    /// Waiters that gave up after their deadline.
+    pub rejected_timed_out: u64,
+}
+
+impl Bulkhead<FastClock> {
+    /// A bulkhead of `max_concurrent` permits with the default knobs (a FIFO queue as long as
+    /// the limit, no wait deadline).
+    pub fn new(max_concurrent: u32) -> Result<Bulkhead<FastClock>, ConfigError> {
+        Bulkhead::builder(max_concurrent).build()
+    }
+
+    /// A builder for a bulkhead of `max_concurrent` permits.
+    pub fn builder(max_concurrent: u32) -> BulkheadBuilder<FastClock> {
+        BulkheadBuilder::new(max_concurrent)
+    }
+}
+
+impl<C: Clock> Clone for Bulkhead<C> {
+    fn clone(&self) -> Self {
+        Bulkhead {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<C: Clock> fmt::Debug for Bulkhead<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bulkhead")
+            .field("metrics", &self.metrics())
+            .field("max_queued", &self.inner.settings.max_queued)
+            .field("max_wait", &self.inner.settings.max_wait)
+            .field("discipline", &self.inner.settings.discipline)
+            .finish()
+    }
+}
+
+impl<C: Clock> Bulkhead<C> {
+    pub(crate) fn from_settings(settings: Settings, clock: C) -> Bulkhead<C> {
+        let limit = settings.max_concurrent;
+        let now = clock.now().as_nanos();
+        Bulkhead {
+            inner: Arc::new(Inner {
+                word: AtomicU64::new(u64::from(limit) * ONE),
+                limit: AtomicU32::new(limit),
+                queued: AtomicUsize::new(0),
+                waiters: Mutex::new(Waiters {
+                    queue: Queue::default(),
+                    last_empty: now,
+                }),
+                settings,
+                clock,
+                rejected_full: AtomicU64::new(0),
+                rejected_queue_full: AtomicU64::new(0),
+                rejected_timed_out: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Takes a permit if one is free now and nobody is queued for it; never waits.
+    #[inline]
+    pub fn try_acquire(&self) -> Result<Permit<'_, C>, Rejected> {
+        if self.inner.try_take() {
+            Ok(Permit { inner: &self.inner })
+        } else {
+            Err(self.inner.reject(Reason::Full))
+        }
+    }
+
+    /// [`try_acquire`](Bulkhead::try_acquire), returning a permit that owns a handle to the
+    /// bulkhead (`'static`, so it can travel with a response or into a spawned task).
+    #[inline]
+    pub fn try_acquire_owned(&self) -> Result<OwnedPermit<C>, Rejected> {
+        self.try_acquire().map(Permit::into_owned)
+    }
+
+    /// Waits for a permit in the queue, by the bulkhead's discipline, at most `max_wait`.
+    ///
+    /// **Cancel-safe**: dropping the future at any point gives up its place in the queue, and
+    /// a permit handed to it in the meantime goes on to the next waiter; nothing leaks.
+    pub fn acquire(&self) -> Acquire<'_, C> {
+        Acquire {
+            inner: &self.inner,
+            waiter: Waiter::Idle,
+        }
+    }
+
+    /// [`acquire`](Bulkhead::acquire), returning an [`OwnedPermit`].
+    pub async fn acquire_owned(&self) -> Result<OwnedPermit<C>, Rejected> {
+        self.acquire().await.map(Permit::into_owned)
+    }
+
+    /// Changes the concurrency limit while permits are out and callers wait. Raising it hands
+    /// the new permits to waiters first; lowering it takes permits back as they are released
+    /// (nothing in flight is interrupted, and nobody is admitted until in-flight is below the
+    /// new limit).
+    pub fn set_max_concurrent(&self, max_concurrent: u32) -> Result<(), ConfigError> {
+        if !(1..=MAX_CONCURRENT).contains(&max_concurrent) {
+            return Err(ConfigError::out_of_range(
+                "max_concurrent",
+                format!("in 1..={MAX_CONCURRENT}"),
+                max_concurrent,
+            ));
+        }
+        self.inner.set_limit(max_concurrent);
+        Ok(())
+    }
+
+    /// The concurrency limit in force.
+    pub fn max_concurrent(&self) -> u32 {
+        self.inner.limit.load(Ordering::Relaxed)
+    }
+
+    /// A snapshot of the counters (each read on its own: under concurrent use they may be
+    /// mutually a little stale).
+    pub fn metrics(&self) -> Metrics {
+        let inner = &*self.inner;
+        let limit = inner.limit.load(Ordering::Relaxed);
+        let free = available(inner.word.load(Ordering::Relaxed));
+        Metrics {
+            in_flight: u32::try_from((i64::from(limit) - free).max(0)).unwrap_or(u32::MAX),
+            queued: inner.queued.load(Ordering::Relaxed),
+            limit,
+            rejected_full: inner.rejected_full.load(Ordering::Relaxed),
+            rejected_queue_full: inner.rejected_queue_full.load(Ordering::Relaxed),
+            rejected_timed_out: inner.rejected_timed_out.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The clock the bulkhead reads.
+    pub fn clock(&self) -> &C {
+        &self.inner.clock
+    }
+
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn inner(&self) -> &Arc<Inner<C>> {
+        &self.inner
+    }
+}
+
+impl<C: Clock> Inner<C> {
+    /// One free permit, if there is one. While anyone waits, none is free: every permit
+    /// released or added then goes straight to a waiter, under the lock, so a passer-by can't
+    /// take one a waiter is owed.
+    #[inline]
+    fn try_take(&self) -> bool {
+        let mut word = self.word.load(Ordering::Relaxed);
+        loop {
+            if available(word) <= 0 {
+                return false;
+            }
+            match self.word.compare_exchange_weak(
+                word,
+                word.wrapping_sub(ONE),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => word = actual,
+            }
+        }
+    }
+
+    /// Gives one permit back: to the next waiter if any, else to the pool.
+    #[inline]
+    fn release(&self) {
+        let mut word = self.word.load(Ordering::Relaxed);
+        loop {
+            if word & WAITERS != 0 {
+                return self.release_locked(&mut self.waiters.lock());
+            }
+            match self.word.compare_exchange_weak(
+                word,
+                word.wrapping_add(ONE),
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(actual) => word = actual,
+            }
+        }
+    }
+
+    /// Gives one permit back with the queue lock held.
+    fn release_locked(&self, waiters: &mut Waiters) {
+        loop {
+            let word = self.word.load(Ordering::Acquire);
+            if word & WAITERS == 0 || available(word) < 0 {
+                // Nobody waits, or the limit was lowered and this permit pays off the debt.
+                // (Without waiters, passers-by may change the word: compare-and-swap.)
+                if self
+                    .word
+                    .compare_exchange(
+                        word,
+                        word.wrapping_add(ONE),
+                        Ordering::Release,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+                {
+                    return;
+                }
+                continue;
+            }
+            // Waiters and no debt: the permit goes straight to one of them. (With the bit set,
+            // only lock holders change the word.)
+            if self.grant(waiters) {
+                return;
+            }
+        }
+    }
+
+    /// Hands a permit to the next waiter by the discipline. Returns `false`, having cleared the
+    /// [`WAITERS`] bit, if nobody waits.
+    fn grant(&self, waiters: &mut Waiters) -> bool {
+        let newest = self.settings.discipline == Discipline::Lifo;
+        let granted = waiters.queue.grant_end(newest);
+        self.after_leave(waiters);
+        granted
+    }
+
+    /// Bookkeeping after a waiter left the queue: the mirror count, CoDel's last-empty time, and
+    /// the [`WAITERS`] bit once nobody waits.
+    fn after_leave(&self, waiters: &mut Waiters) {
+        let len = waiters.queue.len();
+        self.queued.store(len, Ordering::Relaxed);
+        if len == 0 {
+            self.word.fetch_and(!WAITERS, Ordering::Release);
+            if matches!(self.settings.discipline, Discipline::CoDel { .. }) {
+                waiters.last_empty = self.clock.now().as_nanos();
+            }
+        }
+    }
+
+    /// Takes a permit or joins the queue, under the lock. `Ok(None)`: a permit was taken.
+    fn enqueue(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Result<Option<(Ticket, Option<Duration>)>, Rejected> {
+        let mut waiters = self.waiters.lock();
+        loop {
+            let word = self.word.load(Ordering::Acquire);
+            if word & WAITERS == 0 && available(word) > 0 {
+                if self
+                    .word
+                    .compare_exchange(
+                        word,
+                        word.wrapping_sub(ONE),
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+                {
+                    return Ok(None);
+                }
+                continue;
+            }
+            let max_queued = self.settings.max_queued;
+            if max_queued == 0 || self.settings.max_wait == Some(Duration::ZERO) {
+                drop(waiters);
+                return Err(self.reject(Reason::Full));
+            }
+            if waiters.queue.len() >= max_queued {
+                drop(waiters);
+                return Err(self.reject(Reason::QueueFull));
+            }
+            if word & WAITERS == 0
+                && self
+                    .word
+                    .compare_exchange(word, word | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            break;
+        }
+        let wait = self.wait_budget(&mut waiters);
+        let ticket = waiters.queue.push(Some(cx.waker().clone()));
+        self.queued.store(waiters.queue.len(), Ordering::Relaxed);
+        Ok(Some((ticket, wait)))
+    }
+
+    /// How long a caller joining the queue now may wait.
+    fn wait_budget(&self, waiters: &mut Waiters) -> Option<Duration> {
+        let Discipline::CoDel { target, interval } = self.settings.discipline else {
+            return self.settings.max_wait;
+        };
+        let now = self.clock.now().as_nanos();
+        if waiters.queue.is_empty() {
+            waiters.last_empty = now;
+        }
+        let standing = now.saturating_sub(waiters.last_empty)
+            > u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
+        let codel = if standing { target } else { interval };
+        Some(self.settings.max_wait.map_or(codel, |max| max.min(codel)))
+    }
+
+    fn set_limit(&self, limit: u32) {
+        let mut waiters = self.waiters.lock();
+        let old = self.limit.swap(limit, Ordering::Relaxed);
+        let delta = i64::from(limit) - i64::from(old);
+        // Two's complement: adding a negative delta shifted by one subtracts it.
+        self.word
+            .fetch_add((delta as u64).wrapping_mul(ONE), Ordering::AcqRel);
+        // New permits go to waiters first.
+        loop {
+            let word = self.word.load(Ordering::Acquire);
+            if word & WAITERS == 0 || available(word) <= 0 {
+                break;
+            }
+            self.word.fetch_sub(ONE, Ordering::AcqRel);
+            if !self.grant(&mut waiters) {
+                // Nobody was left after all: put the permit back.
+                self.word.fetch_add(ONE, Ordering::AcqRel);
+                break;
+            }
+        }
+        drop(waiters);
+        tracing::info!(target: TARGET, from = old, to = limit, "bulkhead limit changed");
+    }
+
+    #[cold]
+    fn reject(&self, reason: Reason) -> Rejected {
+        let counter = match reason {
+            Reason::Full => &self.rejected_full,
+            Reason::QueueFull => &self.rejected_queue_full,
+            Reason::TimedOut => &self.rejected_timed_out,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let limit = self.limit.load(Ordering::Relaxed);
+        tracing::debug!(target: TARGET, reason = reason.as_str(), limit, "bulkhead refused");
+        Rejected { reason, limit }
+    }
+
+    /// A queued waiter leaves (dropped, or its deadline passed). Returns whether it had been
+    /// granted a permit, which it now holds.
+    fn leave(&self, ticket: Ticket) -> Option<Status> {
+        let mut waiters = self.waiters.lock();
+        let status = waiters.queue.remove(ticket);
+        if matches!(status, Some(Status::Waiting(_))) {
+            self.after_leave(&mut waiters);
+        }
+        status
+    }
+}
+
+/// A permit from a [`Bulkhead`]: the holder is one of the `max_concurrent`. Dropping it
+/// releases it (to the next waiter, if any).
+#[must_use = "the permit is released as soon as it is dropped"]
+pub struct Permit<'a, C: Clock = FastClock> {
+    inner: &'a Arc<Inner<C>>,
+}
+
+impl<'a, C: Clock> Permit<'a, C> {
+    /// The same permit, owning a handle to the bulkhead so it is `'static`.
+    pub fn into_owned(self) -> OwnedPermit<C> {
+        let inner = Arc::clone(self.inner);
+        std::mem::forget(self);
+        OwnedPermit { inner }
+    }
+}
+
+impl<C: Clock> Drop for Permit<'_, C> {
+    #[inline]
+    fn drop(&mut self) {
+        self.inner.release();
+    }
+}
+
+impl<C: Clock> fmt::Debug for Permit<'_, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit").finish_non_exhaustive()
+    }
+}
+
+/// A [`Permit`] that owns a handle to its bulkhead: move it into a spawned task or a response
+/// body, and the work it guards ends when it is dropped, wherever that is.
+#[must_use = "the permit is released as soon as it is dropped"]
+pub struct OwnedPermit<C: Clock = FastClock> {
+    pub(crate) inner: Arc<Inner<C>>,
+}
+
+impl<C: Clock> Drop for OwnedPermit<C> {
+    #[inline]
+    fn drop(&mut self) {
+        self.inner.release();
+    }
+}
+
+impl<C: Clock> fmt::Debug for OwnedPermit<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnedPermit").finish_non_exhaustive()
+    }
+}
+
+/// The future of [`Bulkhead::acquire`].
+#[must_use = "futures do nothing unless polled"]
+pub struct Acquire<'a, C: Clock = FastClock> {
+    inner: &'a Arc<Inner<C>>,
+    waiter: Waiter,
+}
+
+impl<C: Clock> fmt::Debug for Acquire<'_, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acquire")
+            .field("waiter", &self.waiter)
+            .finish()
+    }
+}
+
+impl<'a, C: Clock> Future for Acquire<'a, C> {
+    type Output = Result<Permit<'a, C>, Rejected>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let inner = this.inner;
+        this.waiter
+            .poll_acquire(inner, cx)
+            .map_ok(|()| Permit { inner })
+    }
+}
+
+impl<C: Clock> Drop for Acquire<'_, C> {
+    fn drop(&mut self) {
+        self.waiter.cancel(self.inner);
+    }
+}
+
+/// One caller's progress towards a permit, polled with its bulkhead: the state of an
+/// [`Acquire`] future, and of a tower service waiting in `poll_ready`. The owner must call
+/// [`cancel`](Waiter::cancel) when it gives up (both owners do on drop).
+#[derive(Default)]
+pub(crate) enum Waiter {
+    #[default]
+    Idle,
+    Queued {
+        ticket: Ticket,
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    },
+}
+
+impl fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Waiter::Idle => "idle",
+            Waiter::Queued { .. } => "queued",
+        })
+    }
+}
+
+impl Waiter {
+    /// Takes a permit (`Ready(Ok)`: the caller now holds one it must release), is refused,
+    /// or waits in the queue. Back to idle once ready.
+    pub(crate) fn poll_acquire<C: Clock>(
+        &mut self,
+        inner: &Inner<C>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Rejected>> {
+        let Waiter::Queued { ticket, deadline } = self else {
+            if inner.try_take() {
+                return Poll::Ready(Ok(()));
+            }
+            return match inner.enqueue(cx) {
+                Ok(None) => Poll::Ready(Ok(())),
+                Ok(Some((ticket, None))) => {
+                    *self = Waiter::Queued {
+                        ticket,
+                        deadline: None,
+                    };
+                    Poll::Pending
+                }
+                Ok(Some((ticket, Some(wait)))) => {
+                    let deadline = Some(Box::pin(tokio::time::sleep(wait)));
+                    *self = Waiter::Queued { ticket, deadline };
+                    // Once more, so the deadline timer registers.
+                    self.poll_acquire(inner, cx)
+                }
+                Err(rejected) => Poll::Ready(Err(rejected)),
+            };
+        };
+        let ticket = *ticket;
+        {
+            let mut waiters = inner.waiters.lock();
+            match waiters.queue.status_mut(ticket) {
+                Some(Status::Waiting(waker)) => {
+                    if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        *waker = Some(cx.waker().clone());
+                    }
+                }
+                Some(Status::Granted) => {
+                    waiters.queue.remove(ticket);
+                    drop(waiters);
+                    *self = Waiter::Idle;
+                    return Poll::Ready(Ok(()));
+                }
+                None => unreachable!("a queued waiter's ticket is live until it leaves"),
+            }
+        }
+        let Some(deadline) = deadline else {
+            return Poll::Pending;
+        };
+        std::task::ready!(deadline.as_mut().poll(cx));
+        *self = Waiter::Idle;
+        match inner.leave(ticket) {
+            // Granted just before the deadline: keep it.
+            Some(Status::Granted) => Poll::Ready(Ok(())),
+            _ => Poll::Ready(Err(inner.reject(Reason::TimedOut))),
+        }
+    }
+
+    /// Gives up: leaves the queue, passing on a permit handed over in the meantime.
+    pub(crate) fn cancel<C: Clock>(&mut self, inner: &Inner<C>) {
+        if let Waiter::Queued { ticket, .. } = std::mem::take(self) {
+            let mut waiters = inner.waiters.lock();
+            match waiters.queue.remove(ticket) {
+                Some(Status::Waiting(_)) => inner.after_leave(&mut waiters),
+                // Handed a permit it will never use: pass it on.
+                Some(Status::Granted) => inner.release_locked(&mut waiters),
+                None => {}
+            }
+        }
+    }
+}
