@@ -5,38 +5,7 @@ use std::time::Duration;
 
 use crate::State;
 
-/// A builder was given a value outside its allowed range.
-///
-/// The message names the field, the allowed range and the value given, e.g.
-/// `failure_rate must be a percentage in (0, 100], got 120.0`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// `field` must lie in `allowed`; it was `got`.
-    #[error("{field} must be {allowed}, got {got}")]
-    OutOfRange {
-        /// The builder method (and so the field) at fault.
-        field: &'static str,
-        /// The allowed values, in words.
-        allowed: String,
-        /// The value that was given.
-        got: String,
-    },
-}
-
-impl ConfigError {
-    pub(crate) fn out_of_range(
-        field: &'static str,
-        allowed: impl Into<String>,
-        got: impl fmt::Debug,
-    ) -> ConfigError {
-        ConfigError::OutOfRange {
-            field,
-            allowed: allowed.into(),
-            got: format!("{got:?}"),
-        }
-    }
-}
+pub use palisade_core::ConfigError;
 
 /// The breaker refused a call: it is open, forced open, or half-open with every probe slot
 /// taken.

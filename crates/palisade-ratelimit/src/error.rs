@@ -1,40 +1,8 @@
 //! Errors: invalid configuration, requests that can never fit, and the tower rejection.
 
-use std::fmt;
 use std::time::Duration;
 
-/// A builder or quota was given a value outside its allowed range.
-///
-/// The message names the field, the allowed range and the value given, e.g.
-/// `burst must be at least 1, got 0`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// `field` must lie in `allowed`; it was `got`.
-    #[error("{field} must be {allowed}, got {got}")]
-    OutOfRange {
-        /// The knob at fault.
-        field: &'static str,
-        /// The allowed values, in words.
-        allowed: String,
-        /// The value that was given.
-        got: String,
-    },
-}
-
-impl ConfigError {
-    pub(crate) fn out_of_range(
-        field: &'static str,
-        allowed: impl Into<String>,
-        got: impl fmt::Debug,
-    ) -> ConfigError {
-        ConfigError::OutOfRange {
-            field,
-            allowed: allowed.into(),
-            got: format!("{got:?}"),
-        }
-    }
-}
+pub use palisade_core::ConfigError;
 
 /// A request for more cells than the limiter can ever grant at once (more than its burst, or
 /// for a sliding window, more than its limit). Waiting would never help.

@@ -2,38 +2,7 @@
 
 use std::time::Duration;
 
-/// A builder was given a value outside its allowed range.
-///
-/// The message names the field, the allowed range and the value given, e.g.
-/// `multiplier must be a finite number in [1.0, 100.0], got 0.5`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// `field` must lie in `allowed`; it was `got`.
-    #[error("{field} must be {allowed}, got {got}")]
-    OutOfRange {
-        /// The builder method (and so the field) at fault.
-        field: &'static str,
-        /// The allowed values, in words.
-        allowed: String,
-        /// The value that was given.
-        got: String,
-    },
-}
-
-impl ConfigError {
-    pub(crate) fn out_of_range(
-        field: &'static str,
-        allowed: impl Into<String>,
-        got: impl std::fmt::Debug,
-    ) -> ConfigError {
-        ConfigError::OutOfRange {
-            field,
-            allowed: allowed.into(),
-            got: format!("{got:?}"),
-        }
-    }
-}
+pub use palisade_core::ConfigError;
 
 /// One attempt ran longer than the per-attempt timeout and was cancelled.
 ///
