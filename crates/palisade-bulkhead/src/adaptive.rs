@@ -49,6 +49,22 @@ impl Sample {
     }
 }
 
+/// How the work a permit guarded ended, as an adaptive bulkhead's limit algorithm should see
+/// it. Dropping a permit reports [`Success`](Outcome::Success); `release_as` reports the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The work finished: its latency is a measurement of the dependency (the default).
+    #[default]
+    Success,
+    /// The work failed in a way that signals overload (a timeout, a 503, a rejection
+    /// downstream): the algorithms cut the limit.
+    Dropped,
+    /// The outcome says nothing about capacity (a validation error answered at once, a caller
+    /// that went away): no sample.
+    Ignored,
+}
+
 /// An algorithm that adjusts a concurrency limit from samples.
 pub trait LimitAlgorithm: Send + fmt::Debug + 'static {
     /// The limit to start with (within the algorithm's [min, max]).
@@ -740,13 +756,21 @@ impl LimitAlgorithm for Vegas {
 ///   tens of samples instead of hundreds.
 /// - `gradient = clamp(rtt_tolerance × long_rtt / rtt, 0.5, 1.0)`; a dropped sample counts
 ///   as the steepest gradient, 0.5, and does not feed the average (its RTT measured a failure).
+///   After a drop cuts the limit, further drops are ignored for as many samples as the limit
+///   was (the work in flight at the cut reports the same overload; cutting once per window
+///   keeps a burst of timeouts from collapsing the limit to its minimum).
 /// - `new = limit × gradient + queue_size`, then smoothed:
-///   `limit = limit × (1 − smoothing) + new × smoothing`.
+///   `limit = limit × (1 − smoothing) + new × smoothing`, applied once per window: each sample
+///   applies `1 / limit` of that change (so about `limit` samples, one round trip of the work
+///   in flight, apply it once), and a drop applies it whole, at most once per window. Netflix's
+///   `Gradient2Limit` applies a whole step per sample, which grows the limit by about
+///   `queue_size × smoothing × limit` per window: it overshoots and saws through the timeout
+///   point under a steady load.
 /// - App-limited samples (`in_flight` below half the limit) may lower the limit, never raise
 ///   it. The limit is kept as `f64` and reported rounded, within `[min_limit, max_limit]`.
 ///
-/// There is no slow start: at a gradient of 1 the limit already grows by
-/// `queue_size × smoothing` per sample.
+/// There is no slow start: at a gradient of 1 the limit grows by `queue_size × smoothing`
+/// per window.
 ///
 /// | knob | default | allowed |
 /// |---|---|---|
@@ -769,6 +793,8 @@ pub struct Gradient2 {
     long_rtt: f64,
     /// RTT samples fed to `long_rtt` (saturating).
     samples: u64,
+    /// Samples left before a drop may cut the limit again.
+    cooldown: u32,
 }
 
 /// Builds a [`Gradient2`]; [`build`](Gradient2Builder::build) validates every knob.
@@ -892,6 +918,7 @@ impl Gradient2 {
             limit: f64::from(b.bounds.initial),
             long_rtt: 0.0,
             samples: 0,
+            cooldown: 0,
         }
     }
 
@@ -933,7 +960,13 @@ impl LimitAlgorithm for Gradient2 {
     }
 
     fn update(&mut self, sample: Sample) -> u32 {
+        self.cooldown = self.cooldown.saturating_sub(1);
         let gradient = if sample.dropped {
+            if self.cooldown > 0 {
+                // The work that was in flight at the last cut reports the same overload.
+                return self.bounds.report(self.limit);
+            }
+            self.cooldown = self.bounds.report(self.limit);
             0.5
         } else {
             let short = nanos(sample.rtt);
@@ -941,7 +974,16 @@ impl LimitAlgorithm for Gradient2 {
             (self.rtt_tolerance * self.long_rtt / short).clamp(0.5, 1.0)
         };
         let estimate = self.limit * gradient + self.queue_size;
-        let next = self.limit * (1.0 - self.smoothing) + estimate * self.smoothing;
+        // One step of the smoothed formula per window of samples (about `limit` of them):
+        // a sample moves the limit by its share of the step; a drop, once per window, by all of
+        // it. (A whole step per sample grows the limit by ~`queue_size × smoothing × limit` per
+        // window, which overshoots and then saws through the timeout point.)
+        let step = (estimate - self.limit) * self.smoothing;
+        let next = if sample.dropped {
+            self.limit + step
+        } else {
+            self.limit + step / self.limit.max(1.0)
+        };
         if next <= self.limit || !app_limited(sample.in_flight, self.limit) {
             self.limit = self.bounds.clamp(next);
         }

@@ -3,13 +3,14 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use palisade_core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use palisade_core::sync::{Arc, Mutex};
 use palisade_core::{Clock, FastClock};
 
+use crate::adaptive::{LimitAlgorithm, Outcome, Sample};
 use crate::config::{BulkheadBuilder, Discipline, MAX_CONCURRENT, Settings};
 use crate::error::{ConfigError, Reason, Rejected};
 use crate::queue::{Queue, Status, Ticket};
@@ -40,9 +41,24 @@ pub struct Bulkhead<C: Clock = FastClock> {
     inner: Arc<Inner<C>>,
 }
 
+/// Keeps a value on cache lines of its own (128 bytes: two lines, for the adjacent-line
+/// prefetcher), so writes to its neighbours (the `Arc`'s counts, rejection counters, the queue
+/// lock) don't slow down the threads that only want it.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 pub(crate) struct Inner<C> {
     /// Free permits (signed, shifted left by one) and the [`WAITERS`] bit.
-    word: AtomicU64,
+    word: Padded<AtomicU64>,
     /// The limit in force (changed under the queue lock).
     limit: AtomicU32,
     /// Waiters, mirrored from the queue for lock-free reads.
@@ -53,6 +69,8 @@ pub(crate) struct Inner<C> {
     rejected_full: AtomicU64,
     rejected_queue_full: AtomicU64,
     rejected_timed_out: AtomicU64,
+    /// The limit algorithm of an adaptive bulkhead; finished permits feed it samples.
+    adaptive: Option<Mutex<Box<dyn LimitAlgorithm>>>,
 }
 
 struct Waiters {
@@ -90,6 +108,37 @@ impl Bulkhead<FastClock> {
     pub fn builder(max_concurrent: u32) -> BulkheadBuilder<FastClock> {
         BulkheadBuilder::new(max_concurrent)
     }
+
+    /// A builder for an **adaptive** bulkhead: its limit starts at the algorithm's initial
+    /// limit and from then on follows the algorithm, fed one [`Sample`] by every permit that is
+    /// released (its latency from acquire to release, the permits in flight when it was taken,
+    /// and whether it was marked [`Outcome::Dropped`]). The other knobs are the same as for
+    /// [`builder`](Bulkhead::builder); `max_queued` defaults to the initial limit.
+    ///
+    /// ```
+    /// use palisade_bulkhead::{Bulkhead, Gradient2, Outcome};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let algorithm = Gradient2::builder().min_limit(4).max_limit(200).build()?;
+    /// let bulkhead = Bulkhead::adaptive(algorithm).max_queued(50).build()?;
+    ///
+    /// let permit = bulkhead.acquire().await?;
+    /// let answer: Result<(), std::io::Error> = Ok(()); // call the dependency here
+    /// match answer {
+    ///     // Dropping the permit reports its latency as a success.
+    ///     Ok(()) => drop(permit),
+    ///     // Timeouts and "too busy" answers are the overload signal.
+    ///     Err(e) if e.kind() == std::io::ErrorKind::TimedOut => permit.release_as(Outcome::Dropped),
+    ///     // Errors that say nothing about capacity are left out.
+    ///     Err(_) => permit.release_as(Outcome::Ignored),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn adaptive(algorithm: impl LimitAlgorithm) -> BulkheadBuilder<FastClock> {
+        BulkheadBuilder::adaptive(Box::new(algorithm))
+    }
 }
 
 impl<C: Clock> Clone for Bulkhead<C> {
@@ -112,12 +161,16 @@ impl<C: Clock> fmt::Debug for Bulkhead<C> {
 }
 
 impl<C: Clock> Bulkhead<C> {
-    pub(crate) fn from_settings(settings: Settings, clock: C) -> Bulkhead<C> {
+    pub(crate) fn from_settings(
+        settings: Settings,
+        clock: C,
+        adaptive: Option<Box<dyn LimitAlgorithm>>,
+    ) -> Bulkhead<C> {
         let limit = settings.max_concurrent;
         let now = clock.now().as_nanos();
         Bulkhead {
             inner: Arc::new(Inner {
-                word: AtomicU64::new(u64::from(limit) * ONE),
+                word: Padded(AtomicU64::new(u64::from(limit) * ONE)),
                 limit: AtomicU32::new(limit),
                 queued: AtomicUsize::new(0),
                 waiters: Mutex::new(Waiters {
@@ -129,6 +182,7 @@ impl<C: Clock> Bulkhead<C> {
                 rejected_full: AtomicU64::new(0),
                 rejected_queue_full: AtomicU64::new(0),
                 rejected_timed_out: AtomicU64::new(0),
+                adaptive: adaptive.map(Mutex::new),
             }),
         }
     }
@@ -137,7 +191,7 @@ impl<C: Clock> Bulkhead<C> {
     #[inline]
     pub fn try_acquire(&self) -> Result<Permit<'_, C>, Rejected> {
         if self.inner.try_take() {
-            Ok(Permit { inner: &self.inner })
+            Ok(Permit::new(&self.inner))
         } else {
             Err(self.inner.reject(Reason::Full))
         }
@@ -170,6 +224,9 @@ impl<C: Clock> Bulkhead<C> {
     /// the new permits to waiters first; lowering it takes permits back as they are released
     /// (nothing in flight is interrupted, and nobody is admitted until in-flight is below the
     /// new limit).
+    ///
+    /// On an [adaptive](Bulkhead::adaptive) bulkhead the algorithm owns the limit: this sets it
+    /// until the next sample moves it again.
     pub fn set_max_concurrent(&self, max_concurrent: u32) -> Result<(), ConfigError> {
         if !(1..=MAX_CONCURRENT).contains(&max_concurrent) {
             return Err(ConfigError::out_of_range(
@@ -178,8 +235,14 @@ impl<C: Clock> Bulkhead<C> {
                 max_concurrent,
             ));
         }
-        self.inner.set_limit(max_concurrent);
+        self.inner.set_limit(max_concurrent, false);
         Ok(())
+    }
+
+    /// Whether the limit follows a [`LimitAlgorithm`] (built with
+    /// [`adaptive`](Bulkhead::adaptive)).
+    pub fn is_adaptive(&self) -> bool {
+        self.inner.adaptive.is_some()
     }
 
     /// The concurrency limit in force.
@@ -243,7 +306,9 @@ impl<C: Clock> Inner<C> {
         let mut word = self.word.load(Ordering::Relaxed);
         loop {
             if word & WAITERS != 0 {
-                return self.release_locked(&mut self.waiters.lock());
+                let waker = self.release_locked(&mut self.waiters.lock());
+                // Woken after the lock is released, so it doesn't wake into a held lock.
+                return wake(waker);
             }
             match self.word.compare_exchange_weak(
                 word,
@@ -257,8 +322,10 @@ impl<C: Clock> Inner<C> {
         }
     }
 
-    /// Gives one permit back with the queue lock held.
-    fn release_locked(&self, waiters: &mut Waiters) {
+    /// Gives one permit back with the queue lock held; returns the waker of the waiter it went
+    /// to, for the caller to wake once the lock is released.
+    #[must_use = "the waiter handed the permit must be woken"]
+    fn release_locked(&self, waiters: &mut Waiters) -> Option<Waker> {
         loop {
             let word = self.word.load(Ordering::Acquire);
             if word & WAITERS == 0 || available(word) < 0 {
@@ -274,23 +341,24 @@ impl<C: Clock> Inner<C> {
                     )
                     .is_ok()
                 {
-                    return;
+                    return None;
                 }
                 continue;
             }
             // Waiters and no debt: the permit goes straight to one of them. (With the bit set,
             // only lock holders change the word.)
-            if self.grant(waiters) {
-                return;
+            if let Some(waker) = self.grant(waiters) {
+                return waker;
             }
         }
     }
 
-    /// Hands a permit to the next waiter by the discipline. Returns `false`, having cleared the
-    /// [`WAITERS`] bit, if nobody waits.
-    fn grant(&self, waiters: &mut Waiters) -> bool {
+    /// Hands a permit to the next waiter by the discipline and returns its waker (to wake
+    /// once the lock is released). Returns `None`, having cleared the [`WAITERS`] bit, if
+    /// nobody waits.
+    fn grant(&self, waiters: &mut Waiters) -> Option<Option<Waker>> {
         let newest = self.settings.discipline == Discipline::Lifo;
-        let granted = waiters.queue.grant_end(newest);
+        let granted = waiters.queue.grant_end_deferred(newest);
         self.after_leave(waiters);
         granted
     }
@@ -371,7 +439,50 @@ impl<C: Clock> Inner<C> {
         Some(self.settings.max_wait.map_or(codel, |max| max.min(codel)))
     }
 
-    fn set_limit(&self, limit: u32) {
+    /// What a permit taken now records for the limit algorithm (nothing, and no clock read,
+    /// without one).
+    #[inline]
+    fn start(&self) -> Start {
+        if self.adaptive.is_none() {
+            return Start::default();
+        }
+        let limit = self.limit.load(Ordering::Relaxed);
+        let in_flight = i64::from(limit) - available(self.word.load(Ordering::Relaxed));
+        Start {
+            at: self.clock.now().as_nanos(),
+            in_flight: u32::try_from(in_flight.max(1)).unwrap_or(u32::MAX),
+            outcome: Outcome::Success,
+        }
+    }
+
+    /// Releases a permit, then feeds its sample to the limit algorithm, if any.
+    #[inline]
+    fn finish(&self, start: Start) {
+        self.release();
+        if let Some(algorithm) = &self.adaptive {
+            self.adapt(algorithm, start);
+        }
+    }
+
+    fn adapt(&self, algorithm: &Mutex<Box<dyn LimitAlgorithm>>, start: Start) {
+        let dropped = match start.outcome {
+            Outcome::Success => false,
+            Outcome::Dropped => true,
+            Outcome::Ignored => return,
+        };
+        let rtt = Duration::from_nanos(self.clock.now().as_nanos().saturating_sub(start.at));
+        // The algorithm's lock is held while the limit is set, so limits are applied in the
+        // order the algorithm produced them.
+        let mut algorithm = algorithm.lock();
+        let limit = algorithm
+            .update(Sample::new(rtt, start.in_flight, dropped))
+            .clamp(1, MAX_CONCURRENT);
+        if limit != self.limit.load(Ordering::Relaxed) {
+            self.set_limit(limit, true);
+        }
+    }
+
+    fn set_limit(&self, limit: u32, adaptive: bool) {
         let mut waiters = self.waiters.lock();
         let old = self.limit.swap(limit, Ordering::Relaxed);
         let delta = i64::from(limit) - i64::from(old);
@@ -379,20 +490,27 @@ impl<C: Clock> Inner<C> {
         self.word
             .fetch_add((delta as u64).wrapping_mul(ONE), Ordering::AcqRel);
         // New permits go to waiters first.
+        let mut wakers = Vec::new();
         loop {
             let word = self.word.load(Ordering::Acquire);
             if word & WAITERS == 0 || available(word) <= 0 {
                 break;
             }
             self.word.fetch_sub(ONE, Ordering::AcqRel);
-            if !self.grant(&mut waiters) {
+            let Some(waker) = self.grant(&mut waiters) else {
                 // Nobody was left after all: put the permit back.
                 self.word.fetch_add(ONE, Ordering::AcqRel);
                 break;
-            }
+            };
+            wakers.extend(waker);
         }
         drop(waiters);
-        tracing::info!(target: TARGET, from = old, to = limit, "bulkhead limit changed");
+        wakers.into_iter().for_each(Waker::wake);
+        if adaptive {
+            tracing::debug!(target: TARGET, from = old, to = limit, "adaptive bulkhead limit changed");
+        } else {
+            tracing::info!(target: TARGET, from = old, to = limit, "bulkhead limit changed");
+        }
     }
 
     #[cold]
@@ -420,26 +538,74 @@ impl<C: Clock> Inner<C> {
     }
 }
 
+/// What a permit carries for an adaptive bulkhead's limit algorithm: when it was taken, the
+/// permits out then, and how its work ended. Empty (and never read) without an algorithm.
+#[derive(Debug, Clone, Copy)]
+struct Start {
+    at: u64,
+    in_flight: u32,
+    outcome: Outcome,
+}
+
+impl Default for Start {
+    #[inline]
+    fn default() -> Start {
+        Start {
+            at: 0,
+            in_flight: 0,
+            outcome: Outcome::Success,
+        }
+    }
+}
+
+#[inline]
+fn wake(waker: Option<Waker>) {
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
 /// A permit from a [`Bulkhead`]: the holder is one of the `max_concurrent`. Dropping it
-/// releases it (to the next waiter, if any).
+/// releases it (to the next waiter, if any); on an adaptive bulkhead, dropping it reports the
+/// work as a success, and [`release_as`](Permit::release_as) reports another [`Outcome`].
 #[must_use = "the permit is released as soon as it is dropped"]
 pub struct Permit<'a, C: Clock = FastClock> {
     inner: &'a Arc<Inner<C>>,
+    start: Start,
 }
 
 impl<'a, C: Clock> Permit<'a, C> {
+    #[inline]
+    fn new(inner: &'a Arc<Inner<C>>) -> Permit<'a, C> {
+        Permit {
+            inner,
+            start: inner.start(),
+        }
+    }
+
     /// The same permit, owning a handle to the bulkhead so it is `'static`.
     pub fn into_owned(self) -> OwnedPermit<C> {
-        let inner = Arc::clone(self.inner);
+        let owned = OwnedPermit {
+            inner: Arc::clone(self.inner),
+            start: self.start,
+        };
         std::mem::forget(self);
-        OwnedPermit { inner }
+        owned
+    }
+
+    /// Releases the permit, reporting how its work ended to an adaptive bulkhead's limit
+    /// algorithm ([`Outcome::Dropped`] for a timeout or an overload answer,
+    /// [`Outcome::Ignored`] to leave it out). Without an algorithm this is a plain drop.
+    #[inline]
+    pub fn release_as(mut self, outcome: Outcome) {
+        self.start.outcome = outcome;
     }
 }
 
 impl<C: Clock> Drop for Permit<'_, C> {
     #[inline]
     fn drop(&mut self) {
-        self.inner.release();
+        self.inner.finish(self.start);
     }
 }
 
@@ -453,13 +619,38 @@ impl<C: Clock> fmt::Debug for Permit<'_, C> {
 /// body, and the work it guards ends when it is dropped, wherever that is.
 #[must_use = "the permit is released as soon as it is dropped"]
 pub struct OwnedPermit<C: Clock = FastClock> {
-    pub(crate) inner: Arc<Inner<C>>,
+    inner: Arc<Inner<C>>,
+    start: Start,
+}
+
+impl<C: Clock> OwnedPermit<C> {
+    /// A permit the caller has just taken from `inner` (by [`Waiter::poll_acquire`]).
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn taken(inner: &Arc<Inner<C>>) -> OwnedPermit<C> {
+        OwnedPermit {
+            inner: Arc::clone(inner),
+            start: inner.start(),
+        }
+    }
+
+    /// Releases the permit, reporting how its work ended to an adaptive bulkhead's limit
+    /// algorithm (see [`Permit::release_as`]).
+    #[inline]
+    pub fn release_as(mut self, outcome: Outcome) {
+        self.start.outcome = outcome;
+    }
+
+    /// Sets the outcome reported when the permit is dropped later.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn set_outcome(&mut self, outcome: Outcome) {
+        self.start.outcome = outcome;
+    }
 }
 
 impl<C: Clock> Drop for OwnedPermit<C> {
     #[inline]
     fn drop(&mut self) {
-        self.inner.release();
+        self.inner.finish(self.start);
     }
 }
 
@@ -492,7 +683,7 @@ impl<'a, C: Clock> Future for Acquire<'a, C> {
         let inner = this.inner;
         this.waiter
             .poll_acquire(inner, cx)
-            .map_ok(|()| Permit { inner })
+            .map_ok(|()| Permit::new(inner))
     }
 }
 
@@ -588,12 +779,17 @@ impl Waiter {
     pub(crate) fn cancel<C: Clock>(&mut self, inner: &Inner<C>) {
         if let Waiter::Queued { ticket, .. } = std::mem::take(self) {
             let mut waiters = inner.waiters.lock();
-            match waiters.queue.remove(ticket) {
-                Some(Status::Waiting(_)) => inner.after_leave(&mut waiters),
+            let waker = match waiters.queue.remove(ticket) {
+                Some(Status::Waiting(_)) => {
+                    inner.after_leave(&mut waiters);
+                    None
+                }
                 // Handed a permit it will never use: pass it on.
                 Some(Status::Granted) => inner.release_locked(&mut waiters),
-                None => {}
-            }
+                None => None,
+            };
+            drop(waiters);
+            wake(waker);
         }
     }
 }

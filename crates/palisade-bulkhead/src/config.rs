@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use palisade_core::{Clock, FastClock};
 
+use crate::adaptive::LimitAlgorithm;
 use crate::bulkhead::Bulkhead;
 use crate::error::ConfigError;
 
@@ -67,10 +68,14 @@ pub(crate) struct Settings {
 /// | [`max_wait`](BulkheadBuilder::max_wait) | none (wait for a permit as long as it takes) | `0..=24 h` (0: never wait) |
 /// | [`discipline`](BulkheadBuilder::discipline) | [`Discipline::Fifo`] | CoDel: `1 ms <= target <= interval <= 24 h` |
 /// | [`clock`](BulkheadBuilder::clock) | [`FastClock`] | any [`Clock`] |
+///
+/// An [adaptive](Bulkhead::adaptive) bulkhead starts at its algorithm's initial limit instead of
+/// `max_concurrent`, and its algorithm's bounds must lie in `1..=2^30−1`.
 pub struct BulkheadBuilder<C: Clock = FastClock> {
     settings: Settings,
     max_queued_set: bool,
     clock: C,
+    algorithm: Option<Box<dyn LimitAlgorithm>>,
 }
 
 impl<C: Clock> fmt::Debug for BulkheadBuilder<C> {
@@ -78,6 +83,7 @@ impl<C: Clock> fmt::Debug for BulkheadBuilder<C> {
         f.debug_struct("BulkheadBuilder")
             .field("settings", &self.settings)
             .field("clock", &self.clock)
+            .field("algorithm", &self.algorithm)
             .finish()
     }
 }
@@ -93,6 +99,14 @@ impl BulkheadBuilder<FastClock> {
             },
             max_queued_set: false,
             clock: FastClock::new(),
+            algorithm: None,
+        }
+    }
+
+    pub(crate) fn adaptive(algorithm: Box<dyn LimitAlgorithm>) -> BulkheadBuilder<FastClock> {
+        BulkheadBuilder {
+            algorithm: Some(algorithm),
+            ..BulkheadBuilder::new(0)
         }
     }
 }
@@ -121,18 +135,38 @@ impl<C: Clock> BulkheadBuilder<C> {
         self
     }
 
-    /// The clock CoDel reads: `TokioClock` to follow tokio's (paused) time in tests.
+    /// The clock CoDel and an adaptive bulkhead read (latency of each permit): `TokioClock`
+    /// to follow tokio's (paused) time in tests.
     pub fn clock<C2: Clock>(self, clock: C2) -> BulkheadBuilder<C2> {
         BulkheadBuilder {
             settings: self.settings,
             max_queued_set: self.max_queued_set,
             clock,
+            algorithm: self.algorithm,
         }
     }
 
     /// Validates every knob and builds the bulkhead.
     pub fn build(mut self) -> Result<Bulkhead<C>, ConfigError> {
         let s = &mut self.settings;
+        if let Some(algorithm) = &self.algorithm {
+            let (min, max) = algorithm.bounds();
+            if min < 1 || max > MAX_CONCURRENT || min > max {
+                return Err(ConfigError::out_of_range(
+                    "algorithm bounds",
+                    format!("within 1..={MAX_CONCURRENT}, min <= max"),
+                    (min, max),
+                ));
+            }
+            s.max_concurrent = algorithm.initial_limit();
+            if !(min..=max).contains(&s.max_concurrent) {
+                return Err(ConfigError::out_of_range(
+                    "algorithm initial_limit",
+                    format!("within its bounds ({min}..={max})"),
+                    s.max_concurrent,
+                ));
+            }
+        }
         if !(1..=MAX_CONCURRENT).contains(&s.max_concurrent) {
             return Err(ConfigError::out_of_range(
                 "max_concurrent",
@@ -171,6 +205,10 @@ impl<C: Clock> BulkheadBuilder<C> {
                 ));
             }
         }
-        Ok(Bulkhead::from_settings(self.settings, self.clock))
+        Ok(Bulkhead::from_settings(
+            self.settings,
+            self.clock,
+            self.algorithm,
+        ))
     }
 }

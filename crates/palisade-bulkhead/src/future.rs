@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use palisade_core::Clock;
 use pin_project_lite::pin_project;
 
+use crate::adaptive::Outcome;
 use crate::bulkhead::OwnedPermit;
 use crate::error::Rejected;
 use crate::service::OnResponse;
@@ -90,11 +91,15 @@ where
                 release,
             } => {
                 let output = std::task::ready!(future.poll(cx));
-                let permit = permit
+                let mut permit = permit
                     .take()
                     .expect("`ResponseFuture` polled after it completed");
                 Poll::Ready(match output {
-                    Ok(response) => Ok(release.on_response(response, permit)),
+                    Ok(response) => {
+                        permit.set_outcome(Outcome::Success);
+                        Ok(release.on_response(response, permit))
+                    }
+                    // The permit already carries the service's outcome for errors.
                     Err(error) => {
                         drop(permit);
                         Err(error.into())

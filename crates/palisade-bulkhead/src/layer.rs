@@ -3,6 +3,7 @@
 use palisade_core::{Clock, FastClock};
 use tower_layer::Layer;
 
+use crate::adaptive::Outcome;
 use crate::bulkhead::Bulkhead;
 use crate::service::{BulkheadService, ReleaseOnResponse};
 
@@ -35,6 +36,7 @@ pub enum Mode {
 pub struct BulkheadLayer<C: Clock = FastClock, R = ReleaseOnResponse> {
     bulkhead: Bulkhead<C>,
     mode: Mode,
+    errors: Outcome,
     release: R,
 }
 
@@ -45,6 +47,7 @@ impl<C: Clock> BulkheadLayer<C> {
         BulkheadLayer {
             bulkhead,
             mode: Mode::Wait,
+            errors: Outcome::Dropped,
             release: ReleaseOnResponse,
         }
     }
@@ -57,6 +60,18 @@ impl<C: Clock, R> BulkheadLayer<C, R> {
         self
     }
 
+    /// What an error from the inner service, or a response future dropped before it completed
+    /// (an outer timeout, a caller gone), reports to an [adaptive](Bulkhead::adaptive)
+    /// bulkhead's limit algorithm. The default, [`Outcome::Dropped`], reads them as overload;
+    /// [`Outcome::Ignored`] leaves them out (for errors that say nothing about capacity).
+    /// Responses report [`Outcome::Success`]; to classify a response (a 503, say), take its
+    /// permit with [`release_with`](BulkheadLayer::release_with) and call
+    /// [`OwnedPermit::release_as`](crate::OwnedPermit::release_as).
+    pub fn errors_as(mut self, outcome: Outcome) -> Self {
+        self.errors = outcome;
+        self
+    }
+
     /// Hands the permit to `release` with the response instead of releasing it when the
     /// response future completes: for a streaming body, move the permit into the body so the
     /// work counts until the body ends. `release` is any
@@ -65,6 +80,7 @@ impl<C: Clock, R> BulkheadLayer<C, R> {
         BulkheadLayer {
             bulkhead: self.bulkhead,
             mode: self.mode,
+            errors: self.errors,
             release,
         }
     }
@@ -85,5 +101,6 @@ impl<S, C: Clock, R: Clone> Layer<S> for BulkheadLayer<C, R> {
             self.mode,
             self.release.clone(),
         )
+        .with_errors_as(self.errors)
     }
 }

@@ -9,16 +9,25 @@ mod error;
 mod future;
 #[cfg(feature = "tower")]
 mod layer;
+mod partition;
 mod queue;
 #[cfg(feature = "tower")]
 mod service;
 
 pub use crate::adaptive::{
-    Aimd, AimdBuilder, Gradient2, Gradient2Builder, LimitAlgorithm, Sample, Vegas, VegasBuilder,
+    Aimd, AimdBuilder, Gradient2, Gradient2Builder, LimitAlgorithm, Outcome, Sample, Vegas,
+    VegasBuilder,
 };
 pub use crate::bulkhead::{Acquire, Bulkhead, Metrics, OwnedPermit, Permit};
 pub use crate::config::{BulkheadBuilder, Discipline, MAX_CONCURRENT, MAX_QUEUED, MAX_WAIT};
 pub use crate::error::{ConfigError, Reason, Rejected};
+pub use crate::partition::{
+    MAX_PARTITIONS, OwnedPartitionPermit, Partition, PartitionAcquire, PartitionAcquireOwned,
+    PartitionId, PartitionMetrics, PartitionPermit, PartitionedBulkhead,
+    PartitionedBulkheadBuilder,
+};
+#[cfg(feature = "tower")]
+pub use crate::partition::{PartitionedLayer, PartitionedResponseFuture, PartitionedService};
 #[cfg(feature = "tower")]
 pub use crate::future::{BoxError, ResponseFuture};
 #[cfg(feature = "tower")]

@@ -139,18 +139,16 @@ impl Queue {
         Some(node.status)
     }
 
-    /// Takes the waiter at the oldest (`newest == false`) or newest end out of the list,
-    /// marks it granted and wakes it. Returns `false` if nobody waits.
-    pub(crate) fn grant_end(&mut self, newest: bool) -> bool {
-        let Some(index) = (if newest { self.tail } else { self.head }) else {
-            return false;
-        };
+    /// Grants the waiter at the chosen end (the newest if `newest`, else the oldest): marks it
+    /// granted and hands back its waker (`Some(None)` if it had none yet), for the caller to
+    /// wake once it has released its lock. `None` if nobody waits.
+    pub(crate) fn grant_end_deferred(&mut self, newest: bool) -> Option<Option<Waker>> {
+        let index = if newest { self.tail } else { self.head }?;
         self.unlink(index);
-        let node = self.node_mut(index);
-        if let Status::Waiting(Some(waker)) = std::mem::replace(&mut node.status, Status::Granted) {
-            waker.wake();
+        match std::mem::replace(&mut self.node_mut(index).status, Status::Granted) {
+            Status::Waiting(waker) => Some(waker),
+            Status::Granted => unreachable!("a linked waiter is waiting"),
         }
-        true
     }
 }
 
@@ -177,16 +175,16 @@ mod tests {
         // Leaving from the middle keeps the ends linked.
         assert!(matches!(q.remove(b), Some(Status::Waiting(_))));
         assert_eq!(q.len(), 3);
-        assert!(q.grant_end(true));
+        assert!(q.grant_end_deferred(true).is_some());
         assert_eq!(status(&mut q, d), "granted");
-        assert!(q.grant_end(false));
+        assert!(q.grant_end_deferred(false).is_some());
         assert_eq!(status(&mut q, a), "granted");
         assert_eq!(status(&mut q, c), "waiting");
-        assert!(q.grant_end(false));
+        assert!(q.grant_end_deferred(false).is_some());
         assert_eq!(status(&mut q, c), "granted");
         assert!(q.is_empty());
-        assert!(!q.grant_end(false));
-        assert!(!q.grant_end(true));
+        assert!(q.grant_end_deferred(false).is_none());
+        assert!(q.grant_end_deferred(true).is_none());
         // Granted waiters keep their slot until they take their permit.
         assert!(matches!(q.remove(c), Some(Status::Granted)));
         assert!(q.remove(c).is_none(), "a ticket is good once");
@@ -203,7 +201,7 @@ mod tests {
     }
 
     #[test]
-    fn granting_wakes_the_waiter() {
+    fn granting_hands_back_the_waiters_waker() {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicUsize, Ordering};
         use std::task::Wake;
@@ -217,7 +215,16 @@ mod tests {
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let mut q = Queue::default();
         let t = q.push(Some(Waker::from(Arc::clone(&count))));
-        assert!(q.grant_end(false));
+        let waker = q
+            .grant_end_deferred(false)
+            .expect("a waiter")
+            .expect("its waker");
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            0,
+            "not woken under the caller's lock"
+        );
+        waker.wake();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert!(matches!(q.remove(t), Some(Status::Granted)));
     }

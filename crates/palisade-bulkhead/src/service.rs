@@ -3,10 +3,10 @@
 use std::fmt;
 use std::task::{Context, Poll};
 
-use palisade_core::sync::Arc;
 use palisade_core::{Clock, FastClock};
 use tower_service::Service;
 
+use crate::adaptive::Outcome;
 use crate::bulkhead::{Bulkhead, OwnedPermit, Waiter};
 use crate::error::{Reason, Rejected};
 use crate::future::{BoxError, ResponseFuture};
@@ -56,9 +56,15 @@ where
 /// The permit is held from `poll_ready` until the response future completes (or by the
 /// layer's `release_with` function). A service dropped while waiting leaves the queue; one
 /// dropped holding a permit releases it. Clones start without a permit.
+///
+/// On an [adaptive](Bulkhead::adaptive) bulkhead, a response reports
+/// [`Outcome::Success`] with its latency, and an error or a response future dropped before it
+/// completed (an outer timeout, a caller gone) reports the layer's
+/// [`errors_as`](crate::BulkheadLayer::errors_as) outcome, [`Outcome::Dropped`] by default.
 pub struct BulkheadService<S, C: Clock = FastClock, R = ReleaseOnResponse> {
     inner: S,
     mode: Mode,
+    errors: Outcome,
     release: R,
     slot: Slot<C>,
 }
@@ -85,11 +91,13 @@ impl<C: Clock> Drop for Slot<C> {
 }
 
 impl<S, C: Clock, R> BulkheadService<S, C, R> {
-    /// Wraps `inner` with `bulkhead`.
+    /// Wraps `inner` with `bulkhead`; errors and cancelled responses report
+    /// [`Outcome::Dropped`] (see [`with_errors_as`](BulkheadService::with_errors_as)).
     pub fn new(inner: S, bulkhead: Bulkhead<C>, mode: Mode, release: R) -> Self {
         BulkheadService {
             inner,
             mode,
+            errors: Outcome::Dropped,
             release,
             slot: Slot {
                 bulkhead,
@@ -97,6 +105,13 @@ impl<S, C: Clock, R> BulkheadService<S, C, R> {
                 ready: Ready::Idle,
             },
         }
+    }
+
+    /// What an error, or a response future dropped before it completed, reports to an
+    /// adaptive bulkhead's limit algorithm.
+    pub fn with_errors_as(mut self, outcome: Outcome) -> Self {
+        self.errors = outcome;
+        self
     }
 
     /// The shared bulkhead.
@@ -129,6 +144,7 @@ impl<S: Clone, C: Clock, R: Clone> Clone for BulkheadService<S, C, R> {
             self.mode,
             self.release.clone(),
         )
+        .with_errors_as(self.errors)
     }
 }
 
@@ -166,9 +182,8 @@ where
             let outcome = match self.mode {
                 Mode::Wait => {
                     let inner = slot.bulkhead.inner();
-                    std::task::ready!(slot.waiter.poll_acquire(inner, cx)).map(|()| OwnedPermit {
-                        inner: Arc::clone(inner),
-                    })
+                    std::task::ready!(slot.waiter.poll_acquire(inner, cx))
+                        .map(|()| OwnedPermit::taken(inner))
                 }
                 Mode::Shed => slot.bulkhead.try_acquire_owned(),
             };
@@ -185,7 +200,9 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         match std::mem::replace(&mut self.slot.ready, Ready::Idle) {
-            Ready::Permit(permit) => {
+            Ready::Permit(mut permit) => {
+                // Until the response arrives, the permit would report a cancellation.
+                permit.set_outcome(self.errors);
                 ResponseFuture::called(self.inner.call(req), permit, self.release.clone())
             }
             Ready::Refused(rejected) => ResponseFuture::refused(rejected),

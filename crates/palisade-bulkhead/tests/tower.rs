@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use palisade_bulkhead::{
-    BoxError, Bulkhead, BulkheadLayer, BulkheadService, OwnedPermit, Reason, Rejected,
+    Aimd, BoxError, Bulkhead, BulkheadLayer, BulkheadService, Outcome, OwnedPermit, Reason,
+    Rejected,
 };
 use tokio::sync::oneshot;
 use tower_layer::Layer;
@@ -204,6 +205,80 @@ async fn release_with_moves_the_permit_into_the_response() {
     let body = svc.call(()).await.unwrap();
     assert_eq!(in_flight(&bulkhead), 1, "the body still holds the permit");
     drop(body);
+    assert_eq!(in_flight(&bulkhead), 0);
+}
+
+/// An adaptive bulkhead whose AIMD cuts 10 to 5 on the first drop.
+fn adaptive() -> Bulkhead {
+    let aimd = Aimd::builder()
+        .initial_limit(10)
+        .backoff_ratio(0.5)
+        .build()
+        .unwrap();
+    Bulkhead::adaptive(aimd).build().unwrap()
+}
+
+/// Calls once through a fresh service of `layer` and answers with `answer`, or drops the
+/// response future unanswered if `answer` is `None`.
+async fn one_call<R>(
+    layer: &BulkheadLayer<palisade_core::FastClock, R>,
+    answer: Option<Result<u32, BoxError>>,
+) where
+    R: Clone + palisade_bulkhead::OnResponse<u32, palisade_core::FastClock>,
+{
+    let mut svc = layer.layer(Slow::default());
+    poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    let (response, reply) = start(&mut svc);
+    match answer {
+        Some(answer) => {
+            reply.send(answer).unwrap();
+            let _ = response.await;
+        }
+        None => drop(response),
+    }
+}
+
+#[tokio::test]
+async fn errors_and_dropped_responses_tell_an_adaptive_bulkhead_of_overload() {
+    for (answer, errors_as, limit) in [
+        (Some(Ok(1)), Outcome::Dropped, 10),
+        (Some(Err("timed out".into())), Outcome::Dropped, 5),
+        (None, Outcome::Dropped, 5),
+        (Some(Err("not found".into())), Outcome::Ignored, 10),
+        (None, Outcome::Ignored, 10),
+    ] {
+        let bulkhead = adaptive();
+        let layer = BulkheadLayer::new(bulkhead.clone()).errors_as(errors_as);
+        one_call(&layer, answer).await;
+        assert_eq!(bulkhead.max_concurrent(), limit, "errors as {errors_as:?}");
+        assert_eq!(in_flight(&bulkhead), 0);
+    }
+    // The setting survives cloning a service.
+    let bulkhead = adaptive();
+    let layer = BulkheadLayer::new(bulkhead.clone()).errors_as(Outcome::Ignored);
+    let mut svc = layer.layer(Slow::default()).clone();
+    poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    let (response, reply) = start(&mut svc);
+    reply.send(Err("not found".into())).unwrap();
+    let _ = response.await;
+    assert_eq!(bulkhead.max_concurrent(), 10);
+}
+
+#[tokio::test]
+async fn release_with_can_classify_a_response() {
+    let bulkhead = adaptive();
+    // A 503 (here: 503u32) is overload although the call succeeded.
+    let layer =
+        BulkheadLayer::new(bulkhead.clone()).release_with(|status: u32, permit: OwnedPermit| {
+            if status == 503 {
+                permit.release_as(Outcome::Dropped);
+            }
+            status
+        });
+    one_call(&layer, Some(Ok(200))).await;
+    assert_eq!(bulkhead.max_concurrent(), 10);
+    one_call(&layer, Some(Ok(503))).await;
+    assert_eq!(bulkhead.max_concurrent(), 5);
     assert_eq!(in_flight(&bulkhead), 0);
 }
 
