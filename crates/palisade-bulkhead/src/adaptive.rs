@@ -2,7 +2,7 @@
 //! reports, in the manner of Netflix's `concurrency-limits`.
 //!
 //! Each finished piece of work yields a [`Sample`] (its round-trip time, the permits in flight
-//! when it started, and whether it failed from overload); a [`LimitAlgorithm`] turns the stream
+//! as it ended, and whether it failed from overload); a [`LimitAlgorithm`] turns the stream
 //! of samples into a limit that always stays within its `[min_limit, max_limit]`. The algorithms
 //! are pure logic: no clock reads, no I/O, no randomness, so the same samples give the same
 //! limits.
@@ -31,14 +31,15 @@ use crate::error::ConfigError;
 pub struct Sample {
     /// How long the work took (acquire to release).
     pub rtt: Duration,
-    /// Permits in flight when the work started (including its own).
+    /// Permits in flight as the work ended (its own included). An adaptive bulkhead reads it
+    /// as the permit is released: work that kept the limit busy reports a busy bulkhead.
     pub in_flight: u32,
     /// The work failed in a way that signals overload (timeout, downstream rejection).
     pub dropped: bool,
 }
 
 impl Sample {
-    /// A sample of work that took `rtt`, started with `in_flight` permits in use (its own
+    /// A sample of work that took `rtt`, ended with `in_flight` permits in use (its own
     /// included), and failed from overload if `dropped`.
     pub const fn new(rtt: Duration, in_flight: u32, dropped: bool) -> Sample {
         Sample {

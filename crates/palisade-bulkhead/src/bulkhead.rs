@@ -306,9 +306,7 @@ impl<C: Clock> Inner<C> {
         let mut word = self.word.load(Ordering::Relaxed);
         loop {
             if word & WAITERS != 0 {
-                let waker = self.release_locked(&mut self.waiters.lock());
-                // Woken after the lock is released, so it doesn't wake into a held lock.
-                return wake(waker);
+                return self.release_to_waiter();
             }
             match self.word.compare_exchange_weak(
                 word,
@@ -320,6 +318,15 @@ impl<C: Clock> Inner<C> {
                 Err(actual) => word = actual,
             }
         }
+    }
+
+    /// [`release`](Inner::release) when someone waits: under the queue lock.
+    #[cold]
+    #[inline(never)]
+    fn release_to_waiter(&self) {
+        let waker = self.release_locked(&mut self.waiters.lock());
+        // Woken after the lock is released, so it doesn't wake into a held lock.
+        wake(waker);
     }
 
     /// Gives one permit back with the queue lock held; returns the waker of the waiter it went
@@ -446,36 +453,37 @@ impl<C: Clock> Inner<C> {
         if self.adaptive.is_none() {
             return Start::default();
         }
-        let limit = self.limit.load(Ordering::Relaxed);
-        let in_flight = i64::from(limit) - available(self.word.load(Ordering::Relaxed));
-        Start {
-            at: self.clock.now().as_nanos(),
-            in_flight: u32::try_from(in_flight.max(1)).unwrap_or(u32::MAX),
-            outcome: Outcome::Success,
-        }
+        Start::new(self.clock.now().as_nanos())
     }
 
     /// Releases a permit, then feeds its sample to the limit algorithm, if any.
     #[inline]
     fn finish(&self, start: Start) {
-        self.release();
         if let Some(algorithm) = &self.adaptive {
-            self.adapt(algorithm, start);
+            return self.adapt(algorithm, start);
         }
+        self.release();
     }
 
+    /// Releases a permit of an adaptive bulkhead and feeds its sample to the algorithm.
+    #[inline(never)]
     fn adapt(&self, algorithm: &Mutex<Box<dyn LimitAlgorithm>>, start: Start) {
-        let dropped = match start.outcome {
+        // In flight as the work ends, its own permit included.
+        let limit = self.limit.load(Ordering::Relaxed);
+        let in_flight = i64::from(limit) - available(self.word.load(Ordering::Relaxed));
+        let in_flight = u32::try_from(in_flight.max(1)).unwrap_or(u32::MAX);
+        self.release();
+        let dropped = match start.outcome() {
             Outcome::Success => false,
             Outcome::Dropped => true,
             Outcome::Ignored => return,
         };
-        let rtt = Duration::from_nanos(self.clock.now().as_nanos().saturating_sub(start.at));
+        let rtt = Duration::from_nanos(self.clock.now().as_nanos().saturating_sub(start.at()));
         // The algorithm's lock is held while the limit is set, so limits are applied in the
         // order the algorithm produced them.
         let mut algorithm = algorithm.lock();
         let limit = algorithm
-            .update(Sample::new(rtt, start.in_flight, dropped))
+            .update(Sample::new(rtt, in_flight, dropped))
             .clamp(1, MAX_CONCURRENT);
         if limit != self.limit.load(Ordering::Relaxed) {
             self.set_limit(limit, true);
@@ -538,23 +546,42 @@ impl<C: Clock> Inner<C> {
     }
 }
 
-/// What a permit carries for an adaptive bulkhead's limit algorithm: when it was taken, the
-/// permits out then, and how its work ended. Empty (and never read) without an algorithm.
-#[derive(Debug, Clone, Copy)]
-struct Start {
-    at: u64,
-    in_flight: u32,
-    outcome: Outcome,
-}
+/// What a permit carries for an adaptive bulkhead's limit algorithm, in one word so a permit
+/// stays two words: when it was taken (nanoseconds on the bulkhead's clock, low 62 bits) and
+/// how its work ended (top 2 bits). Zero (and never read) without an algorithm.
+#[derive(Debug, Clone, Copy, Default)]
+struct Start(u64);
 
-impl Default for Start {
+impl Start {
+    const SHIFT: u32 = 62;
+    const AT: u64 = (1 << Start::SHIFT) - 1;
+
     #[inline]
-    fn default() -> Start {
-        Start {
-            at: 0,
-            in_flight: 0,
-            outcome: Outcome::Success,
+    fn new(at: u64) -> Start {
+        // 2^62 ns is 146 years of uptime.
+        Start(at.min(Start::AT))
+    }
+
+    fn at(self) -> u64 {
+        self.0 & Start::AT
+    }
+
+    fn outcome(self) -> Outcome {
+        match self.0 >> Start::SHIFT {
+            0 => Outcome::Success,
+            1 => Outcome::Dropped,
+            _ => Outcome::Ignored,
         }
+    }
+
+    #[inline]
+    fn set_outcome(&mut self, outcome: Outcome) {
+        let bits: u64 = match outcome {
+            Outcome::Success => 0,
+            Outcome::Dropped => 1,
+            Outcome::Ignored => 2,
+        };
+        self.0 = (self.0 & Start::AT) | (bits << Start::SHIFT);
     }
 }
 
@@ -598,7 +625,7 @@ impl<'a, C: Clock> Permit<'a, C> {
     /// [`Outcome::Ignored`] to leave it out). Without an algorithm this is a plain drop.
     #[inline]
     pub fn release_as(mut self, outcome: Outcome) {
-        self.start.outcome = outcome;
+        self.start.set_outcome(outcome);
     }
 }
 
@@ -637,13 +664,13 @@ impl<C: Clock> OwnedPermit<C> {
     /// algorithm (see [`Permit::release_as`]).
     #[inline]
     pub fn release_as(mut self, outcome: Outcome) {
-        self.start.outcome = outcome;
+        self.start.set_outcome(outcome);
     }
 
     /// Sets the outcome reported when the permit is dropped later.
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn set_outcome(&mut self, outcome: Outcome) {
-        self.start.outcome = outcome;
+        self.start.set_outcome(outcome);
     }
 }
 

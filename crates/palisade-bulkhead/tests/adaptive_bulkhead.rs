@@ -1,5 +1,5 @@
 //! An adaptive bulkhead: its limit is exactly what its algorithm makes of the permits' samples
-//! (latency measured on the bulkhead's clock, in-flight at acquire, the outcome), permits stay
+//! (latency measured on the bulkhead's clock, in-flight at release, the outcome), permits stay
 //! within it, and a closed loop against a dependency that slows under load settles in a band.
 
 use std::sync::Arc;
@@ -151,8 +151,8 @@ proptest! {
             .unwrap();
         let mut reference = algorithm(which, min, max, initial);
         let mut expected = initial;
-        // (permit, acquired at ms, in flight when taken)
-        let mut held: Vec<(OwnedPermit<ManualClock>, u64, u32)> = Vec::new();
+        // (permit, acquired at ms)
+        let mut held: Vec<(OwnedPermit<ManualClock>, u64)> = Vec::new();
         let mut now_ms = 0u64;
         for op in ops {
             match op {
@@ -161,7 +161,7 @@ proptest! {
                         let in_flight = bulkhead.metrics().in_flight;
                         prop_assert!(in_flight <= bulkhead.max_concurrent());
                         prop_assert_eq!(in_flight as usize, held.len() + 1);
-                        held.push((permit, now_ms, in_flight));
+                        held.push((permit, now_ms));
                     } else {
                         prop_assert!(held.len() as u32 >= bulkhead.max_concurrent());
                     }
@@ -170,7 +170,9 @@ proptest! {
                 Op::Release(i, ms, outcome) => {
                     clock.advance(Duration::from_millis(ms));
                     now_ms += ms;
-                    let (permit, at, in_flight) = held.remove(i % held.len());
+                    // In flight as it ends, its own permit included.
+                    let in_flight = held.len() as u32;
+                    let (permit, at) = held.remove(i % held.len());
                     if outcome == Outcome::Success {
                         drop(permit);
                     } else {
