@@ -50,6 +50,43 @@ impl Discipline {
     }
 }
 
+/// Checks the knobs of waiting, shared by [`BulkheadBuilder`] and the partitioned builder.
+pub(crate) fn validate_waiting(
+    max_queued: usize,
+    max_wait: Option<Duration>,
+    discipline: Discipline,
+) -> Result<(), ConfigError> {
+    if max_queued > MAX_QUEUED {
+        return Err(ConfigError::out_of_range(
+            "max_queued",
+            format!("in 0..={MAX_QUEUED}"),
+            max_queued,
+        ));
+    }
+    if let Some(wait) = max_wait
+        && wait > MAX_WAIT
+    {
+        return Err(ConfigError::out_of_range("max_wait", "at most 24 h", wait));
+    }
+    if let Discipline::CoDel { target, interval } = discipline {
+        if target < Duration::from_millis(1) || target > interval {
+            return Err(ConfigError::out_of_range(
+                "discipline",
+                "a CoDel target of at least 1 ms and at most the interval",
+                target,
+            ));
+        }
+        if interval > MAX_WAIT {
+            return Err(ConfigError::out_of_range(
+                "discipline",
+                "a CoDel interval of at most 24 h",
+                interval,
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The validated configuration, shared by the bulkhead.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
@@ -177,34 +214,7 @@ impl<C: Clock> BulkheadBuilder<C> {
         if !self.max_queued_set {
             s.max_queued = s.max_concurrent as usize;
         }
-        if s.max_queued > MAX_QUEUED {
-            return Err(ConfigError::out_of_range(
-                "max_queued",
-                format!("in 0..={MAX_QUEUED}"),
-                s.max_queued,
-            ));
-        }
-        if let Some(wait) = s.max_wait
-            && wait > MAX_WAIT
-        {
-            return Err(ConfigError::out_of_range("max_wait", "at most 24 h", wait));
-        }
-        if let Discipline::CoDel { target, interval } = s.discipline {
-            if target < Duration::from_millis(1) || target > interval {
-                return Err(ConfigError::out_of_range(
-                    "discipline",
-                    "a CoDel target of at least 1 ms and at most the interval",
-                    target,
-                ));
-            }
-            if interval > MAX_WAIT {
-                return Err(ConfigError::out_of_range(
-                    "discipline",
-                    "a CoDel interval of at most 24 h",
-                    interval,
-                ));
-            }
-        }
+        validate_waiting(s.max_queued, s.max_wait, s.discipline)?;
         Ok(Bulkhead::from_settings(
             self.settings,
             self.clock,

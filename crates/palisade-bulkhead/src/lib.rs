@@ -21,6 +21,10 @@ pub use crate::adaptive::{
 pub use crate::bulkhead::{Acquire, Bulkhead, Metrics, OwnedPermit, Permit};
 pub use crate::config::{BulkheadBuilder, Discipline, MAX_CONCURRENT, MAX_QUEUED, MAX_WAIT};
 pub use crate::error::{ConfigError, Reason, Rejected};
+#[cfg(feature = "tower")]
+pub use crate::future::{BoxError, ResponseFuture};
+#[cfg(feature = "tower")]
+pub use crate::layer::{BulkheadLayer, Mode};
 pub use crate::partition::{
     MAX_PARTITIONS, OwnedPartitionPermit, Partition, PartitionAcquire, PartitionAcquireOwned,
     PartitionId, PartitionMetrics, PartitionPermit, PartitionedBulkhead,
@@ -28,9 +32,5 @@ pub use crate::partition::{
 };
 #[cfg(feature = "tower")]
 pub use crate::partition::{PartitionedLayer, PartitionedResponseFuture, PartitionedService};
-#[cfg(feature = "tower")]
-pub use crate::future::{BoxError, ResponseFuture};
-#[cfg(feature = "tower")]
-pub use crate::layer::{BulkheadLayer, Mode};
 #[cfg(feature = "tower")]
 pub use crate::service::{BulkheadService, OnResponse, ReleaseOnResponse};

@@ -1,12 +1,15 @@
 //! Concurrency models of the bulkhead's protocol (see docs/testing.md for how they run): never
 //! more than the limit in flight, a waiter cancelled while queued neither leaks nor steals a
-//! permit, and a limit change racing acquires and releases keeps the count exact.
+//! permit (FIFO, LIFO and CoDel), and a limit change racing acquires and releases keeps the
+//! count exact; for a partitioned bulkhead, a release racing queued and cancelled waiters of
+//! two partitions never exceeds the total and leaks nothing, and neither does a total change
+//! racing a release.
 
 use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use palisade_bulkhead::Bulkhead;
+use palisade_bulkhead::{Bulkhead, Discipline, Partition, PartitionedBulkhead};
 use palisade_core::ManualClock;
 use palisade_core::sync::atomic::{AtomicUsize, Ordering};
 use palisade_core::sync::{Arc, model, thread};
@@ -133,5 +136,168 @@ fn a_limit_change_racing_acquires_and_releases_keeps_the_count_exact() {
             .take(3)
             .collect();
         assert_eq!(extra.len() + held, 2);
+    }));
+}
+
+/// The race of [`a_waiter_cancelled_while_queued_neither_leaks_nor_steals_a_permit`] under
+/// another discipline: one permit held, a waiter that queues and gives up, a real waiter, and
+/// the release, in every order. With `runtime`, each thread runs in its context (needed for
+/// wait deadlines).
+fn cancelled_waiter_model(b: Bulkhead<ManualClock>, runtime: Option<tokio::runtime::Handle>) {
+    let held = b.try_acquire_owned().unwrap();
+    let running = Arc::new(AtomicUsize::new(0));
+    let canceller = {
+        let (b, runtime) = (b.clone(), runtime.clone());
+        thread::spawn(move || {
+            let _context = enter(runtime.as_ref());
+            let mut acquire = pin!(b.acquire());
+            let polled = acquire
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()));
+            matches!(polled, Poll::Ready(Ok(_)))
+        })
+    };
+    let waiter = {
+        let (b, running) = (b.clone(), Arc::clone(&running));
+        thread::spawn(move || {
+            let _context = enter(runtime.as_ref());
+            guarded(&b, &running, 1);
+        })
+    };
+    drop(held);
+    canceller.join().unwrap();
+    waiter.join().unwrap();
+    let m = b.metrics();
+    assert_eq!((m.in_flight, m.queued), (0, 0));
+    assert!(b.try_acquire().is_ok());
+}
+
+#[test]
+fn lifo_never_exceeds_the_limit_and_a_cancelled_waiter_leaks_nothing() {
+    explored(model(|| {
+        let b = Bulkhead::builder(1)
+            .max_queued(4)
+            .discipline(Discipline::Lifo)
+            .clock(ManualClock::new())
+            .build()
+            .unwrap();
+        cancelled_waiter_model(b, None);
+    }));
+}
+
+/// Enters `runtime`'s context on a spawned thread. Under loom there is nothing to do: loom's
+/// threads are coroutines on the model's OS thread, which entered it already (and entering per
+/// loom thread would drop tokio's context guards out of order).
+fn enter(runtime: Option<&tokio::runtime::Handle>) -> Option<tokio::runtime::EnterGuard<'_>> {
+    if cfg!(palisade_loom) {
+        None
+    } else {
+        runtime.map(tokio::runtime::Handle::enter)
+    }
+}
+
+#[test]
+fn codel_never_exceeds_the_limit_and_a_cancelled_waiter_leaks_nothing() {
+    explored(model(|| {
+        // CoDel gives every waiter a deadline, whose timer needs a tokio runtime to exist;
+        // nothing drives it, so no deadline passes and the model stays deterministic.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _context = runtime.enter();
+        let b = Bulkhead::builder(1)
+            .max_queued(4)
+            .discipline(Discipline::codel())
+            .clock(ManualClock::new())
+            .build()
+            .unwrap();
+        cancelled_waiter_model(b, Some(runtime.handle().clone()));
+    }));
+}
+
+/// Two partitions of one total permit: `a` guaranteed it, `b` borrowing.
+fn partitioned() -> (
+    PartitionedBulkhead<ManualClock>,
+    Partition<ManualClock>,
+    Partition<ManualClock>,
+) {
+    let b = PartitionedBulkhead::builder(1)
+        .partition("a", 1)
+        .partition("b", 0)
+        .max_queued(2)
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    let (pa, pb) = (b.partition("a").unwrap(), b.partition("b").unwrap());
+    (b, pa, pb)
+}
+
+/// Acquires from `p` (waiting if need be), checks the permits out over all partitions against
+/// `total` while holding the permit, and releases.
+fn guarded_partition(p: &Partition<ManualClock>, running: &AtomicUsize, total: usize) {
+    let permit = block_on(p.acquire()).expect("the queue has room");
+    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+    assert!(now <= total, "{now} in flight with a total of {total}");
+    running.fetch_sub(1, Ordering::SeqCst);
+    drop(permit);
+}
+
+#[test]
+fn partitions_a_release_racing_queued_and_cancelled_waiters_never_exceeds_the_total() {
+    explored(model(|| {
+        let (bulkhead, a, b) = partitioned();
+        let running = Arc::new(AtomicUsize::new(0));
+        // b borrows the one permit; it goes back while a waits and another b gives up.
+        let held = b.try_acquire_owned().unwrap();
+        running.fetch_add(1, Ordering::SeqCst);
+        let canceller = {
+            let b = b.clone();
+            thread::spawn(move || {
+                let mut acquire = pin!(b.acquire());
+                let _ = acquire
+                    .as_mut()
+                    .poll(&mut Context::from_waker(Waker::noop()));
+            })
+        };
+        let waiter = {
+            let (a, running) = (a.clone(), Arc::clone(&running));
+            thread::spawn(move || guarded_partition(&a, &running, 1))
+        };
+        running.fetch_sub(1, Ordering::SeqCst);
+        drop(held);
+        canceller.join().unwrap();
+        waiter.join().unwrap();
+        let m = bulkhead.metrics();
+        assert_eq!((m.in_flight, m.queued), (0, 0));
+        assert_eq!((a.metrics().in_flight, b.metrics().in_flight), (0, 0));
+        assert!(b.try_acquire().is_ok(), "the permit came back");
+    }));
+}
+
+#[test]
+fn partitions_a_total_change_racing_a_release_keeps_the_count_exact() {
+    explored(model(|| {
+        let (bulkhead, a, b) = partitioned();
+        let held = b.try_acquire_owned().unwrap();
+        let changer = {
+            let bulkhead = bulkhead.clone();
+            thread::spawn(move || bulkhead.set_total(2).unwrap())
+        };
+        let worker = {
+            let a = a.clone();
+            thread::spawn(move || {
+                let running = AtomicUsize::new(0);
+                guarded_partition(&a, &running, 2);
+            })
+        };
+        drop(held);
+        changer.join().unwrap();
+        worker.join().unwrap();
+        let m = bulkhead.metrics();
+        assert_eq!((m.in_flight, m.queued, m.limit), (0, 0, 2));
+        // Both permits are free again.
+        let both = (a.try_acquire(), b.try_acquire());
+        assert!(both.0.is_ok() && both.1.is_ok());
     }));
 }
