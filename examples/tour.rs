@@ -3,6 +3,7 @@
 //! A narrated walk through what palisade has today, one chapter per crate. Each crate adds its
 //! chapter as it lands; the crates still to come are listed at the end.
 
+use std::fmt::Display;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -11,6 +12,7 @@ use std::time::Duration;
 use palisade::breaker::{
     CallError, CircuitBreaker, OpenDuration, SlidingWindow, State, Transition,
 };
+use palisade::bulkhead::{Aimd, Bulkhead, Discipline};
 use palisade::ratelimit::{KeyedRateLimiter, Quota, RateLimiter};
 use palisade::retry::{Backoff, Jitter, RetryPolicy, TpsBudget, retry};
 use palisade::{Clock, FastClock, Instant, ManualClock, TokioClock};
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
     chapter_retry();
     chapter_breaker();
     chapter_ratelimit();
+    chapter_bulkhead();
     coming_next();
     ExitCode::SUCCESS
 }
@@ -430,6 +433,187 @@ fn chapter_ratelimit() {
     println!();
 }
 
+/// palisade-bulkhead: a slow dependency held to 8 calls in flight, FIFO against LIFO, and an
+/// adaptive limit.
+fn chapter_bulkhead() {
+    println!("Chapter 5 - bulkhead (palisade-bulkhead)");
+    println!("----------------------------------------");
+    println!("A service sends a request every 4 ms to a dependency that answers in 20 ms, except");
+    println!("that calls starting between t = 0.5 s and 1.0 s take 400 ms. Every fourth request");
+    println!("is an optional prefetch that never waits (try_acquire). 2 s of virtual time, first");
+    println!("without a bulkhead, then behind Bulkhead::builder(8).max_queued(8).max_wait(50 ms):");
+    println!();
+    let runtime = paused_runtime();
+    let bulkhead = Bulkhead::builder(8)
+        .max_queued(8)
+        .max_wait(ms(50))
+        .build()
+        .expect("a valid bulkhead");
+    let slow = slow_between(500, 1000);
+    let without = runtime.block_on(run(None::<Bulkhead>, 500, ms(4), true, slow));
+    let with = runtime.block_on(run(Some(bulkhead.clone()), 500, ms(4), true, slow));
+    let served = |r: &Run| r.calls.iter().filter(|c| c.is_ok()).count();
+    let refused = |r: &Run| r.calls.len() - served(r);
+    let row =
+        |what: &str, a: &dyn Display, b: &dyn Display| println!("    {what:<22}{a:>8}{b:>19}");
+    row("", &"without", &"with the bulkhead");
+    row("in flight at the peak", &without.peak.0, &with.peak.0);
+    row("queued at the peak", &"-", &with.peak.1);
+    row("answered", &served(&without), &served(&with));
+    row("refused", &refused(&without), &refused(&with));
+    let m = bulkhead.metrics();
+    let (f, q, t) = (m.rejected_full, m.rejected_queue_full, m.rejected_timed_out);
+    let slowest = with.calls.iter().filter_map(|c| c.err()).max();
+    let slowest = human(slowest.unwrap_or_default());
+    let tied = (with.peak.0 as usize + with.peak.1, without.peak.0);
+    println!();
+    println!("  Refusals by reason, from metrics():");
+    println!(
+        "    rejected_full {f} (the prefetches), rejected_queue_full {q}, rejected_timed_out {t}"
+    );
+    println!("  None took longer than {slowest}: nobody hangs on the slow dependency, and the");
+    println!(
+        "  service's other work keeps its workers ({} tasks tied up at most, not {}).",
+        tied.0, tied.1
+    );
+    println!();
+
+    println!("Under a lasting overload, the queue's order decides who waits. A limit of 4 in");
+    println!("front of a 100 ms call, a request every 10 ms for 2 s (2.5x what it can serve), at");
+    println!("most 64 queued for at most 300 ms each. How long the served requests had waited:");
+    println!();
+    for (name, discipline) in [("FIFO", Discipline::Fifo), ("LIFO", Discipline::Lifo)] {
+        let bulkhead = Bulkhead::builder(4)
+            .max_queued(64)
+            .max_wait(ms(300))
+            .discipline(discipline)
+            .build()
+            .expect("a valid bulkhead");
+        let r = runtime.block_on(run(Some(bulkhead), 200, ms(10), false, |_| ms(100)));
+        let mut waits: Vec<_> = r.calls.into_iter().filter_map(Result::ok).collect();
+        waits.sort();
+        let (median, longest) = (human(waits[waits.len() / 2]), human(waits[waits.len() - 1]));
+        let served = waits.len();
+        println!("    {name}: {served} served, median wait {median:>8}, longest {longest:>8}");
+    }
+    println!();
+    println!("  Both serve what the dependency can take. FIFO serves everyone late; LIFO serves");
+    println!("  most at once, and max_wait sheds the oldest, whose callers have likely given up.");
+    println!();
+
+    println!(
+        "An adaptive bulkhead finds its limit itself. Aimd starts at 10, grows while the load"
+    );
+    println!("uses the limit, and cuts it by 10 % (at most once per window) for calls slower than");
+    println!("100 ms. Now the dependency is slow for calls starting from t = 0.5 s to 2.0 s:");
+    println!();
+    let aimd = Aimd::builder().initial_limit(10).timeout(ms(100)).build();
+    let bulkhead = Bulkhead::adaptive(aimd.expect("a valid algorithm"))
+        .max_queued(8)
+        .max_wait(ms(50))
+        .clock(TokioClock::new())
+        .build()
+        .expect("a valid bulkhead");
+    let r = runtime.block_on(run(
+        Some(bulkhead),
+        751,
+        ms(4),
+        false,
+        slow_between(500, 2000),
+    ));
+    let (mut at, mut limit) = (String::from("    t (s)"), String::from("    limit"));
+    for (i, l) in r.limits.iter().enumerate().step_by(125) {
+        at += &format!("{:>6.1}", (ms(4) * i as u32).as_secs_f64());
+        limit += &format!("{l:>6}");
+    }
+    println!("{at}\n{limit}");
+    let lowest = r.limits.iter().min().copied().unwrap_or_default();
+    let last = r.limits.last().copied().unwrap_or_default();
+    println!();
+    println!(
+        "  The limit learns from calls as they finish: it sank to {lowest} while the dependency"
+    );
+    println!("  was slow and was back at {last} once it answered in 20 ms again. metrics().limit");
+    println!("  reads it; each change is a tracing debug event.");
+    println!();
+}
+
+/// A dependency that answers in 20 ms, or in 400 ms when a call starts between `from` and `to`
+/// (milliseconds from the start of the run).
+fn slow_between(from: u64, to: u64) -> impl Fn(Duration) -> Duration + Copy + Send + 'static {
+    move |t| {
+        ms(if (ms(from)..ms(to)).contains(&t) {
+            400
+        } else {
+            20
+        })
+    }
+}
+
+fn ms(millis: u64) -> Duration {
+    Duration::from_millis(millis)
+}
+
+/// What one run of a bulkhead scene saw.
+struct Run {
+    /// Per request: `Ok(time waited for a permit)` or `Err(time until the refusal)`.
+    calls: Vec<Result<Duration, Duration>>,
+    /// The most calls in the dependency at once, and the most callers queued.
+    peak: (u32, usize),
+    /// The bulkhead's limit as each request arrived.
+    limits: Vec<u32>,
+}
+
+/// `requests` requests, one every `every`, to a dependency whose calls take `latency(t)` when
+/// they start at `t`, behind `bulkhead` if there is one. With `prefetch`, every fourth request
+/// is an optional prefetch that never waits.
+async fn run<C: Clock>(
+    bulkhead: Option<Bulkhead<C>>,
+    requests: u32,
+    every: Duration,
+    prefetch: bool,
+    latency: impl Fn(Duration) -> Duration + Copy + Send + 'static,
+) -> Run {
+    let start = tokio::time::Instant::now();
+    let (in_flight, peak) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let (mut tasks, mut peak_queued, mut limits) = (Vec::new(), 0, Vec::new());
+    for n in 0..requests {
+        tokio::time::sleep_until(start + every * n).await;
+        if let Some(m) = bulkhead.as_ref().map(Bulkhead::metrics) {
+            peak_queued = peak_queued.max(m.queued);
+            limits.push(m.limit);
+        }
+        let (bulkhead, in_flight, peak) = (bulkhead.clone(), in_flight.clone(), peak.clone());
+        tasks.push(tokio::spawn(async move {
+            let asked = tokio::time::Instant::now();
+            let permit = match &bulkhead {
+                None => Ok(None),
+                Some(b) if prefetch && n % 4 == 3 => b.try_acquire().map(Some),
+                Some(b) => b.acquire().await.map(Some),
+            };
+            let waited = asked.elapsed();
+            let Ok(_permit) = permit else {
+                return Err(waited);
+            };
+            let now = in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+            peak.fetch_max(now, Ordering::Relaxed);
+            tokio::time::sleep(latency(start.elapsed())).await;
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            Ok(waited)
+        }));
+    }
+    let mut calls = Vec::new();
+    for task in tasks {
+        calls.push(task.await.expect("the request task ran"));
+    }
+    let peak = (peak.load(Ordering::Relaxed), peak_queued);
+    Run {
+        calls,
+        peak,
+        limits,
+    }
+}
+
 /// A current-thread runtime with tokio's clock paused: sleeps complete at once, in order.
 fn paused_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -444,10 +628,6 @@ fn coming_next() {
     println!("-----------");
     println!("These crates are planned and get their chapters here as they land:");
     for (name, what) in [
-        (
-            "palisade-bulkhead",
-            "bounded queues, shedding, adaptive concurrency",
-        ),
         (
             "palisade-pool",
             "async connection pool with fair hand-off and lifetime jitter",
