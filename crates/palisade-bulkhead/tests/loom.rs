@@ -1,7 +1,7 @@
 //! Concurrency models of the bulkhead's protocol (see docs/testing.md for how they run): never
 //! more than the limit in flight, a waiter cancelled while queued neither leaks nor steals a
 //! permit (FIFO, LIFO and CoDel), and a limit change racing acquires and releases keeps the
-//! count exact; for a partitioned bulkhead, a release racing queued and cancelled waiters of
+//! count exact, also when an adaptive bulkhead's own releases change it; for a partitioned bulkhead, a release racing queued and cancelled waiters of
 //! two partitions never exceeds the total and leaks nothing, and neither does a total change
 //! racing a release.
 
@@ -9,7 +9,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use palisade_bulkhead::{Bulkhead, Discipline, Partition, PartitionedBulkhead};
+use palisade_bulkhead::{Aimd, Bulkhead, Discipline, Outcome, Partition, PartitionedBulkhead};
 use palisade_core::ManualClock;
 use palisade_core::sync::atomic::{AtomicUsize, Ordering};
 use palisade_core::sync::{Arc, model, thread};
@@ -136,6 +136,54 @@ fn a_limit_change_racing_acquires_and_releases_keeps_the_count_exact() {
             .take(3)
             .collect();
         assert_eq!(extra.len() + held, 2);
+    }));
+}
+
+/// An adaptive bulkhead changes its limit from inside `release`: a drop cuts it from 2 to 1
+/// while another thread acquires (waiting if need be) and releases, and the main thread takes
+/// and releases one if it can. Whatever the order, nothing is left out and exactly the limit the
+/// algorithm ends on is free.
+#[test]
+fn an_adaptive_limit_change_inside_release_keeps_the_count_exact() {
+    explored(model(|| {
+        let aimd = Aimd::builder()
+            .min_limit(1)
+            .max_limit(4)
+            .initial_limit(2)
+            .backoff_ratio(0.5)
+            .build()
+            .unwrap();
+        let b = Bulkhead::adaptive(aimd)
+            .max_queued(4)
+            .clock(ManualClock::new())
+            .build()
+            .unwrap();
+        let dropper = {
+            let b = b.clone();
+            thread::spawn(move || {
+                let permit = block_on(b.acquire()).expect("the queue has room");
+                permit.release_as(Outcome::Dropped);
+            })
+        };
+        let worker = {
+            let b = b.clone();
+            thread::spawn(move || {
+                let running = AtomicUsize::new(0);
+                guarded(&b, &running, 4);
+            })
+        };
+        // Released before joining: with the limit cut to 1, a permit kept here would make the
+        // worker wait for it forever.
+        drop(b.try_acquire());
+        dropper.join().unwrap();
+        worker.join().unwrap();
+        let limit = b.max_concurrent();
+        assert!((1..=4).contains(&limit), "limit {limit}");
+        assert_eq!(b.metrics().in_flight, 0);
+        let free: Vec<_> = std::iter::from_fn(|| b.try_acquire().ok())
+            .take(5)
+            .collect();
+        assert_eq!(free.len(), limit as usize);
     }));
 }
 
