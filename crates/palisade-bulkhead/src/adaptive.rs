@@ -96,6 +96,29 @@ impl<A: LimitAlgorithm + ?Sized> LimitAlgorithm for Box<A> {
 // Shared parts
 // ---------------------------------------------------------------------------------------------
 
+/// The `min_limit`, `max_limit` and `initial_limit` setters of a builder with a `bounds` field.
+macro_rules! bounds_knobs {
+    () => {
+        /// The lowest limit (default 1, allowed `1..=2^30−1`).
+        pub fn min_limit(mut self, min_limit: u32) -> Self {
+            self.bounds.min = min_limit;
+            self
+        }
+
+        /// The highest limit (default 1000, allowed `min_limit..=2^30−1`).
+        pub fn max_limit(mut self, max_limit: u32) -> Self {
+            self.bounds.max = max_limit;
+            self
+        }
+
+        /// The limit to start with (default 20, allowed `min_limit..=max_limit`).
+        pub fn initial_limit(mut self, initial_limit: u32) -> Self {
+            self.bounds.initial = initial_limit;
+            self
+        }
+    };
+}
+
 /// `min_limit`, `max_limit` and `initial_limit`, shared by the three builders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Bounds {
@@ -260,23 +283,7 @@ impl Default for AimdBuilder {
 }
 
 impl AimdBuilder {
-    /// The lowest limit (default 1, allowed `1..=2^30−1`).
-    pub fn min_limit(mut self, min_limit: u32) -> Self {
-        self.bounds.min = min_limit;
-        self
-    }
-
-    /// The highest limit (default 1000, allowed `min_limit..=2^30−1`).
-    pub fn max_limit(mut self, max_limit: u32) -> Self {
-        self.bounds.max = max_limit;
-        self
-    }
-
-    /// The limit to start with (default 20, allowed `min_limit..=max_limit`).
-    pub fn initial_limit(mut self, initial_limit: u32) -> Self {
-        self.bounds.initial = initial_limit;
-        self
-    }
+    bounds_knobs!();
 
     /// The factor the limit is multiplied by on overload (default 0.9, allowed `[0.5, 1.0)`).
     pub fn backoff_ratio(mut self, backoff_ratio: f64) -> Self {
@@ -488,23 +495,7 @@ impl Default for VegasBuilder {
 }
 
 impl VegasBuilder {
-    /// The lowest limit (default 1, allowed `1..=2^30−1`).
-    pub fn min_limit(mut self, min_limit: u32) -> Self {
-        self.bounds.min = min_limit;
-        self
-    }
-
-    /// The highest limit (default 1000, allowed `min_limit..=2^30−1`).
-    pub fn max_limit(mut self, max_limit: u32) -> Self {
-        self.bounds.max = max_limit;
-        self
-    }
-
-    /// The limit to start with (default 20, allowed `min_limit..=max_limit`).
-    pub fn initial_limit(mut self, initial_limit: u32) -> Self {
-        self.bounds.initial = initial_limit;
-        self
-    }
+    bounds_knobs!();
 
     /// Below `alpha × log10(limit)` queued requests the limit grows (default 3.0, allowed
     /// `[1.0, 100.0]`).
@@ -822,23 +813,7 @@ impl Default for Gradient2Builder {
 }
 
 impl Gradient2Builder {
-    /// The lowest limit (default 1, allowed `1..=2^30−1`).
-    pub fn min_limit(mut self, min_limit: u32) -> Self {
-        self.bounds.min = min_limit;
-        self
-    }
-
-    /// The highest limit (default 1000, allowed `min_limit..=2^30−1`).
-    pub fn max_limit(mut self, max_limit: u32) -> Self {
-        self.bounds.max = max_limit;
-        self
-    }
-
-    /// The limit to start with (default 20, allowed `min_limit..=max_limit`).
-    pub fn initial_limit(mut self, initial_limit: u32) -> Self {
-        self.bounds.initial = initial_limit;
-        self
-    }
+    bounds_knobs!();
 
     /// How many samples the long-term RTT averages over (default 600, allowed `1..=100000`).
     pub fn long_window(mut self, long_window: u32) -> Self {

@@ -683,6 +683,17 @@ fn gradient2_long_rtt_recovers_from_a_latency_drop() {
     assert!(limit < 200, "a 4x latency rise went unnoticed: {limit}");
 }
 
+/// The work in flight at a cut reports the same overload as it finishes: a window's worth of
+/// drops in a row cuts once, and the next window's first drop cuts again.
+#[test]
+fn gradient2_cuts_once_per_window_on_a_burst_of_drops() {
+    let mut g = Gradient2::builder().initial_limit(100).build().unwrap();
+    let drop = Sample::new(10 * MS, 100, true);
+    let burst: Vec<u32> = (0..100).map(|_| g.update(drop)).collect();
+    assert!(burst.iter().all(|&l| l == 91), "{burst:?}");
+    assert!(g.update(drop) < 91, "the next window's drop cuts again");
+}
+
 #[test]
 fn gradient2_dropped_samples_cut_the_limit_and_skip_the_average() {
     let mut g = Gradient2::builder().initial_limit(100).build().unwrap();
