@@ -1,0 +1,120 @@
+//! The state every handle shares: the phase word, the trigger, escalation and panics.
+
+use std::fmt;
+use std::task::{Context, Poll};
+
+use palisade_core::sync::Mutex;
+use palisade_core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
+use crate::config::PanicPolicy;
+use crate::event::Event;
+use crate::phase::Phase;
+use crate::report::{TaskPanic, Trigger};
+
+pub(crate) struct State {
+    phase: AtomicU8,
+    escalated: AtomicBool,
+    /// Woken on every phase change and on escalation; waiters re-check their own condition.
+    event: Event,
+    trigger: Mutex<Option<(Trigger, tokio::time::Instant)>>,
+    panics: Mutex<Vec<TaskPanic>>,
+    panic_policy: PanicPolicy,
+}
+
+impl State {
+    pub(crate) fn new(panic_policy: PanicPolicy) -> State {
+        State {
+            phase: AtomicU8::new(Phase::Running as u8),
+            escalated: AtomicBool::new(false),
+            event: Event::new(),
+            trigger: Mutex::new(None),
+            panics: Mutex::new(Vec::new()),
+            panic_policy,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Acquire))
+    }
+
+    #[inline]
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.phase.load(Ordering::Acquire) != Phase::Running as u8
+    }
+
+    /// Starts the shutdown (phase `NotReady`) if it has not started; `true` if this call did.
+    pub(crate) fn trigger(&self, trigger: Trigger) -> bool {
+        {
+            let mut slot = self.trigger.lock();
+            if slot.is_some() {
+                return false;
+            }
+            *slot = Some((trigger.clone(), tokio::time::Instant::now()));
+        }
+        self.phase.store(Phase::NotReady as u8, Ordering::Release);
+        tracing::info!(target: "palisade_shutdown", %trigger, phase = "not_ready", "shutdown triggered");
+        self.event.notify_all();
+        true
+    }
+
+    pub(crate) fn triggered(&self) -> Option<(Trigger, tokio::time::Instant)> {
+        self.trigger.lock().clone()
+    }
+
+    /// Moves to `phase` (only ever forward).
+    pub(crate) fn enter(&self, phase: Phase) {
+        let previous = self.phase.fetch_max(phase as u8, Ordering::AcqRel);
+        if previous < phase as u8 {
+            tracing::info!(target: "palisade_shutdown", phase = phase.as_str(), "shutdown phase");
+            self.event.notify_all();
+        }
+    }
+
+    pub(crate) fn escalate(&self) -> bool {
+        let first = !self.escalated.swap(true, Ordering::AcqRel);
+        if first {
+            self.event.notify_all();
+        }
+        first
+    }
+
+    pub(crate) fn is_escalated(&self) -> bool {
+        self.escalated.load(Ordering::Acquire)
+    }
+
+    /// Polls a wait for `ready` on this state's event.
+    pub(crate) fn poll_until(
+        &self,
+        cx: &mut Context<'_>,
+        slot: &mut Option<usize>,
+        ready: impl Fn(&State) -> bool,
+    ) -> Poll<()> {
+        self.event.poll_until(cx, slot, || ready(self))
+    }
+
+    pub(crate) fn release(&self, slot: &mut Option<usize>) {
+        self.event.release(slot);
+    }
+
+    pub(crate) fn task_panicked(&self, panic: TaskPanic) {
+        let scope = panic.scope.clone();
+        self.panics.lock().push(panic);
+        if self.panic_policy == PanicPolicy::Shutdown {
+            self.trigger(Trigger::TaskPanicked { scope });
+        }
+    }
+
+    pub(crate) fn panics(&self) -> Vec<TaskPanic> {
+        self.panics.lock().clone()
+    }
+}
+
+impl fmt::Debug for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("State")
+            .field("phase", &self.phase())
+            .field("escalated", &self.is_escalated())
+            .finish_non_exhaustive()
+    }
+}
