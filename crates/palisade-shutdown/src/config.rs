@@ -100,8 +100,13 @@ impl CoordinatorBuilder {
     /// the default set; pass an empty list for a coordinator triggered only programmatically
     /// (tests, or a host that handles signals itself).
     pub fn signals(mut self, signals: impl IntoIterator<Item = Signal>) -> Self {
-        self.config.signals = signals.into_iter().collect();
-        self.config.signals.dedup();
+        self.config.signals.clear();
+        for signal in signals {
+            // Twice the same signal would count one delivery twice (and escalate at once).
+            if !self.config.signals.contains(&signal) {
+                self.config.signals.push(signal);
+            }
+        }
         self
     }
 
@@ -163,8 +168,10 @@ impl CoordinatorBuilder {
     }
 
     /// Validates the knobs and builds the coordinator. Inside a tokio runtime the signal
-    /// handlers are installed here, so a signal that arrives before [`Coordinator::run`] is
-    /// polled is not lost (nor does it kill the process); outside one, `run` installs them.
+    /// handlers are installed here, on a task of their own, so a signal acts the moment it
+    /// arrives (readiness off, the deadline running) even before [`Coordinator::run`] is
+    /// polled; outside one, `run` installs them. The first signal triggers, the second
+    /// escalates, a third (or any once `run` has returned) exits with `128 + signal`.
     ///
     /// # Errors
     ///

@@ -16,7 +16,7 @@ use crate::hooks::{Hook, HookBuilder, HookId, HookResult, Hooks, boxed};
 use crate::phase::Phase;
 use crate::report::{HookReport, Outcome, PhaseReport, ShutdownReport, Trigger};
 use crate::scope::{Scope, ScopeInner, Tracked};
-use crate::signal::{Signal, Signals};
+use crate::signal::{self, Signal};
 use crate::state::State;
 
 /// Runs the graceful-shutdown sequence: waits for a trigger, walks the phases under their
@@ -51,7 +51,8 @@ use crate::state::State;
 /// ```
 pub struct Coordinator {
     inner: Arc<Inner>,
-    signals: Option<Signals>,
+    /// Whether the signal handlers still have to be installed (built outside a runtime).
+    listen: bool,
 }
 
 /// A cheap, cloneable handle on a [`Coordinator`]: check and await the shutdown, trigger it,
@@ -70,6 +71,15 @@ pub(crate) struct Inner {
     listeners: Counter,
     root: Arc<ScopeInner>,
     hooks: Mutex<Hooks>,
+}
+
+/// Aborts the task when dropped (a hook timed out, or the sequence was abandoned).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A process-unique coordinator id. A plain std atomic: it numbers coordinators, it is not part
@@ -102,9 +112,10 @@ impl Coordinator {
     pub(crate) fn from_config(config: Config) -> Coordinator {
         let state = Arc::new(State::new(config.panic_policy));
         let root = Arc::new(ScopeInner::new("root".into(), state.clone()));
-        let signals = tokio::runtime::Handle::try_current()
-            .ok()
-            .map(|_| Signals::install(&config.signals));
+        let in_runtime = tokio::runtime::Handle::try_current().is_ok();
+        if in_runtime {
+            signal::listen(state.clone(), &config.signals, config.escalation);
+        }
         Coordinator {
             inner: Arc::new(Inner {
                 id: next_id(),
@@ -115,7 +126,7 @@ impl Coordinator {
                 root,
                 hooks: Mutex::new(Hooks::default()),
             }),
-            signals,
+            listen: !in_runtime,
         }
     }
 
@@ -136,19 +147,16 @@ impl Coordinator {
     ///
     /// Cancel-safety: dropping this future abandons the sequence where it is (tasks keep
     /// running, hooks not yet run never run); it is meant to be awaited to the end.
-    pub async fn run(mut self) -> ShutdownReport {
+    pub async fn run(self) -> ShutdownReport {
         let inner = self.inner.clone();
-        let mut signals = self
-            .signals
-            .take()
-            .unwrap_or_else(|| Signals::install(&inner.config.signals));
-        tokio::select! {
-            biased;
-            () = WaitFor::new(inner.state.clone(), Phase::NotReady) => {}
-            signal = signals.recv() => {
-                inner.state.trigger(Trigger::Signal(signal));
-            }
+        if self.listen {
+            signal::listen(
+                inner.state.clone(),
+                &inner.config.signals,
+                inner.config.escalation,
+            );
         }
+        WaitFor::new(inner.state.clone(), Phase::NotReady).await;
         let (trigger, triggered_at) = inner
             .state
             .triggered()
@@ -161,6 +169,7 @@ impl Coordinator {
             aborted: 0,
             phase_started: None,
             hook_started: None,
+            abort_started: false,
         };
         let escalated = {
             let sequence = inner.sequence(deadline, &mut progress);
@@ -168,8 +177,7 @@ impl Coordinator {
             tokio::select! {
                 biased;
                 () = &mut sequence => None,
-                signal = signals.recv() => Some(Some(signal)),
-                () = Escalated::new(inner.state.clone()) => Some(None),
+                () = Escalated::new(inner.state.clone()) => Some(inner.state.escalated_by()),
             }
         };
         if let Some(by) = escalated {
@@ -197,6 +205,8 @@ struct Progress {
     /// When the phase (and the hook) now running began, to time them if escalation cuts them.
     phase_started: Option<Instant>,
     hook_started: Option<Instant>,
+    /// Tasks were aborted already: an escalation has nothing more to do.
+    abort_started: bool,
 }
 
 impl Progress {
@@ -316,7 +326,18 @@ impl Inner {
             });
             progress.hook_started = Some(hook_started);
             let limit = (hook_started + timeout).min(deadline);
-            let outcome = timeout_at(limit, hook).await.unwrap_or(Outcome::TimedOut);
+            // On a task of its own: a hook that blocks, or panics when dropped, cannot stall
+            // or take down the coordinator. Aborted on timeout, or if `run` is dropped.
+            let mut task = AbortOnDrop(tokio::spawn(hook));
+            let outcome = match timeout_at(limit, &mut task.0).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(error)) if error.is_panic() => {
+                    Outcome::Panicked(crate::scope::panic_message(&*error.into_panic()))
+                }
+                Ok(Err(_)) => Outcome::Interrupted,
+                Err(_) => Outcome::TimedOut,
+            };
+            drop(task);
             match &outcome {
                 Outcome::Completed => {
                     tracing::debug!(target: "palisade_shutdown", hook = %name, "cleanup hook completed");
@@ -362,6 +383,7 @@ impl Inner {
     /// Stops and seals everything, aborts the tracked tasks, and waits up to the grace period
     /// for them to be dropped.
     async fn abort(&self, progress: &mut Progress) {
+        progress.abort_started = true;
         self.root.stop_and_seal_all();
         self.listeners.seal();
         self.requests.seal();
@@ -375,7 +397,6 @@ impl Inner {
     }
 
     async fn escalated(&self, by: Option<Signal>, progress: &mut Progress) {
-        self.state.escalate();
         let by_text = by.map_or("escalate()", Signal::as_str);
         if let Escalation::Exit(code) = self.config.escalation {
             tracing::error!(target: "palisade_shutdown", by = by_text, code, "shutdown escalated: exiting now");
@@ -383,6 +404,10 @@ impl Inner {
         }
         tracing::warn!(target: "palisade_shutdown", by = by_text, "shutdown escalated: aborting now");
         progress.interrupt();
+        if progress.abort_started {
+            // The sequence was already aborting (in its grace period): that is all there is.
+            return;
+        }
         self.state.enter(Phase::Aborting);
         let started = progress.begin(Phase::Aborting);
         self.abort(progress).await;
@@ -467,7 +492,7 @@ impl Shutdown {
     /// first if nothing has.
     pub fn escalate(&self) {
         self.inner.state.trigger(Trigger::Requested);
-        self.inner.state.escalate();
+        self.inner.state.escalate(None);
     }
 
     /// Completes once the sequence reaches `phase` (immediately if it has). Cancel-safe, and
@@ -601,6 +626,7 @@ impl Shutdown {
         let future = (!hooks.closed).then(|| boxed(hook));
         hooks.list.push(Hook {
             name,
+            ran: false,
             timeout,
             after,
             future,
@@ -609,6 +635,18 @@ impl Shutdown {
             coordinator: self.inner.id,
             index: hooks.list.len() - 1,
         }
+    }
+
+    /// Counts one request in flight for the draining phase, as the
+    /// [`ShutdownLayer`](crate::ShutdownLayer) does, for servers without tower (a TCP protocol,
+    /// a queue consumer): hold the guard while the request is handled. `None` from the
+    /// [`Draining`](Phase::Draining) phase on: refuse the request (the drain has started and
+    /// will not wait for it). Every request is either counted before the drain looks, or
+    /// refused: never neither.
+    pub fn begin_request(&self) -> Option<RequestGuard> {
+        self.inner.requests.enter().then(|| RequestGuard {
+            inner: self.inner.clone(),
+        })
     }
 
     /// A snapshot of the phase and the counts.
@@ -637,6 +675,26 @@ impl fmt::Debug for Shutdown {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Shutdown")
             .field("metrics", &self.metrics())
+            .finish()
+    }
+}
+
+/// One request counted in flight; from [`Shutdown::begin_request`]. Dropping it counts the
+/// request out (the last one out during the drain wakes it).
+pub struct RequestGuard {
+    inner: Arc<Inner>,
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.inner.requests.exit();
+    }
+}
+
+impl fmt::Debug for RequestGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestGuard")
+            .field("in_flight", &self.inner.requests.count())
             .finish()
     }
 }

@@ -84,9 +84,13 @@ impl Event {
     /// Gives back a waiter's slot (when it completes or is dropped). Idempotent.
     pub(crate) fn release(&self, slot: &mut Option<usize>) {
         if let Some(index) = slot.take() {
-            let mut slots = self.slots.lock();
-            slots.wakers[index] = None;
-            slots.free.push(index);
+            let waker = {
+                let mut slots = self.slots.lock();
+                slots.free.push(index);
+                slots.wakers[index].take()
+            };
+            // Dropped after the lock: a waker's drop may run arbitrary code.
+            drop(waker);
         }
     }
 

@@ -5,30 +5,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::coordinator::Shutdown;
+use crate::coordinator::RequestGuard;
 use crate::error::Draining;
 
 /// The error type of the tower service: the inner error, or [`Draining`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// One request counted in flight; counted out when dropped.
-pub(crate) struct InFlight {
-    shutdown: Shutdown,
-}
-
-impl InFlight {
-    pub(crate) fn enter(shutdown: &Shutdown) -> Option<InFlight> {
-        shutdown.inner.requests.enter().then(|| InFlight {
-            shutdown: shutdown.clone(),
-        })
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.shutdown.inner.requests.exit();
-    }
-}
 
 pin_project_lite::pin_project! {
     /// Response future of [`ShutdownService`](crate::ShutdownService): the inner future, counted
@@ -36,12 +17,12 @@ pin_project_lite::pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         future: Option<F>,
-        in_flight: Option<InFlight>,
+        in_flight: Option<RequestGuard>,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn called(future: F, in_flight: InFlight) -> ResponseFuture<F> {
+    pub(crate) fn called(future: F, in_flight: RequestGuard) -> ResponseFuture<F> {
         ResponseFuture {
             future: Some(future),
             in_flight: Some(in_flight),

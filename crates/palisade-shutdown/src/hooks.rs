@@ -40,6 +40,8 @@ pub(crate) type HookFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
 pub(crate) struct Hook {
     pub(crate) name: String,
+    /// It was started (a hook registered too late never is, and is reported skipped).
+    pub(crate) ran: bool,
     pub(crate) timeout: Duration,
     pub(crate) after: Vec<usize>,
     pub(crate) future: Option<HookFuture>,
@@ -62,18 +64,24 @@ impl Hooks {
                 && self.list[index]
                     .after
                     .iter()
-                    .all(|&dependency| self.list[dependency].future.is_none())
+                    .all(|&dependency| self.list[dependency].ran)
         })?;
         let hook = &mut self.list[ready];
         let future = hook.future.take()?;
+        hook.ran = true;
         Some((hook.name.clone(), hook.timeout, future))
     }
 
-    /// Names of hooks that never ran.
+    /// Names of hooks that never ran (their futures are dropped).
     pub(crate) fn unrun(&mut self) -> Vec<String> {
         self.list
             .iter_mut()
-            .filter_map(|hook| hook.future.take().map(|_| hook.name.clone()))
+            .filter(|hook| !hook.ran)
+            .map(|hook| {
+                hook.ran = true;
+                hook.future = None;
+                hook.name.clone()
+            })
             .collect()
     }
 }

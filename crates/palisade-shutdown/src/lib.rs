@@ -22,7 +22,7 @@ mod state;
 pub use crate::config::{
     CoordinatorBuilder, Escalation, MAX_ABORT_GRACE, MAX_DEADLINE, PanicPolicy,
 };
-pub use crate::coordinator::{Coordinator, Listener, Metrics, Shutdown, WaitFor};
+pub use crate::coordinator::{Coordinator, Listener, Metrics, RequestGuard, Shutdown, WaitFor};
 pub use crate::error::{ConfigError, Draining, Refused};
 #[cfg(feature = "tower")]
 pub use crate::future::{BoxError, ResponseFuture};

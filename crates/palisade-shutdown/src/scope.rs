@@ -65,6 +65,9 @@ struct Aborts {
     handles: Vec<AbortHandle>,
     compact_at: usize,
     spawned: u64,
+    /// [`ScopeInner::abort_all`] has run: a task registered afterwards (its spawn raced the
+    /// abort) is aborted at once.
+    aborting: bool,
 }
 
 impl ScopeInner {
@@ -83,6 +86,7 @@ impl ScopeInner {
                 handles: Vec::new(),
                 compact_at: MIN_COMPACT,
                 spawned: 0,
+                aborting: false,
             }),
             tracked: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
@@ -151,7 +155,8 @@ impl ScopeInner {
     pub(crate) fn abort_all(&self) -> usize {
         let children = self.children.lock().scopes.clone();
         let mut aborted = children.iter().map(|child| child.abort_all()).sum();
-        let aborts = self.aborts.lock();
+        let mut aborts = self.aborts.lock();
+        aborts.aborting = true;
         for handle in &aborts.handles {
             if !handle.is_finished() {
                 handle.abort();
@@ -164,6 +169,9 @@ impl ScopeInner {
     fn register(&self, handle: AbortHandle) {
         let mut aborts = self.aborts.lock();
         aborts.spawned += 1;
+        if aborts.aborting {
+            handle.abort();
+        }
         if aborts.handles.len() >= aborts.compact_at {
             aborts.handles.retain(|handle| !handle.is_finished());
             aborts.compact_at = (aborts.handles.len() * 2).max(MIN_COMPACT);
@@ -200,9 +208,9 @@ impl ScopeInner {
         }
         Ok(Tracked {
             future,
-            token: Token {
+            token: Some(Token {
                 scope: this.clone(),
-            },
+            }),
         })
     }
 
@@ -277,8 +285,8 @@ impl Scope {
         let mut children = self.inner.children.lock();
         if children.closed {
             drop(children);
-            child.stop();
-            child.tasks.seal();
+            // Born drained, and so is anything nested in it later.
+            child.stop_and_seal_all();
             return Scope { inner: child };
         }
         if children.scopes.len() >= children.prune_at {
@@ -423,12 +431,12 @@ impl Drop for Token {
 }
 
 pin_project_lite::pin_project! {
-    /// A future tracked by a [`Scope`] ([`Scope::track`]): counted until it is dropped, its
-    /// panic reported (then resumed, so the executor sees it as usual).
+    /// A future tracked by a [`Scope`] ([`Scope::track`]): counted until it completes or is
+    /// dropped, its panic reported (then resumed, so the executor sees it as usual).
     pub struct Tracked<F> {
         #[pin]
         future: F,
-        token: Token,
+        token: Option<Token>,
     }
 }
 
@@ -440,9 +448,16 @@ impl<F: Future> Future for Tracked<F> {
         let this = self.project();
         let future = this.future;
         match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
-            Ok(poll) => poll,
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => {
+                // Counted out on completion, even if the caller keeps the finished future.
+                this.token.take();
+                Poll::Ready(output)
+            }
             Err(payload) => {
-                this.token.scope.record_panic(&*payload);
+                if let Some(token) = this.token {
+                    token.scope.record_panic(&*payload);
+                }
                 resume_unwind(payload)
             }
         }
@@ -452,7 +467,7 @@ impl<F: Future> Future for Tracked<F> {
 impl<F> fmt::Debug for Tracked<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tracked")
-            .field("scope", &self.token.scope.name)
+            .field("scope", &self.token.as_ref().map(|token| &token.scope.name))
             .finish_non_exhaustive()
     }
 }

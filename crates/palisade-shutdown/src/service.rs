@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use tower_service::Service;
 
 use crate::coordinator::Shutdown;
-use crate::future::{BoxError, InFlight, ResponseFuture};
+use crate::future::{BoxError, ResponseFuture};
 
 /// Counts requests in flight and refuses new ones once the coordinator is draining; see
 /// [`ShutdownLayer`](crate::ShutdownLayer).
@@ -51,7 +51,7 @@ where
     }
 
     fn call(&mut self, request: Request) -> ResponseFuture<S::Future> {
-        match InFlight::enter(&self.shutdown) {
+        match self.shutdown.begin_request() {
             Some(in_flight) => ResponseFuture::called(self.inner.call(request), in_flight),
             None => ResponseFuture::refused(),
         }

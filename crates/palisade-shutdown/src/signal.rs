@@ -2,6 +2,13 @@
 
 use std::fmt;
 
+use palisade_core::sync::Arc;
+
+use crate::config::Escalation;
+use crate::phase::Phase;
+use crate::report::Trigger;
+use crate::state::State;
+
 /// A process signal the coordinator listens for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -33,6 +40,51 @@ impl fmt::Display for Signal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+impl Signal {
+    /// The conventional exit status of a process ended by this signal: 128 + its number.
+    pub(crate) const fn exit_code(self) -> i32 {
+        128 + match self {
+            Signal::Hangup => 1,
+            Signal::Interrupt => 2,
+            Signal::Quit => 3,
+            Signal::Terminate => 15,
+        }
+    }
+}
+
+/// Installs the handlers and spawns the task that turns signals into shutdown steps: the
+/// first triggers, the second escalates (or exits, with [`Escalation::Exit`]), and a third, or
+/// any signal once the sequence is done, exits the process with `128 + signal`. Must run
+/// inside a tokio runtime.
+pub(crate) fn listen(state: Arc<State>, signals: &[Signal], escalation: Escalation) {
+    if signals.is_empty() {
+        return;
+    }
+    let mut streams = Signals::install(signals);
+    tokio::spawn(async move {
+        let mut received = 0_u32;
+        loop {
+            let signal = streams.recv().await;
+            received += 1;
+            if state.phase() == Phase::Done || received >= 3 {
+                tracing::error!(target: "palisade_shutdown", %signal, "signal after the shutdown gave up waiting: exiting now");
+                std::process::exit(signal.exit_code());
+            }
+            if received == 1 {
+                // A no-op if something already triggered: then this signal is the first one,
+                // not an escalation (Kubernetes sends SIGTERM whatever started the shutdown).
+                state.trigger(Trigger::Signal(signal));
+                continue;
+            }
+            if let Escalation::Exit(code) = escalation {
+                tracing::error!(target: "palisade_shutdown", %signal, code, "shutdown escalated: exiting now");
+                std::process::exit(code);
+            }
+            state.escalate(Some(signal));
+        }
+    });
 }
 
 /// The installed handlers: one stream per signal, polled together.

@@ -10,10 +10,13 @@ use crate::config::PanicPolicy;
 use crate::event::Event;
 use crate::phase::Phase;
 use crate::report::{TaskPanic, Trigger};
+use crate::signal::Signal;
 
 pub(crate) struct State {
     phase: AtomicU8,
     escalated: AtomicBool,
+    /// The signal that escalated, if a signal did.
+    escalated_by: Mutex<Option<Signal>>,
     /// Woken on every phase change and on escalation; waiters re-check their own condition.
     event: Event,
     trigger: Mutex<Option<(Trigger, tokio::time::Instant)>>,
@@ -26,6 +29,7 @@ impl State {
         State {
             phase: AtomicU8::new(Phase::Running as u8),
             escalated: AtomicBool::new(false),
+            escalated_by: Mutex::new(None),
             event: Event::new(),
             trigger: Mutex::new(None),
             panics: Mutex::new(Vec::new()),
@@ -51,8 +55,10 @@ impl State {
                 return false;
             }
             *slot = Some((trigger.clone(), tokio::time::Instant::now()));
+            // Under the lock, and never backwards: the sequence may already be further on.
+            self.phase
+                .fetch_max(Phase::NotReady as u8, Ordering::AcqRel);
         }
-        self.phase.store(Phase::NotReady as u8, Ordering::Release);
         tracing::info!(target: "palisade_shutdown", %trigger, phase = "not_ready", "shutdown triggered");
         self.event.notify_all();
         true
@@ -71,12 +77,22 @@ impl State {
         }
     }
 
-    pub(crate) fn escalate(&self) -> bool {
+    pub(crate) fn escalate(&self, by: Option<Signal>) -> bool {
+        if by.is_some() {
+            let mut slot = self.escalated_by.lock();
+            if slot.is_none() {
+                *slot = by;
+            }
+        }
         let first = !self.escalated.swap(true, Ordering::AcqRel);
         if first {
             self.event.notify_all();
         }
         first
+    }
+
+    pub(crate) fn escalated_by(&self) -> Option<Signal> {
+        *self.escalated_by.lock()
     }
 
     pub(crate) fn is_escalated(&self) -> bool {

@@ -431,6 +431,12 @@ async fn work_spawned_while_draining_is_awaited_and_after_draining_is_refused_an
         "a scope born after draining refuses"
     );
     assert!(late.is_stopping());
+    let nested = late.scope("step");
+    assert!(
+        nested.spawn(async {}).is_err(),
+        "and so does anything nested in it"
+    );
+    assert!(nested.is_stopping());
 }
 
 #[tokio::test(start_paused = true)]
@@ -462,6 +468,11 @@ async fn a_panicking_task_is_reported_and_can_trigger_shutdown() {
 async fn by_default_a_panic_is_only_reported() {
     let coordinator = builder().build().unwrap();
     let shutdown = coordinator.handle();
+    // A finished tracked future counts out on completion, even while the caller keeps it.
+    let mut finished = Box::pin(shutdown.track(async { 7 }).unwrap());
+    assert_eq!(shutdown.running_tasks(), 1);
+    assert_eq!((&mut finished).await, 7);
+    assert_eq!(shutdown.running_tasks(), 0);
     let tracked = shutdown
         .track(async { panic!("in a tracked future") })
         .unwrap();
@@ -703,6 +714,7 @@ fn public_types_are_send_and_sync() {
     send_sync::<palisade_shutdown::ShutdownReport>();
     send_sync::<palisade_shutdown::Tracked<std::future::Ready<()>>>();
     send_sync::<palisade_shutdown::ShutdownLayer>();
+    send_sync::<palisade_shutdown::RequestGuard>();
     // An error for `?` into `Box<dyn Error + Send + Sync>` even when the future is not `Sync`.
     type NotSync = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
     send_sync::<palisade_shutdown::Refused<NotSync>>();
@@ -760,4 +772,58 @@ fn a_runtime_without_io_gets_a_logged_error_not_a_panic() {
         shutdown.trigger();
         assert!(coordinator.run().await.is_clean());
     });
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_without_tower_counts_its_requests_with_guards() {
+    let coordinator = builder()
+        .readiness_delay(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let shutdown = coordinator.handle();
+    let before = shutdown.begin_request().unwrap();
+    let run = tokio::spawn(coordinator.run());
+    shutdown.trigger();
+    let during_delay = shutdown
+        .begin_request()
+        .expect("still serving while not ready");
+    assert_eq!(shutdown.metrics().requests_in_flight, 2);
+    shutdown.wait_for(Phase::Draining).await;
+    assert!(shutdown.begin_request().is_none(), "refused once draining");
+    assert_eq!(
+        shutdown.metrics().requests_in_flight,
+        2,
+        "a refusal leaves no count"
+    );
+    drop(before);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        shutdown.phase(),
+        Phase::Draining,
+        "the drain waits for the last guard"
+    );
+    drop(during_delay);
+    let report = run.await.unwrap();
+    assert_eq!(
+        report.phase(Phase::Draining).unwrap().took,
+        Duration::from_secs(3)
+    );
+    assert!(report.is_clean(), "{report}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hook_registered_too_late_is_reported_skipped() {
+    let coordinator = builder()
+        .drain_timeout(Duration::from_secs(1))
+        .deadline(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let shutdown = coordinator.handle();
+    let (_stuck, _) = spawn_stuck(&shutdown);
+    let run = tokio::spawn(coordinator.run());
+    shutdown.trigger();
+    shutdown.wait_for(Phase::Aborting).await;
+    shutdown.on_cleanup("late", async {});
+    let report = run.await.unwrap();
+    assert_eq!(report.hook("late").unwrap().outcome, Outcome::Skipped);
 }

@@ -28,6 +28,11 @@ async fn the_first_sigterm_triggers_and_the_second_escalates() {
     let shutdown = coordinator.handle();
     shutdown.spawn(std::future::pending::<()>()).unwrap();
     send_sigterm_to_self();
+    // The handlers act at once, before `run` is even polled: readiness fails right away.
+    tokio::time::timeout(Duration::from_secs(60), shutdown.requested())
+        .await
+        .expect("the SIGTERM triggers without run()");
+    assert!(!shutdown.is_ready());
     let run = tokio::spawn(coordinator.run());
     shutdown.wait_for(Phase::Draining).await;
     send_sigterm_to_self();
