@@ -1,0 +1,120 @@
+//! Real deadlocks, found after the fact by parking_lot's `deadlock_detection` and reported
+//! through `tracing`.
+//!
+//! The order detector finds deadlocks that *could* happen; this finds those that *did*: threads
+//! blocked on each other's parking_lot locks (palisade's sync locks are parking_lot's), with a
+//! backtrace of each. It needs the `deadlock-detection` feature, which turns parking_lot's
+//! feature on for the whole build and makes every parking_lot lock do some bookkeeping, so it is
+//! meant for debug and staging builds. It sees no async locks (a task waiting on tokio's lock is
+//! not a blocked thread).
+
+use std::fmt;
+use std::sync::mpsc;
+use std::thread::{JoinHandle, ThreadId};
+use std::time::Duration;
+
+use palisade_core::ConfigError;
+
+/// One thread of a deadlock cycle.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeadlockedThread {
+    /// The blocked thread.
+    pub thread_id: ThreadId,
+    /// Where it is blocked.
+    pub backtrace: String,
+}
+
+/// A set of threads waiting on each other.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Deadlock {
+    /// The threads of the cycle.
+    pub threads: Vec<DeadlockedThread>,
+}
+
+impl fmt::Display for Deadlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "deadlock: {} threads wait on each other",
+            self.threads.len()
+        )?;
+        for t in &self.threads {
+            write!(
+                f,
+                "\n  thread {:?} is blocked at:\n{}",
+                t.thread_id, t.backtrace
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The deadlocks that formed since the last call (parking_lot reports each one once).
+pub fn check() -> Vec<Deadlock> {
+    parking_lot::deadlock::check_deadlock()
+        .into_iter()
+        .map(|cycle| Deadlock {
+            threads: cycle
+                .iter()
+                .map(|t| DeadlockedThread {
+                    thread_id: t.thread_id(),
+                    backtrace: format!("{:?}", t.backtrace()),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// A thread that calls [`check`] every interval and reports each deadlock as a `tracing` error
+/// (target `palisade_lock`). Stops when dropped.
+#[derive(Debug)]
+pub struct Watchdog {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Starts a [`Watchdog`] checking every `interval` (1 s to 10 s is typical: a check costs a scan
+/// of the waiting threads). `on_deadlock` runs for each deadlock after it is logged.
+///
+/// # Errors
+///
+/// A zero `interval`, or the thread could not be spawned.
+pub fn spawn_watchdog(
+    interval: Duration,
+    on_deadlock: impl Fn(&Deadlock) + Send + 'static,
+) -> Result<Watchdog, ConfigError> {
+    if interval.is_zero() {
+        return Err(ConfigError::out_of_range(
+            "interval",
+            "greater than zero",
+            interval,
+        ));
+    }
+    let (stop, stopped) = mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("palisade-deadlock-watchdog".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                for deadlock in check() {
+                    tracing::error!(target: "palisade_lock", threads = deadlock.threads.len(), "{deadlock}");
+                    on_deadlock(&deadlock);
+                }
+            }
+        })
+        .map_err(|e| ConfigError::out_of_range("watchdog thread", "spawnable", e.to_string()))?;
+    Ok(Watchdog {
+        stop: Some(stop),
+        thread: Some(thread),
+    })
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
