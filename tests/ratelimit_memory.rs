@@ -112,11 +112,19 @@ fn report(name: &str, f: &Footprint) {
     );
 }
 
+/// Allocations made once, before counting: the clocks calibrate once per process, and with
+/// parking_lot's `deadlock_detection` on (palisade-lock's `deadlock-detection` feature, which the
+/// `--all-features` test build turns on) a thread's first lock allocates its list of held locks.
+fn warm_up() {
+    let palisade = palisade_keyed();
+    assert!(palisade.check(&u64::MAX).is_allowed());
+    let governor = governor_keyed();
+    assert!(governor.check_key(&u64::MAX).is_ok());
+}
+
 #[test]
 fn palisade_holds_no_more_per_key_than_governor() {
-    // The clocks calibrate once per process, allocating; do it before counting.
-    drop(palisade_keyed());
-    drop(governor_keyed());
+    warm_up();
 
     let palisade = palisade_footprint();
     let governor = governor_footprint();
@@ -137,8 +145,7 @@ fn palisade_holds_no_more_per_key_than_governor() {
 
 #[test]
 fn the_counts_are_deterministic() {
-    drop(palisade_keyed());
-    drop(governor_keyed());
+    warm_up();
     let (a, b) = (palisade_footprint(), palisade_footprint());
     assert_eq!((a.built, a.inserted), (b.built, b.inserted));
     let (a, b) = (governor_footprint(), governor_footprint());
@@ -147,8 +154,7 @@ fn the_counts_are_deterministic() {
 
 #[test]
 fn dropping_a_limiter_frees_every_key() {
-    drop(palisade_keyed());
-    drop(governor_keyed());
+    warm_up();
     let info = allocation_counter::measure(|| {
         let limiter = palisade_keyed();
         for key in 0..KEYS {
