@@ -4,6 +4,7 @@
 #[macro_use]
 mod macros;
 
+mod acquire;
 mod class;
 #[cfg(feature = "deadlock-detection")]
 pub mod deadlock;

@@ -1,7 +1,6 @@
 //! [`Mutex`]: parking_lot's mutex with a lock class, order checks and timeouts.
 
 use std::fmt;
-use std::ops::{Deref, DerefMut};
 use std::panic::Location;
 #[cfg(not(palisade_loom))]
 use std::time::Duration;
@@ -9,7 +8,7 @@ use std::time::Duration;
 use palisade_core::sync;
 
 use crate::class::{Class, Meta};
-use crate::detect::{self, Acq, Held};
+use crate::detect::Held;
 #[cfg(not(palisade_loom))]
 use crate::error::LockTimeout;
 
@@ -65,18 +64,9 @@ impl<T: ?Sized> Mutex<T> {
     #[cfg_attr(palisade_detect, track_caller)]
     #[inline]
     pub fn lock(&self) -> MutexGuard<'_, T> {
-        let site = Location::caller();
-        let held = detect::acquire(
-            &self.meta,
-            Acq {
-                lock: addr!(self),
-                read: false,
-                blocking: true,
-                site,
-            },
-        );
-        let raw = self.raw.lock();
-        detect::set_holder(&self.meta, site);
+        let (raw, held) = self
+            .meta
+            .take(addr!(self), false, Location::caller(), || self.raw.lock());
         MutexGuard { raw, _held: held }
     }
 
@@ -85,18 +75,9 @@ impl<T: ?Sized> Mutex<T> {
     #[cfg_attr(palisade_detect, track_caller)]
     #[inline]
     pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
-        let raw = self.raw.try_lock()?;
-        let site = Location::caller();
-        let held = detect::acquire(
-            &self.meta,
-            Acq {
-                lock: addr!(self),
-                read: false,
-                blocking: false,
-                site,
-            },
-        );
-        detect::set_holder(&self.meta, site);
+        let (raw, held) =
+            self.meta
+                .try_take(addr!(self), false, Location::caller(), self.raw.try_lock())?;
         Some(MutexGuard { raw, _held: held })
     }
 
@@ -105,27 +86,12 @@ impl<T: ?Sized> Mutex<T> {
     #[cfg(not(palisade_loom))]
     #[cfg_attr(palisade_detect, track_caller)]
     pub fn try_lock_for(&self, timeout: Duration) -> Result<MutexGuard<'_, T>, LockTimeout> {
-        let site = Location::caller();
-        let held = detect::acquire(
-            &self.meta,
-            Acq {
-                lock: addr!(self),
-                read: false,
-                blocking: true,
-                site,
-            },
-        );
-        match self.raw.try_lock_for(timeout) {
-            Some(raw) => {
-                detect::set_holder(&self.meta, site);
-                Ok(MutexGuard { raw, _held: held })
-            }
-            None => Err(LockTimeout::new(
-                self.meta.class(),
-                timeout,
-                self.meta.holder(),
-            )),
-        }
+        let (raw, held) =
+            self.meta
+                .take_for(addr!(self), false, Location::caller(), timeout, |t| {
+                    self.raw.try_lock_for(t)
+                })?;
+        Ok(MutexGuard { raw, _held: held })
     }
 
     /// The protected value, through `&mut self` (no locking needed).
@@ -183,27 +149,10 @@ impl<'a, T: ?Sized> MutexGuard<'a, T> {
     }
 }
 
-impl<T: ?Sized> Deref for MutexGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.raw
-    }
-}
-
-impl<T: ?Sized> DerefMut for MutexGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        &mut self.raw
-    }
-}
-
-impl<T: ?Sized + fmt::Debug> fmt::Debug for MutexGuard<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&**self, f)
-    }
-}
-
 impl<T: ?Sized + fmt::Display> fmt::Display for MutexGuard<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&**self, f)
     }
 }
+
+guard_access!(MutexGuard, [?Sized+], mut);

@@ -1,7 +1,6 @@
 //! [`RwLock`]: parking_lot's reader-writer lock with a lock class, order checks and timeouts.
 
 use std::fmt;
-use std::ops::{Deref, DerefMut};
 use std::panic::Location;
 #[cfg(not(palisade_loom))]
 use std::time::Duration;
@@ -9,7 +8,7 @@ use std::time::Duration;
 use palisade_core::sync;
 
 use crate::class::{Class, Meta};
-use crate::detect::{self, Acq, Held};
+use crate::detect::Held;
 #[cfg(not(palisade_loom))]
 use crate::error::LockTimeout;
 
@@ -63,18 +62,9 @@ impl<T> RwLock<T> {
     #[cfg_attr(palisade_detect, track_caller)]
     #[inline]
     pub fn read(&self) -> RwLockReadGuard<'_, T> {
-        let site = Location::caller();
-        let held = detect::acquire(
-            &self.meta,
-            Acq {
-                lock: addr!(self),
-                read: true,
-                blocking: true,
-                site,
-            },
-        );
-        let raw = self.raw.read();
-        detect::set_holder(&self.meta, site);
+        let (raw, held) = self
+            .meta
+            .take(addr!(self), true, Location::caller(), || self.raw.read());
         RwLockReadGuard { raw, _held: held }
     }
 
@@ -83,54 +73,27 @@ impl<T> RwLock<T> {
     #[cfg_attr(palisade_detect, track_caller)]
     #[inline]
     pub fn write(&self) -> RwLockWriteGuard<'_, T> {
-        let site = Location::caller();
-        let held = detect::acquire(
-            &self.meta,
-            Acq {
-                lock: addr!(self),
-                read: false,
-                blocking: true,
-                site,
-            },
-        );
-        let raw = self.raw.write();
-        detect::set_holder(&self.meta, site);
+        let (raw, held) = self
+            .meta
+            .take(addr!(self), false, Location::caller(), || self.raw.write());
         RwLockWriteGuard { raw, _held: held }
     }
 
     /// Shared access if available now, without blocking (and without an order check).
     #[cfg_attr(palisade_detect, track_caller)]
     pub fn try_read(&self) -> Option<RwLockReadGuard<'_, T>> {
-        let raw = self.raw.try_read()?;
-        let site = Location::caller();
-        let held = detect::acquire(
-            &self.meta,
-            Acq {
-                lock: addr!(self),
-                read: true,
-                blocking: false,
-                site,
-            },
-        );
-        detect::set_holder(&self.meta, site);
+        let (raw, held) =
+            self.meta
+                .try_take(addr!(self), true, Location::caller(), self.raw.try_read())?;
         Some(RwLockReadGuard { raw, _held: held })
     }
 
     /// Exclusive access if available now, without blocking (and without an order check).
     #[cfg_attr(palisade_detect, track_caller)]
     pub fn try_write(&self) -> Option<RwLockWriteGuard<'_, T>> {
-        let raw = self.raw.try_write()?;
-        let site = Location::caller();
-        let held = detect::acquire(
-            &self.meta,
-            Acq {
-                lock: addr!(self),
-                read: false,
-                blocking: false,
-                site,
-            },
-        );
-        detect::set_holder(&self.meta, site);
+        let (raw, held) =
+            self.meta
+                .try_take(addr!(self), false, Location::caller(), self.raw.try_write())?;
         Some(RwLockWriteGuard { raw, _held: held })
     }
 
@@ -138,54 +101,24 @@ impl<T> RwLock<T> {
     #[cfg(not(palisade_loom))]
     #[cfg_attr(palisade_detect, track_caller)]
     pub fn try_read_for(&self, timeout: Duration) -> Result<RwLockReadGuard<'_, T>, LockTimeout> {
-        let site = Location::caller();
-        let held = detect::acquire(
-            &self.meta,
-            Acq {
-                lock: addr!(self),
-                read: true,
-                blocking: true,
-                site,
-            },
-        );
-        match self.raw.try_read_for(timeout) {
-            Some(raw) => {
-                detect::set_holder(&self.meta, site);
-                Ok(RwLockReadGuard { raw, _held: held })
-            }
-            None => Err(LockTimeout::new(
-                self.meta.class(),
-                timeout,
-                self.meta.holder(),
-            )),
-        }
+        let (raw, held) =
+            self.meta
+                .take_for(addr!(self), true, Location::caller(), timeout, |t| {
+                    self.raw.try_read_for(t)
+                })?;
+        Ok(RwLockReadGuard { raw, _held: held })
     }
 
     /// Exclusive access, waiting at most `timeout`.
     #[cfg(not(palisade_loom))]
     #[cfg_attr(palisade_detect, track_caller)]
     pub fn try_write_for(&self, timeout: Duration) -> Result<RwLockWriteGuard<'_, T>, LockTimeout> {
-        let site = Location::caller();
-        let held = detect::acquire(
-            &self.meta,
-            Acq {
-                lock: addr!(self),
-                read: false,
-                blocking: true,
-                site,
-            },
-        );
-        match self.raw.try_write_for(timeout) {
-            Some(raw) => {
-                detect::set_holder(&self.meta, site);
-                Ok(RwLockWriteGuard { raw, _held: held })
-            }
-            None => Err(LockTimeout::new(
-                self.meta.class(),
-                timeout,
-                self.meta.holder(),
-            )),
-        }
+        let (raw, held) =
+            self.meta
+                .take_for(addr!(self), false, Location::caller(), timeout, |t| {
+                    self.raw.try_write_for(t)
+                })?;
+        Ok(RwLockWriteGuard { raw, _held: held })
     }
 
     /// The protected value, through `&mut self` (no locking needed).
@@ -255,34 +188,5 @@ impl<'a, T> RwLockWriteGuard<'a, T> {
     }
 }
 
-impl<T> Deref for RwLockReadGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.raw
-    }
-}
-
-impl<T> Deref for RwLockWriteGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.raw
-    }
-}
-
-impl<T> DerefMut for RwLockWriteGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        &mut self.raw
-    }
-}
-
-impl<T: fmt::Debug> fmt::Debug for RwLockReadGuard<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&**self, f)
-    }
-}
-
-impl<T: fmt::Debug> fmt::Debug for RwLockWriteGuard<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&**self, f)
-    }
-}
+guard_access!(RwLockReadGuard, []);
+guard_access!(RwLockWriteGuard, [], mut);

@@ -7,12 +7,11 @@
 
 use std::fmt;
 use std::future::Future;
-use std::ops::{Deref, DerefMut};
 use std::panic::Location;
 use std::time::Duration;
 
 use crate::class::{Class, Meta};
-use crate::detect::{Acq, set_holder, tasks};
+use crate::detect::tasks;
 use crate::error::LockTimeout;
 
 /// An async mutex (tokio's, FIFO) that knows its [`Class`] and is checked against the lock
@@ -66,17 +65,10 @@ impl<T: ?Sized> Mutex<T> {
     pub fn lock(&self) -> impl Future<Output = MutexGuard<'_, T>> + '_ {
         let site = Location::caller();
         async move {
-            let held = tasks::acquire(
-                &self.meta,
-                Acq {
-                    lock: addr!(self),
-                    read: false,
-                    blocking: true,
-                    site,
-                },
-            );
-            let raw = self.raw.lock().await;
-            set_holder(&self.meta, site);
+            let (raw, held) = self
+                .meta
+                .take_async(addr!(self), false, site, self.raw.lock())
+                .await;
             MutexGuard { raw, _held: held }
         }
     }
@@ -84,18 +76,12 @@ impl<T: ?Sized> Mutex<T> {
     /// Takes the lock if it is free now.
     #[cfg_attr(palisade_detect, track_caller)]
     pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
-        let raw = self.raw.try_lock().ok()?;
-        let site = Location::caller();
-        let held = tasks::acquire(
-            &self.meta,
-            Acq {
-                lock: addr!(self),
-                read: false,
-                blocking: false,
-                site,
-            },
-        );
-        set_holder(&self.meta, site);
+        let (raw, held) = self.meta.try_take_async(
+            addr!(self),
+            false,
+            Location::caller(),
+            self.raw.try_lock().ok(),
+        )?;
         Some(MutexGuard { raw, _held: held })
     }
 
@@ -108,26 +94,11 @@ impl<T: ?Sized> Mutex<T> {
     ) -> impl Future<Output = Result<MutexGuard<'_, T>, LockTimeout>> + '_ {
         let site = Location::caller();
         async move {
-            let held = tasks::acquire(
-                &self.meta,
-                Acq {
-                    lock: addr!(self),
-                    read: false,
-                    blocking: true,
-                    site,
-                },
-            );
-            match tokio::time::timeout(timeout, self.raw.lock()).await {
-                Ok(raw) => {
-                    set_holder(&self.meta, site);
-                    Ok(MutexGuard { raw, _held: held })
-                }
-                Err(_) => Err(LockTimeout::new(
-                    self.meta.class(),
-                    timeout,
-                    self.meta.holder(),
-                )),
-            }
+            let (raw, held) = self
+                .meta
+                .take_async_for(addr!(self), false, site, timeout, self.raw.lock())
+                .await?;
+            Ok(MutexGuard { raw, _held: held })
         }
     }
 
@@ -155,25 +126,6 @@ impl<T: ?Sized> fmt::Debug for Mutex<T> {
 pub struct MutexGuard<'a, T: ?Sized> {
     raw: tokio::sync::MutexGuard<'a, T>,
     _held: tasks::TaskHeld,
-}
-
-impl<T: ?Sized> Deref for MutexGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.raw
-    }
-}
-
-impl<T: ?Sized> DerefMut for MutexGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        &mut self.raw
-    }
-}
-
-impl<T: ?Sized + fmt::Debug> fmt::Debug for MutexGuard<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&**self, f)
-    }
 }
 
 /// An async reader-writer lock (tokio's, fair) that knows its [`Class`] and is checked against
@@ -209,17 +161,10 @@ impl<T> RwLock<T> {
     pub fn read(&self) -> impl Future<Output = RwLockReadGuard<'_, T>> + '_ {
         let site = Location::caller();
         async move {
-            let held = tasks::acquire(
-                &self.meta,
-                Acq {
-                    lock: addr!(self),
-                    read: true,
-                    blocking: true,
-                    site,
-                },
-            );
-            let raw = self.raw.read().await;
-            set_holder(&self.meta, site);
+            let (raw, held) = self
+                .meta
+                .take_async(addr!(self), true, site, self.raw.read())
+                .await;
             RwLockReadGuard { raw, _held: held }
         }
     }
@@ -229,17 +174,10 @@ impl<T> RwLock<T> {
     pub fn write(&self) -> impl Future<Output = RwLockWriteGuard<'_, T>> + '_ {
         let site = Location::caller();
         async move {
-            let held = tasks::acquire(
-                &self.meta,
-                Acq {
-                    lock: addr!(self),
-                    read: false,
-                    blocking: true,
-                    site,
-                },
-            );
-            let raw = self.raw.write().await;
-            set_holder(&self.meta, site);
+            let (raw, held) = self
+                .meta
+                .take_async(addr!(self), false, site, self.raw.write())
+                .await;
             RwLockWriteGuard { raw, _held: held }
         }
     }
@@ -247,36 +185,24 @@ impl<T> RwLock<T> {
     /// Shared access if available now.
     #[cfg_attr(palisade_detect, track_caller)]
     pub fn try_read(&self) -> Option<RwLockReadGuard<'_, T>> {
-        let raw = self.raw.try_read().ok()?;
-        let site = Location::caller();
-        let held = tasks::acquire(
-            &self.meta,
-            Acq {
-                lock: addr!(self),
-                read: true,
-                blocking: false,
-                site,
-            },
-        );
-        set_holder(&self.meta, site);
+        let (raw, held) = self.meta.try_take_async(
+            addr!(self),
+            true,
+            Location::caller(),
+            self.raw.try_read().ok(),
+        )?;
         Some(RwLockReadGuard { raw, _held: held })
     }
 
     /// Exclusive access if available now.
     #[cfg_attr(palisade_detect, track_caller)]
     pub fn try_write(&self) -> Option<RwLockWriteGuard<'_, T>> {
-        let raw = self.raw.try_write().ok()?;
-        let site = Location::caller();
-        let held = tasks::acquire(
-            &self.meta,
-            Acq {
-                lock: addr!(self),
-                read: false,
-                blocking: false,
-                site,
-            },
-        );
-        set_holder(&self.meta, site);
+        let (raw, held) = self.meta.try_take_async(
+            addr!(self),
+            false,
+            Location::caller(),
+            self.raw.try_write().ok(),
+        )?;
         Some(RwLockWriteGuard { raw, _held: held })
     }
 
@@ -288,26 +214,11 @@ impl<T> RwLock<T> {
     ) -> impl Future<Output = Result<RwLockReadGuard<'_, T>, LockTimeout>> + '_ {
         let site = Location::caller();
         async move {
-            let held = tasks::acquire(
-                &self.meta,
-                Acq {
-                    lock: addr!(self),
-                    read: true,
-                    blocking: true,
-                    site,
-                },
-            );
-            match tokio::time::timeout(timeout, self.raw.read()).await {
-                Ok(raw) => {
-                    set_holder(&self.meta, site);
-                    Ok(RwLockReadGuard { raw, _held: held })
-                }
-                Err(_) => Err(LockTimeout::new(
-                    self.meta.class(),
-                    timeout,
-                    self.meta.holder(),
-                )),
-            }
+            let (raw, held) = self
+                .meta
+                .take_async_for(addr!(self), true, site, timeout, self.raw.read())
+                .await?;
+            Ok(RwLockReadGuard { raw, _held: held })
         }
     }
 
@@ -319,26 +230,11 @@ impl<T> RwLock<T> {
     ) -> impl Future<Output = Result<RwLockWriteGuard<'_, T>, LockTimeout>> + '_ {
         let site = Location::caller();
         async move {
-            let held = tasks::acquire(
-                &self.meta,
-                Acq {
-                    lock: addr!(self),
-                    read: false,
-                    blocking: true,
-                    site,
-                },
-            );
-            match tokio::time::timeout(timeout, self.raw.write()).await {
-                Ok(raw) => {
-                    set_holder(&self.meta, site);
-                    Ok(RwLockWriteGuard { raw, _held: held })
-                }
-                Err(_) => Err(LockTimeout::new(
-                    self.meta.class(),
-                    timeout,
-                    self.meta.holder(),
-                )),
-            }
+            let (raw, held) = self
+                .meta
+                .take_async_for(addr!(self), false, site, timeout, self.raw.write())
+                .await?;
+            Ok(RwLockWriteGuard { raw, _held: held })
         }
     }
 
@@ -380,34 +276,6 @@ pub struct RwLockWriteGuard<'a, T> {
     _held: tasks::TaskHeld,
 }
 
-impl<T> Deref for RwLockReadGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.raw
-    }
-}
-
-impl<T> Deref for RwLockWriteGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.raw
-    }
-}
-
-impl<T> DerefMut for RwLockWriteGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        &mut self.raw
-    }
-}
-
-impl<T: fmt::Debug> fmt::Debug for RwLockReadGuard<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&**self, f)
-    }
-}
-
-impl<T: fmt::Debug> fmt::Debug for RwLockWriteGuard<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&**self, f)
-    }
-}
+guard_access!(MutexGuard, [?Sized+], mut);
+guard_access!(RwLockReadGuard, []);
+guard_access!(RwLockWriteGuard, [], mut);
