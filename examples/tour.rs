@@ -15,6 +15,7 @@ use palisade::breaker::{
 use palisade::bulkhead::{Aimd, Bulkhead, Discipline};
 use palisade::lock::detect::{self, Mode, Report};
 use palisade::lock::{Mutex, lock_all};
+use palisade::pool::{Error as PoolError, Manager, Pool, Pooled};
 use palisade::ratelimit::{KeyedRateLimiter, Quota, RateLimiter};
 use palisade::retry::{Backoff, Jitter, RetryPolicy, TpsBudget, retry};
 use palisade::shutdown::{Coordinator, Draining, Phase};
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
     chapter_bulkhead();
     chapter_shutdown();
     chapter_lock();
+    chapter_pool();
     coming_next();
     ExitCode::SUCCESS
 }
@@ -841,6 +843,173 @@ fn chapter_lock() {
     println!();
 }
 
+/// An in-memory backend for the pool chapter: connects take `connect_ms` of (paused) time and
+/// fail while `down` is set.
+#[derive(Clone, Default)]
+struct TourBackend {
+    down: Arc<std::sync::atomic::AtomicBool>,
+    attempts: Arc<AtomicU32>,
+    connect_ms: u64,
+}
+
+#[derive(Debug)]
+struct TourConn(u32);
+
+impl Manager for TourBackend {
+    type Connection = TourConn;
+    type Error = std::io::Error;
+
+    async fn connect(&self) -> std::io::Result<TourConn> {
+        let n = self.attempts.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(ms(self.connect_ms)).await;
+        if self.down.load(Ordering::SeqCst) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "connection refused",
+            ));
+        }
+        Ok(TourConn(n))
+    }
+}
+
+/// palisade-pool: fair hand-off, few connects in a spike, fast failure with a cause, jitter.
+fn chapter_pool() {
+    println!("Chapter 8 - connection pool (palisade-pool)");
+    println!("-------------------------------------------");
+    println!("A backend takes 50 ms to accept a connection. 50 requests arrive at once, each");
+    println!("needs a connection for 5 ms. Pool::builder(backend).max_size(50):");
+    println!();
+    paused_runtime().block_on(async {
+        let backend = TourBackend {
+            connect_ms: 50,
+            ..TourBackend::default()
+        };
+        let pool = Pool::builder(backend.clone())
+            .max_size(50)
+            .acquire_timeout(ms(1000))
+            .clock(TokioClock::new())
+            .build()
+            .expect("valid pool knobs");
+        let start = tokio::time::Instant::now();
+        let callers: Vec<_> = (0..50)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    let conn = pool.get().await.expect("served within 1 s");
+                    let waited = start.elapsed();
+                    tokio::time::sleep(ms(5)).await;
+                    drop(conn);
+                    waited
+                })
+            })
+            .collect();
+        let mut waits = Vec::new();
+        for caller in callers {
+            waits.push(caller.await.expect("caller ran"));
+        }
+        waits.sort();
+        let m = pool.metrics();
+        println!("    served              50 of 50, in arrival order (a returned connection goes");
+        println!("                        to the longest waiter, never to a newcomer)");
+        println!(
+            "    connections opened  {} (max_concurrent_connects = 2; a connection comes",
+            m.created
+        );
+        println!("                        back every 5 ms, long before a new one would be ready)");
+        println!(
+            "    wait, first / last  {} / {}",
+            human(waits[0]),
+            human(waits[49])
+        );
+        println!();
+
+        println!(
+            "The backend goes down. A get() with acquire_timeout 1 s while the pool is empty:"
+        );
+        let _ = pool.close(ms(100)).await;
+        backend.down.store(true, Ordering::SeqCst);
+        let before = backend.attempts.load(Ordering::SeqCst);
+        let pool = Pool::builder(backend.clone())
+            .max_size(4)
+            .acquire_timeout(ms(1000))
+            .clock(TokioClock::new())
+            .build()
+            .expect("valid pool knobs");
+        let start = tokio::time::Instant::now();
+        match pool.get().await {
+            Err(e @ PoolError::Unavailable { .. }) => {
+                println!("    after {}: {e}", human(start.elapsed()));
+            }
+            other => println!("    unexpected: {:?}", other.map(|c| c.0)),
+        }
+        let attempts = backend.attempts.load(Ordering::SeqCst) - before;
+        println!(
+            "    connect attempts in that second: {attempts} (100 ms backoff, doubling, +/- 20 %),"
+        );
+        println!("    not one per caller or per millisecond");
+        backend.down.store(false, Ordering::SeqCst);
+        let conn = pool.get().await.expect("the backend is back");
+        println!(
+            "    back up: the next get() connects ({} after the outage)",
+            human(start.elapsed())
+        );
+        drop(conn);
+        println!();
+
+        println!("A request future is cancelled between writing a query and reading its answer.");
+        println!("Its connection was tainted for that span, so it is closed, not reused:");
+        let mut conn = pool.get().await.expect("a connection");
+        let id = conn.0;
+        Pooled::taint(&mut conn);
+        let request = tokio::spawn(async move {
+            let _conn = conn;
+            tokio::time::sleep(ms(10_000)).await; // waiting for an answer that never comes
+        });
+        tokio::time::sleep(ms(100)).await;
+        request.abort();
+        let _ = request.await;
+        let next = pool.get().await.expect("a connection");
+        println!(
+            "    cancelled request had connection #{id}; the next caller gets #{}",
+            next.0
+        );
+        drop(next);
+        println!();
+
+        println!("20 connections opened together with max_lifetime 60 s, max_lifetime_jitter 0.2:");
+        let pool = Pool::builder(TourBackend::default())
+            .max_size(20)
+            .max_lifetime(Some(ms(60_000)))
+            .max_lifetime_jitter(0.2)
+            .idle_timeout(None)
+            .clock(TokioClock::new())
+            .build()
+            .expect("valid pool knobs");
+        let mut conns = Vec::new();
+        for _ in 0..20 {
+            conns.push(pool.get().await.expect("a connection"));
+        }
+        drop(conns);
+        let start = tokio::time::Instant::now();
+        let mut expiries = Vec::new();
+        while pool.metrics().idle > 0 {
+            tokio::time::sleep(ms(500)).await;
+            pool.maintain().await;
+            let gone = 20 - pool.metrics().idle;
+            while expiries.len() < gone {
+                expiries.push(start.elapsed());
+            }
+        }
+        println!(
+            "    they expire between {} and {}, not all at once: the pool reconnects",
+            human(expiries[0]),
+            human(expiries[19])
+        );
+        println!("    gradually instead of in one burst against the backend");
+    });
+    println!();
+}
+
 /// A current-thread runtime with tokio's clock paused: sleeps complete at once, in order.
 fn paused_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -853,19 +1022,12 @@ fn paused_runtime() -> tokio::runtime::Runtime {
 fn coming_next() {
     println!("Coming next");
     println!("-----------");
-    println!("These crates are planned and get their chapters here as they land:");
-    for (name, what) in [
-        (
-            "palisade-pool",
-            "async connection pool with fair hand-off and lifetime jitter",
-        ),
-        (
-            "palisade-reconnect",
-            "reconnecting streams and services, gRPC backoff",
-        ),
-    ] {
-        println!("  {name:<20} {what}");
-    }
+    println!("This crate is planned and gets its chapter here when it lands:");
+    let (name, what) = (
+        "palisade-reconnect",
+        "reconnecting streams and services, gRPC backoff",
+    );
+    println!("  {name:<20} {what}");
 }
 
 /// A duration rounded for reading: `3.2 ms`, `1 h`.

@@ -1,0 +1,780 @@
+//! [`Pool`]: checkout with fair hand-off, connect tasks, warm-up, maintenance and close.
+
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::panic::Location;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use palisade_core::sync::{Arc, Mutex};
+use palisade_core::{Clock, FastClock, Instant};
+use palisade_retry::{Backoff, Jitter};
+use tokio::sync::Notify;
+
+use crate::config::{CheckoutTest, Config, PoolBuilder};
+use crate::error::{CloseTimeout, Error, Failure};
+use crate::manager::Manager;
+use crate::metrics::{Discard, Metrics};
+use crate::pooled::Pooled;
+use crate::state::{
+    AfterFailure, Checkout, Closed, Dropped, Limits, Live, Poll as Slot, State, Ticket,
+};
+
+/// An async connection pool.
+///
+/// Cheap to clone: clones share one pool. See the [crate docs](crate) for the knobs and
+/// guarantees.
+pub struct Pool<M: Manager, C: Clock = FastClock> {
+    pub(crate) shared: Arc<Shared<M, C>>,
+}
+
+impl<M: Manager, C: Clock> Clone for Pool<M, C> {
+    fn clone(&self) -> Self {
+        Pool {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<M: Manager, C: Clock> fmt::Debug for Pool<M, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("metrics", &self.metrics())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every handle, guard and background task of one pool shares.
+pub(crate) struct Shared<M: Manager, C> {
+    pub(crate) manager: M,
+    pub(crate) config: Config,
+    pub(crate) clock: C,
+    pub(crate) state: Mutex<State<M::Connection, M::Error>>,
+    /// Notified when a connect ends and when a connection leaves the pool: what `warm_up` and
+    /// `close` wait on.
+    changed: Notify,
+    /// Picks each connection's lifetime within the jitter window.
+    lifetime: Option<(Duration, Backoff)>,
+}
+
+impl<M: Manager> Pool<M, FastClock> {
+    /// A builder with the defaults (see [`PoolBuilder`] for every knob).
+    pub fn builder(manager: M) -> PoolBuilder<M, FastClock> {
+        PoolBuilder::new(manager)
+    }
+}
+
+impl<M: Manager, C: Clock> Pool<M, C> {
+    pub(crate) fn from_parts(manager: M, clock: C, config: Config) -> Pool<M, C> {
+        let limits = Limits {
+            max_size: config.max_size,
+            min_idle: config.min_idle,
+            max_connecting: config.max_concurrent_connects,
+            idle_timeout: config.idle_timeout.map(nanos),
+        };
+        // A lifetime is `max_lifetime - u`, `u` uniform in [0, max_lifetime × jitter].
+        let lifetime = config.max_lifetime.map(|max| {
+            let span = max.mul_f64(config.max_lifetime_jitter);
+            let spread = Backoff::constant(span)
+                .jitter(Jitter::Full)
+                .build()
+                .expect("a constant backoff of at most 30 days is valid");
+            (max, spread)
+        });
+        let pool = Pool {
+            shared: Arc::new(Shared {
+                manager,
+                config,
+                clock,
+                state: Mutex::new(State::new(limits)),
+                changed: Notify::new(),
+                lifetime,
+            }),
+        };
+        let connects = pool.shared.state.lock().reserve_connects();
+        Shared::spawn_connects(&pool.shared, connects);
+        pool
+    }
+
+    /// Checks out a connection: the most recently used idle one that passes its checks, or a
+    /// place in line for the next one returned or connected, all within `acquire_timeout`.
+    ///
+    /// # Fairness
+    ///
+    /// Callers are served in arrival order: a connection that comes back goes straight to the
+    /// longest waiter, never to a newcomer, and new connections are opened only for callers
+    /// no connect in flight will serve (HikariCP's rule), at most `max_concurrent_connects` at
+    /// once.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future at any point loses nothing: a place in line is given up, a
+    /// connection handed to it meanwhile goes on to the next waiter, a connect it started
+    /// finishes on its own task and serves the next waiter or the idle set, and a connection
+    /// dropped halfway through `recycle` or `validate` is discarded (its state is unknown) and
+    /// its slot freed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] or [`Error::Exhausted`] at the deadline, with the pool's
+    /// metrics; [`Error::Closed`] once [`close`](Pool::close) was called.
+    ///
+    /// Waiting uses tokio's timer: poll it inside a tokio runtime with time enabled.
+    #[track_caller]
+    pub fn get(&self) -> impl Future<Output = Result<Pooled<M, C>, Error<M::Error>>> + Send + '_ {
+        let site = Location::caller();
+        Shared::get(&self.shared, site)
+    }
+
+    /// Connects until `min_idle` connections are open (at most `max_concurrent_connects` at a
+    /// time), or `acquire_timeout` passes. Cancel-safe: connects already started finish into
+    /// the idle set.
+    pub async fn warm_up(&self) -> Result<(), Error<M::Error>> {
+        let shared = &self.shared;
+        let started = shared.clock.now();
+        let deadline = tokio::time::Instant::now() + shared.config.acquire_timeout;
+        loop {
+            let mut changed = pin!(shared.changed.notified());
+            changed.as_mut().enable();
+            let (open, connects) = {
+                let mut state = shared.state.lock();
+                if state.is_closed() {
+                    return Err(Error::Closed);
+                }
+                (
+                    state.size() - state.metrics().connecting,
+                    state.reserve_connects(),
+                )
+            };
+            Shared::spawn_connects(shared, connects);
+            if open >= shared.config.min_idle {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(shared.timeout_error(started, None));
+            }
+        }
+    }
+
+    /// One maintenance pass: closes idle connections past their lifetime or idle timeout,
+    /// validates those idle longer than `keepalive` (putting back the good ones), reports
+    /// checkouts held longer than `leak_detection`, and refills to `min_idle`. Cancel-safe:
+    /// the one connection it holds for a check at a time is discarded if it is dropped.
+    pub async fn maintain(&self) {
+        let shared = &self.shared;
+        let now = shared.clock.now();
+        let mut dropped = Dropped::new();
+        let (leaks, connects) = {
+            let mut state = shared.state.lock();
+            state.reap(now, &mut dropped);
+            let leaks = match shared.config.leak_detection {
+                Some(threshold) => state.suspected_leaks(now, nanos(threshold)),
+                None => Vec::new(),
+            };
+            (leaks, state.reserve_connects())
+        };
+        Shared::dropped(shared, dropped, "maintenance");
+        for out in leaks {
+            tracing::warn!(
+                target: "palisade_pool",
+                checked_out_at = %out.site,
+                held = ?now.saturating_duration_since(out.since),
+                "connection checked out longer than the leak-detection threshold: possible leak"
+            );
+        }
+        Shared::spawn_connects(shared, connects);
+        let Some(after) = shared.config.keepalive else {
+            return;
+        };
+        let mut guard = Checking {
+            shared,
+            live: None,
+            pending: Vec::new(),
+            keepalive: true,
+        };
+        // One connection at a time: the others stay available to callers meanwhile.
+        loop {
+            let live = {
+                let mut state = shared.state.lock();
+                if state.is_closed() {
+                    return;
+                }
+                state.take_for_keepalive(shared.clock.now(), nanos(after))
+            };
+            let Some(live) = live else {
+                return;
+            };
+            let limit = tokio::time::Instant::now() + shared.config.validation_timeout;
+            let conn = &mut guard.live.insert(live).conn;
+            let result = bounded(shared.manager.validate(conn), || limit).await;
+            let live = guard.live.take().expect("the connection checked");
+            let now = shared.clock.now();
+            match result {
+                Some(Ok(())) => {
+                    let mut dropped = Dropped::new();
+                    let waker = shared.state.lock().checked(live, now, &mut dropped);
+                    Shared::dropped(shared, dropped, "keepalive");
+                    if let Some(waker) = waker {
+                        waker.wake();
+                    }
+                }
+                failed => {
+                    let failure = match failed {
+                        Some(Err(e)) => Failure::Validate(e),
+                        _ => Failure::ValidateTimeout(shared.config.validation_timeout),
+                    };
+                    tracing::debug!(target: "palisade_pool", %failure, "keepalive check failed");
+                    Shared::discard_out(
+                        shared,
+                        Some(live.conn),
+                        Discard::Invalid,
+                        true,
+                        Some(failure),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Runs [`maintain`](Pool::maintain) every `interval` (at least 1 ms) until the pool is
+    /// closed or every other handle to it is dropped. Spawn it: `tokio::spawn(pool.maintenance(interval))`.
+    pub fn maintenance(&self, interval: Duration) -> impl Future<Output = ()> + Send + 'static {
+        let pool = self.clone();
+        let interval = interval.max(crate::config::MIN_DURATION);
+        async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                if pool.shared.state.lock().is_closed() || Arc::strong_count(&pool.shared) == 1 {
+                    return;
+                }
+                pool.maintain().await;
+            }
+        }
+    }
+
+    /// Closes the pool: `get()` fails with [`Error::Closed`] from now on (waiters included; a
+    /// `get()` that was already handed a connection may still return it, and `close` waits
+    /// for that connection like any other checked-out one),
+    /// idle connections are closed at once, and each checked-out connection is closed when it
+    /// comes back. Waits up to `timeout` for them all to come back. Calling it again waits
+    /// again. Made for a `palisade-shutdown` cleanup hook.
+    ///
+    /// Cancel-safe: the pool stays closed; only the wait is abandoned.
+    pub async fn close(&self, timeout: Duration) -> Result<(), CloseTimeout> {
+        let shared = &self.shared;
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
+        let mut wake = Vec::new();
+        let mut dropped = Dropped::new();
+        let first = shared.state.lock().close(&mut wake, &mut dropped);
+        if first {
+            tracing::info!(target: "palisade_pool", "pool closing");
+        }
+        wake.into_iter().for_each(std::task::Waker::wake);
+        Shared::dropped(shared, dropped, "close");
+        loop {
+            let mut changed = pin!(shared.changed.notified());
+            changed.as_mut().enable();
+            let outstanding = shared.state.lock().outstanding();
+            if outstanding == 0 {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                let outstanding = shared.state.lock().outstanding();
+                if outstanding == 0 {
+                    return Ok(());
+                }
+                return Err(CloseTimeout {
+                    outstanding,
+                    waited: started.elapsed(),
+                });
+            }
+        }
+    }
+
+    /// Whether [`close`](Pool::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.state.lock().is_closed()
+    }
+
+    /// A snapshot of the pool's gauges and counters.
+    pub fn metrics(&self) -> Metrics {
+        self.shared.state.lock().metrics()
+    }
+
+    /// The manager.
+    pub fn manager(&self) -> &M {
+        &self.shared.manager
+    }
+}
+
+/// `fut`, polled once without a timer (the common case is ready at once), then bounded by the
+/// instant `limit` gives. `None` if it ran out of time.
+async fn bounded<F: Future>(
+    fut: F,
+    limit: impl FnOnce() -> tokio::time::Instant,
+) -> Option<F::Output> {
+    let mut fut = pin!(fut);
+    if let Poll::Ready(out) = poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        return Some(out);
+    }
+    tokio::time::timeout_at(limit(), fut).await.ok()
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Connections out of the idle set for a check; discarded if the holder is dropped midway
+/// (their state is unknown).
+struct Checking<'a, M: Manager, C: Clock> {
+    shared: &'a Arc<Shared<M, C>>,
+    /// The connection being checked.
+    live: Option<Live<M::Connection>>,
+    /// Keepalive checks still to run.
+    pending: Vec<Live<M::Connection>>,
+    /// Keepalive checks (counted as `checking`), not a checkout.
+    keepalive: bool,
+}
+
+impl<M: Manager, C: Clock> Drop for Checking<'_, M, C> {
+    fn drop(&mut self) {
+        let conns: Vec<_> = self
+            .live
+            .take()
+            .into_iter()
+            .chain(self.pending.drain(..))
+            .collect();
+        if conns.is_empty() {
+            return;
+        }
+        for live in conns {
+            Shared::discard_out(
+                self.shared,
+                Some(live.conn),
+                Discard::Cancelled,
+                self.keepalive,
+                None,
+            );
+        }
+    }
+}
+
+/// A place in line, given up if dropped.
+struct InLine<'a, M: Manager, C: Clock> {
+    shared: &'a Arc<Shared<M, C>>,
+    ticket: Option<Ticket>,
+}
+
+impl<M: Manager, C: Clock> InLine<'_, M, C> {
+    /// Leaves the line; a connection delivered meanwhile is kept if `keep`, else passed on.
+    fn leave(&mut self, keep: bool) -> Option<Live<M::Connection>> {
+        let ticket = self.ticket.take()?;
+        let now = self.shared.clock.now();
+        let mut dropped = Dropped::new();
+        let (kept, waker) = self
+            .shared
+            .state
+            .lock()
+            .leave(ticket, keep, now, &mut dropped);
+        Shared::dropped(self.shared, dropped, "leave");
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        kept
+    }
+}
+
+impl<M: Manager, C: Clock> Drop for InLine<'_, M, C> {
+    fn drop(&mut self) {
+        self.leave(false);
+    }
+}
+
+/// How waiting in line ended.
+enum Waited<T> {
+    Served(Live<T>),
+    Closed,
+    /// With the pool as it was at the deadline, this waiter still in line.
+    TimedOut(Metrics),
+}
+
+impl<M: Manager, C: Clock> Shared<M, C> {
+    async fn get(
+        this: &Arc<Self>,
+        site: &'static Location<'static>,
+    ) -> Result<Pooled<M, C>, Error<M::Error>> {
+        let start = this.clock.now();
+        let mut now = start;
+        let mut deadline: Option<tokio::time::Instant> = None;
+        // After a failed check the caller keeps its place at the head of the line.
+        let mut front = false;
+        loop {
+            let mut dropped = Dropped::new();
+            let step = this.state.lock().checkout(now, None, front, &mut dropped);
+            Shared::dropped(this, dropped, "checkout");
+            let live = match step {
+                Err(Closed) => return Err(Error::Closed),
+                Ok(Checkout::Idle(live)) => live,
+                Ok(Checkout::Wait { ticket, connects }) => {
+                    Shared::spawn_connects(this, connects);
+                    let until = *deadline.get_or_insert_with(|| this.deadline(start));
+                    match Shared::wait(this, ticket, until).await {
+                        Waited::Served(live) => live,
+                        Waited::Closed => return Err(Error::Closed),
+                        Waited::TimedOut(metrics) => {
+                            return Err(this.timeout_error(start, Some(metrics)));
+                        }
+                    }
+                }
+            };
+            let mut check = Checking {
+                shared: this,
+                live: Some(live),
+                pending: Vec::new(),
+                keepalive: false,
+            };
+            let verdict = Shared::check(this, &mut check, start, &mut deadline).await;
+            match verdict {
+                Ok(()) => {
+                    let live = check.live.take().expect("checked connection");
+                    return Ok(Pooled::new(Arc::clone(this), live, site));
+                }
+                Err(Some(timeout)) => return Err(timeout),
+                Err(None) => {
+                    front = true;
+                    now = this.clock.now();
+                }
+            }
+        }
+    }
+
+    /// The tokio instant at which a `get()` that started at `start` (on the pool's clock) must
+    /// end.
+    fn deadline(&self, start: Instant) -> tokio::time::Instant {
+        let spent = self.clock.elapsed(start);
+        tokio::time::Instant::now() + self.config.acquire_timeout.saturating_sub(spent)
+    }
+
+    async fn wait(
+        this: &Arc<Self>,
+        ticket: Ticket,
+        until: tokio::time::Instant,
+    ) -> Waited<M::Connection> {
+        let mut line = InLine {
+            shared: this,
+            ticket: Some(ticket),
+        };
+        let mut sleep = pin!(tokio::time::sleep_until(until));
+        poll_fn(|cx| {
+            let Some(ticket) = line.ticket else {
+                return Poll::Ready(Waited::Closed);
+            };
+            let polled = this.state.lock().poll_waiter(ticket, cx.waker());
+            match polled {
+                Slot::Delivered(live) => {
+                    line.ticket = None;
+                    return Poll::Ready(Waited::Served(live));
+                }
+                Slot::Closed => {
+                    line.ticket = None;
+                    return Poll::Ready(Waited::Closed);
+                }
+                Slot::Waiting(connects) => Shared::spawn_connects(this, connects),
+            }
+            if sleep.as_mut().poll(cx).is_ready() {
+                let metrics = this.state.lock().metrics();
+                // Served just at the deadline: keep it.
+                return Poll::Ready(match line.leave(true) {
+                    Some(live) => Waited::Served(live),
+                    None => Waited::TimedOut(metrics),
+                });
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Runs the checks of a connection about to go out. `Ok` to hand it out; `Err(None)` if it
+    /// was discarded (try again); `Err(Some)` if the deadline passed meanwhile.
+    async fn check(
+        this: &Arc<Self>,
+        check: &mut Checking<'_, M, C>,
+        start: Instant,
+        deadline: &mut Option<tokio::time::Instant>,
+    ) -> Result<(), Option<Error<M::Error>>> {
+        let live = check.live.as_mut().expect("a connection to check");
+        if this.manager.is_broken(&mut live.conn) {
+            Shared::discard_checked(this, check, Discard::Broken, None);
+            return Err(None);
+        }
+        let idle_for = this.clock.elapsed(live.checked);
+        let validate = match this.config.test_on_checkout {
+            CheckoutTest::Never => false,
+            CheckoutTest::Always => true,
+            CheckoutTest::IdleFor(d) => idle_for >= d,
+        };
+        let recycle = live.used;
+        for is_recycle in [true, false] {
+            if (is_recycle && !recycle) || (!is_recycle && !validate) {
+                continue;
+            }
+            let live = check.live.as_mut().expect("a connection to check");
+            let timeout = this.config.validation_timeout;
+            let result = if is_recycle {
+                live.used = false;
+                let fut = this.manager.recycle(&mut live.conn);
+                bounded(fut, || this.step_limit(start, deadline, timeout)).await
+            } else {
+                let fut = this.manager.validate(&mut live.conn);
+                bounded(fut, || this.step_limit(start, deadline, timeout)).await
+            };
+            let failure = match result {
+                Some(Ok(())) => continue,
+                Some(Err(e)) => Failure::Validate(e),
+                None => Failure::ValidateTimeout(timeout),
+            };
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                // The caller's deadline, not the connection, cut the step short: its state is
+                // unknown, so it is closed, but nothing is held against the backend.
+                Shared::discard_checked(this, check, Discard::Cancelled, None);
+                return Err(Some(this.timeout_error(start, None)));
+            }
+            tracing::debug!(target: "palisade_pool", %failure, "connection failed its checkout check");
+            Shared::discard_checked(this, check, Discard::Invalid, Some(failure));
+            return Err(None);
+        }
+        Ok(())
+    }
+
+    fn step_limit(
+        &self,
+        start: Instant,
+        deadline: &mut Option<tokio::time::Instant>,
+        timeout: Duration,
+    ) -> tokio::time::Instant {
+        let overall = *deadline.get_or_insert_with(|| self.deadline(start));
+        overall.min(tokio::time::Instant::now() + timeout)
+    }
+
+    fn discard_checked(
+        this: &Arc<Self>,
+        check: &mut Checking<'_, M, C>,
+        reason: Discard,
+        failure: Option<Failure<M::Error>>,
+    ) {
+        let Some(live) = check.live.take() else {
+            return;
+        };
+        Shared::discard_out(this, Some(live.conn), reason, false, failure);
+    }
+
+    /// The error for a `get()` that started at `start` and ran out of time.
+    pub(crate) fn timeout_error(
+        &self,
+        start: Instant,
+        at_deadline: Option<Metrics>,
+    ) -> Error<M::Error> {
+        // Timeouts happen at the deadline: the caller waited `acquire_timeout`.
+        let _ = start;
+        let waited = self.config.acquire_timeout;
+        let mut state = self.state.lock();
+        state.timed_out();
+        let mut metrics = at_deadline.unwrap_or_else(|| state.metrics());
+        metrics.timeouts = state.counters.timeouts;
+        let error = match (&state.last_error, state.failures() > 0) {
+            (Some(last_error), true) => Error::Unavailable {
+                waited,
+                last_error: std::sync::Arc::clone(last_error),
+                metrics,
+            },
+            _ => Error::Exhausted { waited, metrics },
+        };
+        drop(state);
+        tracing::debug!(target: "palisade_pool", %error, "get timed out");
+        error
+    }
+
+    /// Closes a checked-out (or keepalive-checked) connection, then frees its slot (in that
+    /// order: the backend never sees more than `max_size` connections) and starts the connects
+    /// waiters need. `None` for a connection the caller took away (detach).
+    pub(crate) fn discard_out(
+        this: &Arc<Self>,
+        conn: Option<M::Connection>,
+        reason: Discard,
+        from_check: bool,
+        failure: Option<Failure<M::Error>>,
+    ) {
+        drop(conn);
+        tracing::debug!(target: "palisade_pool", reason = reason.as_str(), "connection discarded");
+        let failed = failure.is_some();
+        let (connects, failures) = {
+            let mut state = this.state.lock();
+            if let Some(failure) = failure {
+                state.record_error(failure);
+            }
+            (state.discard_out(reason, from_check), state.failures())
+        };
+        if failed {
+            this.back_off(failures);
+        }
+        this.changed.notify_waiters();
+        Shared::spawn_connects(this, connects);
+    }
+
+    /// After the `failures`-th consecutive failure, no connect attempt starts before the
+    /// backoff schedule's (jittered) pause for it.
+    fn back_off(&self, failures: u32) {
+        let nth = failures.clamp(1, 32) as usize - 1;
+        let pause = self
+            .config
+            .connect_backoff
+            .delays()
+            .nth(nth)
+            .unwrap_or_default();
+        let at = self.clock.now().saturating_add(pause);
+        self.state.lock().back_off_until(at);
+    }
+
+    /// Closes connections a state transition discarded (their reasons are counted already),
+    /// then frees their slots.
+    pub(crate) fn dropped(this: &Arc<Self>, dropped: Dropped<M::Connection>, during: &'static str) {
+        if dropped.is_empty() {
+            return;
+        }
+        let n = dropped.len();
+        drop(dropped);
+        tracing::debug!(target: "palisade_pool", count = n, during, "connections discarded");
+        let connects = this.state.lock().release(n);
+        this.changed.notify_waiters();
+        Shared::spawn_connects(this, connects);
+    }
+
+    /// Starts `n` connect tasks whose slots the state has reserved.
+    pub(crate) fn spawn_connects(this: &Arc<Self>, n: usize) {
+        for _ in 0..n {
+            if !this.config.spawner.spawn(connect(Arc::clone(this))) {
+                // No runtime here (a guard dropped after shutdown, say). The slot-owning
+                // future was dropped unpolled and released its slot, waking the longest
+                // waiter, which starts the connect from its own runtime.
+                return;
+            }
+        }
+    }
+
+    fn lifetime_end(&self, created: Instant) -> Instant {
+        match &self.lifetime {
+            None => Instant::MAX,
+            Some((max, spread)) => {
+                let cut = spread.delays().next().unwrap_or_default();
+                created.saturating_add(max.saturating_sub(cut))
+            }
+        }
+    }
+}
+
+/// One connect task: attempts until it connects, the need goes away, or the pool closes.
+/// Attempts follow the pool-wide backoff: after a failure, no attempt (of any task) starts
+/// before the pause the backoff schedule gives for the failures so far.
+fn connect<M: Manager, C: Clock>(shared: Arc<Shared<M, C>>) -> impl Future<Output = ()> + Send {
+    // Created here, outside the async body, so that even a task dropped before its first poll
+    // (a runtime shutting down) gives its slot back.
+    let slot = Reserved {
+        shared,
+        armed: true,
+    };
+    async move {
+        let mut slot = slot;
+        connect_loop(&mut slot).await;
+    }
+}
+
+/// A connect's reserved slot: released (and the longest waiter woken to start another
+/// connect) if the connect task is dropped or panics before it settles the slot itself.
+struct Reserved<M: Manager, C: Clock> {
+    shared: Arc<Shared<M, C>>,
+    armed: bool,
+}
+
+impl<M: Manager, C: Clock> Drop for Reserved<M, C> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let waker = self.shared.state.lock().connect_abandoned();
+        self.shared.changed.notify_waiters();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+async fn connect_loop<M: Manager, C: Clock>(slot: &mut Reserved<M, C>) {
+    let shared = Arc::clone(&slot.shared);
+    loop {
+        let pause = {
+            let state = shared.state.lock();
+            state
+                .retry_at()
+                .saturating_duration_since(shared.clock.now())
+        };
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+            if shared.state.lock().still_needed() == AfterFailure::GiveUp {
+                slot.armed = false;
+                shared.changed.notify_waiters();
+                return;
+            }
+        }
+        let timeout = shared.config.connect_timeout;
+        let result = bounded(shared.manager.connect(), || {
+            tokio::time::Instant::now() + timeout
+        })
+        .await;
+        let failure = match result {
+            Some(Ok(conn)) => {
+                let now = shared.clock.now();
+                let live = Live {
+                    conn,
+                    created: now,
+                    expires: shared.lifetime_end(now),
+                    used: false,
+                    since: now,
+                    checked: now,
+                };
+                let mut dropped = Dropped::new();
+                let (waker, connects) = shared.state.lock().connected(live, &mut dropped);
+                slot.armed = false;
+                tracing::debug!(target: "palisade_pool", "connection created");
+                Shared::dropped(&shared, dropped, "connect");
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+                Shared::spawn_connects(&shared, connects);
+                shared.changed.notify_waiters();
+                return;
+            }
+            Some(Err(e)) => Failure::Connect(e),
+            None => Failure::ConnectTimeout(timeout),
+        };
+        tracing::warn!(target: "palisade_pool", %failure, "connect failed");
+        let (after, failures) = {
+            let mut state = shared.state.lock();
+            let after = state.connect_failed(failure);
+            if after == AfterFailure::GiveUp {
+                slot.armed = false;
+            }
+            (after, state.failures())
+        };
+        // The pause for the `failures`-th consecutive failure, jittered.
+        shared.back_off(failures);
+        shared.changed.notify_waiters();
+        if after == AfterFailure::GiveUp {
+            return;
+        }
+    }
+}
