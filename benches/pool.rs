@@ -28,12 +28,12 @@
 //!   `std::time::Instant`. Each pool gets [`WAIT_WINDOWS`] windows, the pools taking turns,
 //!   and the table on stderr shows the median over them of each percentile (a few ms of the
 //!   VM's threads being descheduled lands in some window's tail, for any pool; the p99 range
-//!   shows the spread). With every task queuing
-//!   for a connection, a fair (FIFO) pool gives each `get()` about the same wait, (1,000 − 50)
-//!   / 50 holds, and an unfair one short waits for most and long ones for the unlucky.
-//!   Acquire timeouts are 30 s, so nobody times out. Without `--bench` (`cargo test
-//!   --benches`) it records for 10 ms, as a smoke test; a criterion filter that matches no
-//!   part of `pool/wait` skips it.
+//!   shows the spread). With every task queuing for a connection, a fair (FIFO) pool gives
+//!   each `get()` about the same wait, (1,000 − 50) / 50 holds, and an unfair one short waits
+//!   to most and long ones to the unlucky. Acquire timeouts are 30 s, so nobody times out.
+//!   Without `--bench` (`cargo test --benches`) it records one 10 ms window, as a smoke test;
+//!   a criterion filter that matches no part of `pool/wait` skips it (and so do `--list` and
+//!   `--profile-time`).
 
 mod support;
 
@@ -430,7 +430,10 @@ fn wait_selected(args: &[String]) -> bool {
         "--plotting-backend",
         "--output-format",
     ];
-    if args.iter().any(|a| a == "--list" || a.starts_with("--profile-time")) {
+    if args
+        .iter()
+        .any(|a| a == "--list" || a.starts_with("--profile-time"))
+    {
         return false;
     }
     let mut filter = None;
@@ -524,7 +527,10 @@ fn wait_report() {
     for (name, windows) in &rows {
         let stat = |f: fn(&Window) -> f64| median(windows.iter().map(f).collect());
         let p99 = windows.iter().map(|w| w.p99);
-        let (low, high) = (p99.clone().fold(f64::MAX, f64::min), p99.fold(0.0, f64::max));
+        let (low, high) = (
+            p99.clone().fold(f64::MAX, f64::min),
+            p99.fold(0.0, f64::max),
+        );
         eprintln!(
             "{:<10} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1}  {:>9.1}..{:<9.1}",
             name,

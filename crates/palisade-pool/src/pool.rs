@@ -438,7 +438,7 @@ impl<M: Manager, C: Clock> Shared<M, C> {
                 pending: Vec::new(),
                 keepalive: false,
             };
-            let verdict = Shared::check(this, &mut check, start, &mut deadline).await;
+            let verdict = Shared::check(this, &mut check, start, now, &mut deadline).await;
             match verdict {
                 Ok(()) => {
                     let live = check.live.take().expect("checked connection");
@@ -505,6 +505,7 @@ impl<M: Manager, C: Clock> Shared<M, C> {
         this: &Arc<Self>,
         check: &mut Checking<'_, M, C>,
         start: Instant,
+        now: Instant,
         deadline: &mut Option<tokio::time::Instant>,
     ) -> Result<(), Option<Error<M::Error>>> {
         let live = check.live.as_mut().expect("a connection to check");
@@ -512,7 +513,8 @@ impl<M: Manager, C: Clock> Shared<M, C> {
             Shared::discard_checked(this, check, Discard::Broken, None);
             return Err(None);
         }
-        let idle_for = this.clock.elapsed(live.checked);
+        // `now` is the checkout's clock reading: one read per checkout.
+        let idle_for = now.saturating_duration_since(live.checked);
         let validate = match this.config.test_on_checkout {
             CheckoutTest::Never => false,
             CheckoutTest::Always => true,
