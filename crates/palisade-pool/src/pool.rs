@@ -209,6 +209,7 @@ impl<M: Manager, C: Clock> Pool<M, C> {
             let conn = &mut guard.live.insert(live).conn;
             let result = bounded(shared.manager.validate(conn), || limit).await;
             let live = guard.live.take().expect("the connection checked");
+            let live_reused = live.reused;
             let now = shared.clock.now();
             match result {
                 Some(Ok(())) => {
@@ -230,7 +231,7 @@ impl<M: Manager, C: Clock> Pool<M, C> {
                         Some(live.conn),
                         Discard::Invalid,
                         true,
-                        Some(failure),
+                        Some((failure, !live_reused)),
                     );
                 }
             }
@@ -572,7 +573,14 @@ impl<M: Manager, C: Clock> Shared<M, C> {
         let Some(live) = check.live.take() else {
             return;
         };
-        Shared::discard_out(this, Some(live.conn), reason, false, failure);
+        let fresh = !live.reused;
+        Shared::discard_out(
+            this,
+            Some(live.conn),
+            reason,
+            false,
+            failure.map(|f| (f, fresh)),
+        );
     }
 
     /// The error for a `get()` that started at `start` and ran out of time.
@@ -609,15 +617,15 @@ impl<M: Manager, C: Clock> Shared<M, C> {
         conn: Option<M::Connection>,
         reason: Discard,
         from_check: bool,
-        failure: Option<Failure<M::Error>>,
+        failure: Option<(Failure<M::Error>, bool)>,
     ) {
         drop(conn);
         tracing::debug!(target: "palisade_pool", reason = reason.as_str(), "connection discarded");
-        let failed = failure.is_some();
+        let failed = failure.as_ref().is_some_and(|(_, fresh)| *fresh);
         let (connects, failures) = {
             let mut state = this.state.lock();
-            if let Some(failure) = failure {
-                state.record_error(failure);
+            if let Some((failure, fresh)) = failure {
+                state.record_error(failure, fresh);
             }
             (state.discard_out(reason, from_check), state.failures())
         };
@@ -745,6 +753,7 @@ async fn connect_loop<M: Manager, C: Clock>(slot: &mut Reserved<M, C>) {
                     created: now,
                     expires: shared.lifetime_end(now),
                     used: false,
+                    reused: false,
                     since: now,
                     checked: now,
                 };

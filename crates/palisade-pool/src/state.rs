@@ -22,6 +22,9 @@ pub(crate) struct Live<T> {
     pub(crate) expires: Instant,
     /// Checked out at least once since it was connected: `recycle` runs before the next use.
     pub(crate) used: bool,
+    /// Ever returned to the pool after a use (never reset, unlike `used`). A fresh connection
+    /// that fails its check says the backend is failing; an old one may just be stale.
+    pub(crate) reused: bool,
     /// When it last went back to the pool (idle or handed over), or was connected: the idle
     /// order and `idle_timeout` run on this.
     pub(crate) since: Instant,
@@ -449,6 +452,7 @@ impl<T, E> State<T, E> {
         dropped: &mut Dropped<T>,
     ) -> Option<Waker> {
         live.used = true;
+        live.reused = true;
         live.since = now;
         live.checked = now;
         self.place(live, now, dropped)
@@ -544,11 +548,15 @@ impl<T, E> State<T, E> {
         })
     }
 
-    /// Records a failed validation or recycle (the connection is discarded separately). It
-    /// counts as a failure of the backend: replacements follow the connect backoff, so a
-    /// backend that accepts connections but fails every check is not hammered with connects.
-    pub(crate) fn record_error(&mut self, failure: Failure<E>) {
-        self.failures = self.failures.saturating_add(1);
+    /// Records a failed validation or recycle (the connection is discarded separately). For a
+    /// `fresh` connection (never used) it counts as a failure of the backend: replacements
+    /// follow the connect backoff, so a backend that accepts connections but fails every check
+    /// is not hammered with connects. A used connection failing is just stale (a restart, a
+    /// middlebox): its replacement is not delayed.
+    pub(crate) fn record_error(&mut self, failure: Failure<E>, fresh: bool) {
+        if fresh {
+            self.failures = self.failures.saturating_add(1);
+        }
         self.last_error = Some(StdArc::new(failure));
     }
 
