@@ -343,7 +343,12 @@ struct Checking<'a, M: Manager, C: Clock> {
 }
 
 impl<M: Manager, C: Clock> Drop for Checking<'_, M, C> {
+    #[inline]
     fn drop(&mut self) {
+        // The common case, a checkout whose checks passed: nothing to discard.
+        if self.live.is_none() && self.pending.is_empty() {
+            return;
+        }
         let conns: Vec<_> = self
             .live
             .take()
@@ -652,10 +657,16 @@ impl<M: Manager, C: Clock> Shared<M, C> {
 
     /// Closes connections a state transition discarded (their reasons are counted already),
     /// then frees their slots.
+    #[inline]
     pub(crate) fn dropped(this: &Arc<Self>, dropped: Dropped<M::Connection>, during: &'static str) {
-        if dropped.is_empty() {
-            return;
+        if !dropped.is_empty() {
+            Shared::dropped_slow(this, dropped, during);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn dropped_slow(this: &Arc<Self>, dropped: Dropped<M::Connection>, during: &'static str) {
         let n = dropped.len();
         drop(dropped);
         tracing::debug!(target: "palisade_pool", count = n, during, "connections discarded");

@@ -36,6 +36,7 @@ pub struct Pooled<M: Manager, C: Clock = FastClock> {
 }
 
 impl<M: Manager, C: Clock> Pooled<M, C> {
+    #[inline]
     pub(crate) fn new(
         shared: Arc<Shared<M, C>>,
         live: Live<M::Connection>,

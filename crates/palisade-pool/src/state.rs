@@ -331,6 +331,7 @@ impl<T, E> State<T, E> {
     /// Takes the most recently used idle connection that has not expired, or joins the line
     /// (reserving the connects it needs). Expired idle connections met on the way, and the
     /// least recently used one if it expired, go to `dropped`.
+    #[inline]
     pub(crate) fn checkout(
         &mut self,
         now: Instant,
@@ -420,6 +421,7 @@ impl<T, E> State<T, E> {
     /// Puts a connection that is fit for use back: to the longest waiter, else on top of the
     /// idle set; discarded instead if it expired or the pool closed.
     #[must_use = "the waker of the waiter served must be woken"]
+    #[inline(always)]
     fn place(&mut self, live: Live<T>, now: Instant, dropped: &mut Dropped<T>) -> Option<Waker> {
         if self.closed {
             dropped.push(self.discard(live, Discard::Closed));
@@ -445,6 +447,7 @@ impl<T, E> State<T, E> {
 
     /// A checked-out connection comes back, fit for use.
     #[must_use = "the waker of the waiter served must be woken"]
+    #[inline]
     pub(crate) fn checkin(
         &mut self,
         mut live: Live<T>,
