@@ -39,11 +39,10 @@
 mod support;
 
 use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
+use std::future::{Ready, ready};
 use std::hint::black_box;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use palisade::bulkhead::{Bulkhead, BulkheadLayer};
@@ -182,37 +181,6 @@ fn tower(c: &mut Criterion) {
     group.finish();
 }
 
-/// Runs [`TASKS`] tasks on `rt`, each `task(n)` with `n` acquire/release rounds, enough that
-/// all of them together do at least `iters`; returns the time for `iters` rounds. The tasks are
-/// spawned behind a closed gate, the clock starts as it opens and stops when the last finished.
-fn run_tasks<F, Fut>(rt: &Runtime, iters: u64, task: F) -> Duration
-where
-    F: Fn(u64) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let rounds = iters.div_ceil(TASKS).max(1);
-    let elapsed = rt.block_on(async {
-        let gate = Arc::new(Semaphore::new(0));
-        let handles: Vec<_> = (0..TASKS)
-            .map(|_| {
-                let gate = gate.clone();
-                let work = task(rounds);
-                tokio::spawn(async move {
-                    gate.acquire().await.unwrap().forget();
-                    work.await;
-                })
-            })
-            .collect();
-        let start = Instant::now();
-        gate.add_permits(TASKS as usize);
-        for handle in handles {
-            handle.await.unwrap();
-        }
-        start.elapsed()
-    });
-    elapsed.mul_f64(iters as f64 / (rounds * TASKS) as f64)
-}
-
 /// Returns `Pending` once, having woken its own task: the task goes to the back of its
 /// worker's run queue. (tokio's `yield_now` defers the wake-up until the worker has nothing
 /// else to run and checks its drivers, which makes the timings depend on how often that
@@ -259,7 +227,7 @@ fn contended(c: &mut Criterion) {
         .unwrap();
     group.bench_function("palisade", |b| {
         b.iter_custom(|iters| {
-            run_tasks(&rt, iters, |rounds| {
+            support::run_tasks(&rt, TASKS, iters, |rounds| {
                 let bulkhead = bulkhead.clone();
                 async move {
                     for _ in 0..rounds {
@@ -275,7 +243,7 @@ fn contended(c: &mut Criterion) {
     let semaphore = Arc::new(Semaphore::new(LIMIT as usize));
     group.bench_function("tokio/semaphore", |b| {
         b.iter_custom(|iters| {
-            run_tasks(&rt, iters, |rounds| {
+            support::run_tasks(&rt, TASKS, iters, |rounds| {
                 let semaphore = semaphore.clone();
                 async move {
                     for _ in 0..rounds {
@@ -290,12 +258,20 @@ fn contended(c: &mut Criterion) {
 
     let service = BulkheadLayer::new(bulkhead.clone()).layer(Noop);
     group.bench_function("palisade/tower", |b| {
-        b.iter_custom(|iters| run_tasks(&rt, iters, |rounds| tower_rounds(service.clone(), rounds)))
+        b.iter_custom(|iters| {
+            support::run_tasks(&rt, TASKS, iters, |rounds| {
+                tower_rounds(service.clone(), rounds)
+            })
+        })
     });
 
     let service = tower::limit::ConcurrencyLimitLayer::new(LIMIT as usize).layer(Noop);
     group.bench_function("tower/concurrency-limit", |b| {
-        b.iter_custom(|iters| run_tasks(&rt, iters, |rounds| tower_rounds(service.clone(), rounds)))
+        b.iter_custom(|iters| {
+            support::run_tasks(&rt, TASKS, iters, |rounds| {
+                tower_rounds(service.clone(), rounds)
+            })
+        })
     });
 
     let service = tower_resilience_bulkhead::BulkheadLayer::builder()
@@ -305,7 +281,11 @@ fn contended(c: &mut Criterion) {
         .unwrap()
         .layer(Noop);
     group.bench_function("tower-resilience-bulkhead/backpressure", |b| {
-        b.iter_custom(|iters| run_tasks(&rt, iters, |rounds| tower_rounds(service.clone(), rounds)))
+        b.iter_custom(|iters| {
+            support::run_tasks(&rt, TASKS, iters, |rounds| {
+                tower_rounds(service.clone(), rounds)
+            })
+        })
     });
 
     group.finish();

@@ -48,7 +48,6 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group};
 use support::poll_once;
 use tokio::runtime::Runtime;
-use tokio::sync::Semaphore;
 
 /// Connections in the pools of `pool/uncontended` and `pool/contended`.
 const SIZE: usize = 16;
@@ -227,37 +226,6 @@ fn uncontended(c: &mut Criterion) {
     group.finish();
 }
 
-/// Runs [`TASKS`] tasks on `rt`, each `task(n)` with `n` rounds, enough that all of them
-/// together do at least `iters`; returns the time for `iters` rounds. The tasks are spawned
-/// behind a closed gate, the clock starts as it opens and stops when the last finished.
-fn run_tasks<F, Fut>(rt: &Runtime, iters: u64, task: F) -> Duration
-where
-    F: Fn(u64) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let rounds = iters.div_ceil(TASKS).max(1);
-    let elapsed = rt.block_on(async {
-        let gate = Arc::new(Semaphore::new(0));
-        let handles: Vec<_> = (0..TASKS)
-            .map(|_| {
-                let gate = gate.clone();
-                let work = task(rounds);
-                tokio::spawn(async move {
-                    gate.acquire().await.unwrap().forget();
-                    work.await;
-                })
-            })
-            .collect();
-        let start = Instant::now();
-        gate.add_permits(TASKS as usize);
-        for handle in handles {
-            handle.await.unwrap();
-        }
-        start.elapsed()
-    });
-    elapsed.mul_f64(iters as f64 / (rounds * TASKS) as f64)
-}
-
 fn contended(c: &mut Criterion) {
     let rt = multi_thread();
     let _guard = rt.enter();
@@ -267,7 +235,7 @@ fn contended(c: &mut Criterion) {
     warm_up!(rt, pool, SIZE);
     group.bench_function("palisade", |b| {
         b.iter_custom(|iters| {
-            run_tasks(&rt, iters, |rounds| {
+            support::run_tasks(&rt, TASKS, iters, |rounds| {
                 let pool = pool.clone();
                 async move {
                     for _ in 0..rounds {
@@ -282,7 +250,7 @@ fn contended(c: &mut Criterion) {
     warm_up!(rt, pool, SIZE);
     group.bench_function("deadpool", |b| {
         b.iter_custom(|iters| {
-            run_tasks(&rt, iters, |rounds| {
+            support::run_tasks(&rt, TASKS, iters, |rounds| {
                 let pool = pool.clone();
                 async move {
                     for _ in 0..rounds {
@@ -297,7 +265,7 @@ fn contended(c: &mut Criterion) {
     warm_up!(rt, pool, SIZE);
     group.bench_function("bb8", |b| {
         b.iter_custom(|iters| {
-            run_tasks(&rt, iters, |rounds| {
+            support::run_tasks(&rt, TASKS, iters, |rounds| {
                 let pool = pool.clone();
                 async move {
                     for _ in 0..rounds {

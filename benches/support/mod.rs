@@ -43,3 +43,40 @@ pub(crate) fn contended<B: Send + Sync + 'static>(
     other.join().unwrap();
     start.elapsed()
 }
+
+/// Runs `tasks` tasks on `rt`, each `task(n)` with `n` rounds, enough that all of them together
+/// do at least `iters`; returns the time for `iters` rounds. The tasks are spawned behind a
+/// closed gate; the clock starts as it opens and stops when the last one finished.
+#[allow(dead_code)]
+pub(crate) fn run_tasks<F, Fut>(
+    rt: &tokio::runtime::Runtime,
+    tasks: u64,
+    iters: u64,
+    task: F,
+) -> Duration
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let rounds = iters.div_ceil(tasks).max(1);
+    let elapsed = rt.block_on(async {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let handles: Vec<_> = (0..tasks)
+            .map(|_| {
+                let gate = gate.clone();
+                let work = task(rounds);
+                tokio::spawn(async move {
+                    gate.acquire().await.unwrap().forget();
+                    work.await;
+                })
+            })
+            .collect();
+        let start = Instant::now();
+        gate.add_permits(tasks as usize);
+        for handle in handles {
+            handle.await.unwrap();
+        }
+        start.elapsed()
+    });
+    elapsed.mul_f64(iters as f64 / (rounds * tasks) as f64)
+}

@@ -268,7 +268,10 @@ impl<M: Manager, C: Clock> Pool<M, C> {
     pub async fn close(&self, timeout: Duration) -> Result<(), CloseTimeout> {
         let shared = &self.shared;
         let started = tokio::time::Instant::now();
-        let deadline = started + timeout;
+        // `Duration::MAX` means "wait as long as it takes": clamp instead of overflowing.
+        let deadline = started
+            .checked_add(timeout)
+            .unwrap_or_else(|| started + crate::config::MAX_DURATION * 12);
         let mut wake = Vec::new();
         let mut dropped = Dropped::new();
         let first = shared.state.lock().close(&mut wake, &mut dropped);

@@ -598,6 +598,21 @@ async fn close_reports_connections_still_out_at_its_deadline() {
     pool.close(Duration::from_secs(1)).await.unwrap();
 }
 
+#[tokio::test(start_paused = true)]
+async fn close_with_an_unbounded_timeout_waits_instead_of_panicking() {
+    let backend = Backend::default();
+    let pool = builder(&backend).build().unwrap();
+    let held = pool.get().await.unwrap();
+    let closer = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.close(Duration::MAX).await }
+    });
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert!(!closer.is_finished());
+    drop(held);
+    closer.await.unwrap().unwrap();
+}
+
 #[test]
 fn every_knob_is_validated_with_the_field_and_range_in_the_message() {
     let backend = Backend::default();
