@@ -1,2 +1,32 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
+
+mod config;
+mod error;
+#[cfg(feature = "tower")]
+mod future;
+#[cfg(feature = "tower")]
+mod layer;
+mod schedule;
+#[cfg(feature = "tower")]
+mod service;
+#[cfg(feature = "tower")]
+mod shared;
+mod state;
+mod stream;
+
+pub use crate::config::{ConfigError, MAX_DURATION, MIN_DURATION, Policy, PolicyBuilder};
+pub use crate::error::{BoxError, Closed, ConnectionLost, NotConnected};
+#[cfg(feature = "tower")]
+pub use crate::future::ResponseFuture;
+#[cfg(feature = "tower")]
+pub use crate::layer::ReconnectLayer;
+#[cfg(feature = "tower")]
+pub use crate::service::{
+    BoxFuture, Classifier, Reconnect, ReconnectBuilder, Settings, SettingsBuilder,
+    WhileDisconnected, is_connection_error,
+};
+pub use crate::state::{Cause, CloseReason, ConnectionState, SharedError};
+pub use crate::stream::{ReconnectingStream, StreamBuilder};
+/// The backoff schedules, from palisade-retry.
+pub use palisade_retry::{Backoff, Jitter};

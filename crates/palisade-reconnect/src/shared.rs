@@ -1,0 +1,261 @@
+//! The state every clone of a [`Reconnect`](crate::Reconnect) shares with its background task:
+//! the current connection and its generation, the waiting clones, and the task's wake-up.
+//!
+//! One task (the driver) makes every connection; clones only read the current one, report it
+//! dead, or wait. So there is exactly one connect per generation however many clones wait,
+//! and every waiter is woken with the result (a connection, or closed).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use palisade_core::sync::Mutex;
+use palisade_core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use tokio::time::Instant;
+
+use crate::state::{Cause, CloseReason, ConnectionState, Reporter};
+
+/// The background task, built but not started (it starts at the first use).
+pub(crate) type Task = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Where the shared connection is.
+#[derive(Debug)]
+pub(crate) enum Phase<S> {
+    /// Not started, or an attempt is being made or waited for.
+    Pending {
+        /// Why the last attempt failed or the last connection went down.
+        cause: Option<Cause>,
+        /// When the next attempt is due; none while one is in flight.
+        next_attempt_at: Option<Instant>,
+    },
+    /// Connection `generation` is up.
+    Up { generation: u64, service: S },
+    /// Connection `generation` was reported dead; the driver has not seen it yet.
+    Lost { generation: u64, cause: Cause },
+    /// Closed for good.
+    Closed(CloseReason),
+}
+
+#[derive(Debug)]
+pub(crate) struct Core<S> {
+    pub(crate) phase: Phase<S>,
+    /// The driver, until the first use starts it.
+    task: Option<TaskSlot>,
+    /// Set by `close()` or the last handle's drop; the driver stops at its next step.
+    pub(crate) closing: bool,
+    driver: Option<Waker>,
+    waiters: Vec<Waker>,
+    /// Bumped whenever `waiters` is drained, so a clone knows whether its slot is still there.
+    epoch: u64,
+}
+
+/// The unstarted driver (a wrapper only for `Debug`).
+pub(crate) struct TaskSlot(pub(crate) Task);
+
+impl std::fmt::Debug for TaskSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TaskSlot")
+    }
+}
+
+/// What the driver is woken for.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// The connection it made was reported dead.
+    Lost(Cause),
+    /// Close: stop at once.
+    Closing,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared<S> {
+    pub(crate) core: Mutex<Core<S>>,
+    /// The generation that is up, 0 when none: the clones' lock-free check of their copy.
+    current: AtomicU64,
+    /// Live `Reconnect` handles; the last one's drop closes.
+    handles: AtomicUsize,
+    pub(crate) reporter: Reporter,
+}
+
+/// Where a clone waits: its waker's slot in `Core::waiters` in a given epoch.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct WaitSlot(Option<(u64, usize)>);
+
+impl<S> Shared<S> {
+    /// Without its driver yet: [`install_task`](Shared::install_task) adds it.
+    pub(crate) fn new() -> Shared<S> {
+        Shared {
+            core: Mutex::new(Core {
+                phase: Phase::Pending {
+                    cause: None,
+                    next_attempt_at: None,
+                },
+                task: None,
+                closing: false,
+                driver: None,
+                waiters: Vec::new(),
+                epoch: 0,
+            }),
+            current: AtomicU64::new(0),
+            handles: AtomicUsize::new(1),
+            reporter: Reporter::new(),
+        }
+    }
+
+    /// Adds the driver, which holds an `Arc` of this state (so it is made after it).
+    pub(crate) fn install_task(&self, task: Task) {
+        self.core.lock().task = Some(TaskSlot(task));
+    }
+
+    /// Whether connection `generation` is still the one up.
+    #[inline]
+    pub(crate) fn is_current(&self, generation: u64) -> bool {
+        self.current.load(Ordering::Acquire) == generation
+    }
+
+    /// Takes the unstarted driver, if this is the first use.
+    pub(crate) fn take_task(core: &mut Core<S>) -> Option<Task> {
+        core.task.take().map(|slot| slot.0)
+    }
+
+    /// Puts the driver back: it could not be started now.
+    pub(crate) fn put_back_task(&self, task: Task) {
+        let mut core = self.core.lock();
+        if core.task.is_none() && !core.closing {
+            core.task = Some(TaskSlot(task));
+        }
+    }
+
+    /// Registers `waker` to be woken at the next change; `slot` remembers where.
+    pub(crate) fn wait(core: &mut Core<S>, slot: &mut WaitSlot, waker: &Waker) {
+        match slot.0 {
+            Some((epoch, index)) if epoch == core.epoch => {
+                if !core.waiters[index].will_wake(waker) {
+                    core.waiters[index] = waker.clone();
+                }
+            }
+            _ => {
+                slot.0 = Some((core.epoch, core.waiters.len()));
+                core.waiters.push(waker.clone());
+            }
+        }
+    }
+
+    /// Wakes every waiting clone (after unlocking).
+    fn drain_waiters(core: &mut Core<S>) -> Vec<Waker> {
+        core.epoch += 1;
+        std::mem::take(&mut core.waiters)
+    }
+
+    /// Connection `generation` failed under a clone: wakes the driver to replace it. Later
+    /// reports of the same generation (other clones, other requests) change nothing.
+    pub(crate) fn report_lost(&self, generation: u64, cause: Cause) {
+        let driver = {
+            let mut core = self.core.lock();
+            match core.phase {
+                Phase::Up { generation: g, .. } if g == generation => {}
+                _ => return,
+            }
+            self.current.store(0, Ordering::Release);
+            core.phase = Phase::Lost { generation, cause };
+            core.driver.take()
+        };
+        if let Some(driver) = driver {
+            driver.wake();
+        }
+    }
+
+    /// The driver waits for its connection `generation` to be lost, or for closing.
+    pub(crate) fn poll_event(&self, generation: u64, cx: &mut Context<'_>) -> Poll<Event> {
+        let mut core = self.core.lock();
+        if core.closing {
+            return Poll::Ready(Event::Closing);
+        }
+        if let Phase::Lost { generation: g, cause } = &core.phase
+            && *g == generation
+        {
+            return Poll::Ready(Event::Lost(cause.clone()));
+        }
+        if !core.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            core.driver = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// The driver waits for closing only (during an attempt or a backoff).
+    pub(crate) fn poll_closing(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut core = self.core.lock();
+        if core.closing {
+            return Poll::Ready(());
+        }
+        if !core.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            core.driver = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Sets the phase and the published state together, then wakes the waiting clones.
+    pub(crate) fn set(&self, phase: Phase<S>, state: ConnectionState) {
+        let waiters = {
+            let mut core = self.core.lock();
+            if matches!(core.phase, Phase::Closed(_)) {
+                return;
+            }
+            let generation = match &phase {
+                Phase::Up { generation, .. } => *generation,
+                _ => 0,
+            };
+            core.phase = phase;
+            self.current.store(generation, Ordering::Release);
+            self.reporter.publish(state);
+            Self::drain_waiters(&mut core)
+        };
+        waiters.into_iter().for_each(Waker::wake);
+    }
+
+    /// Closed for good (the driver's last act, or a close before it started).
+    pub(crate) fn close(&self, reason: CloseReason) {
+        let (waiters, task) = {
+            let mut core = self.core.lock();
+            core.closing = true;
+            let task = Self::take_task(&mut core);
+            if matches!(core.phase, Phase::Closed(_)) {
+                (Vec::new(), task)
+            } else {
+                core.phase = Phase::Closed(reason.clone());
+                self.current.store(0, Ordering::Release);
+                self.reporter.publish(ConnectionState::Closed(reason));
+                (Self::drain_waiters(&mut core), task)
+            }
+        };
+        drop(task);
+        waiters.into_iter().for_each(Waker::wake);
+    }
+
+    /// Asks the driver to close (it publishes `Closed` when it stops); closes at once when
+    /// the driver never started.
+    pub(crate) fn request_close(&self) {
+        let (driver, unstarted) = {
+            let mut core = self.core.lock();
+            core.closing = true;
+            (core.driver.take(), core.task.is_some())
+        };
+        if unstarted {
+            self.close(CloseReason::Closed);
+        }
+        if let Some(driver) = driver {
+            driver.wake();
+        }
+    }
+
+    pub(crate) fn add_handle(&self) {
+        self.handles.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A handle dropped; the last one closes.
+    pub(crate) fn drop_handle(&self) {
+        if self.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.request_close();
+        }
+    }
+}

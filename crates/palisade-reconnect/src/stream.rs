@@ -1,0 +1,504 @@
+//! [`ReconnectingStream`]: an `AsyncRead + AsyncWrite` that reconnects by policy.
+
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use crate::config::{ConfigError, MIN_DURATION, PolicyBuilder, check_duration, policy_setters};
+use crate::error::{BoxError, Closed, ConnectionLost, into_io};
+use crate::schedule::Schedule;
+use crate::state::{Cause, CloseReason, ConnectionState, Reporter};
+
+type ConnectFuture<T> = Pin<Box<dyn Future<Output = io::Result<T>> + Send + 'static>>;
+type ConnectFn<T> = Box<dyn FnMut() -> ConnectFuture<T> + Send + 'static>;
+type HookFn<T> = Arc<dyn Fn(T) -> ConnectFuture<T> + Send + Sync + 'static>;
+
+/// An `AsyncRead + AsyncWrite` over a connector that reconnects when its connection fails.
+///
+/// - **Failures are reported, never hidden.** The operation that meets a dead connection (an
+///   I/O error, end of file, or no data for `idle_timeout`) returns an error: the underlying
+///   `io::Error`'s kind, carrying a [`ConnectionLost`]. Bytes the old connection accepted but
+///   did not deliver are not resent: after that error the protocol resynchronizes (resend an
+///   idempotent request, re-subscribe, ...).
+/// - **The next operation reconnects** by the [`Policy`](crate::Policy): it waits (stays
+///   pending) through failed attempts and backoff until a connection is up, then proceeds on
+///   it. Only when the policy gives up does it fail, with [`Closed`]. A stream has no task of
+///   its own: it reconnects when it is used.
+/// - **Cancel-safe.** The connect in flight and the backoff timer belong to the stream, not to
+///   the operation: dropping a read or a write (a `select!`, a `timeout`) while the stream
+///   reconnects loses nothing, and the next operation carries on from where it was.
+/// - **Observable.** [`state`](ReconnectingStream::state) is a `watch` channel of
+///   [`ConnectionState`]; each change is also a `tracing` event.
+///
+/// ```no_run
+/// use palisade_reconnect::ReconnectingStream;
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// use tokio::net::TcpStream;
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let mut stream = ReconnectingStream::builder(|| TcpStream::connect("127.0.0.1:6379"))
+///     .build()
+///     .map_err(std::io::Error::other)?;
+/// stream.write_all(b"PING\r\n").await?;
+/// let mut reply = [0u8; 7];
+/// stream.read_exact(&mut reply).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct ReconnectingStream<T> {
+    connect: ConnectFn<T>,
+    schedule: Schedule,
+    link: Link<T>,
+    /// The backoff and connect-deadline timer (created at first use, then reset).
+    timer: Option<Pin<Box<Sleep>>>,
+    idle: Option<Idle>,
+    reporter: Reporter,
+    generation: u64,
+}
+
+enum Link<T> {
+    /// Not connected: the next attempt may start at this instant (`None`: at once).
+    Down(Option<Instant>),
+    /// An attempt is in flight; `timer` holds its deadline, reached after `budget`.
+    Connecting(ConnectFuture<T>, Duration),
+    Up(T),
+    Closed(CloseReason),
+}
+
+/// The idle timeout: armed when a read starts waiting, cut when data arrives.
+struct Idle {
+    timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
+}
+
+impl<T> fmt::Debug for ReconnectingStream<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReconnectingStream")
+            .field("state", &self.reporter.current().name())
+            .field("generation", &self.generation)
+            .field("policy", self.schedule.policy())
+            .field("idle_timeout", &self.idle.as_ref().map(|i| i.timeout))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> ReconnectingStream<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// A builder over `connect`, called for every attempt: a closure returning the connect
+    /// future, as `|| TcpStream::connect(addr)`. Its error can be any error type; an
+    /// `io::Error` is kept as it is.
+    pub fn builder<F, Fut, E>(mut connect: F) -> StreamBuilder<T>
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        StreamBuilder {
+            connect: Box::new(move || {
+                let fut = connect();
+                Box::pin(async move { fut.await.map_err(|e| into_io(e.into())) })
+            }),
+            hook: None,
+            policy: PolicyBuilder::default(),
+            idle_timeout: None,
+        }
+    }
+}
+
+impl<T> ReconnectingStream<T> {
+    /// The connection state: a `watch` receiver that sees every change from now on.
+    pub fn state(&self) -> watch::Receiver<ConnectionState> {
+        self.reporter.subscribe()
+    }
+
+    /// The number of connections made so far; the current one's generation when connected.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// True while a connection is up.
+    pub fn is_connected(&self) -> bool {
+        matches!(self.link, Link::Up(_))
+    }
+
+    /// The current connection, if one is up.
+    pub fn get_ref(&self) -> Option<&T> {
+        match &self.link {
+            Link::Up(io) => Some(io),
+            _ => None,
+        }
+    }
+
+    /// The current connection, if one is up. Reading or writing it directly bypasses failure
+    /// detection.
+    pub fn get_mut(&mut self) -> Option<&mut T> {
+        match &mut self.link {
+            Link::Up(io) => Some(io),
+            _ => None,
+        }
+    }
+
+    /// Connects now if not connected, by the policy: returns once a connection is up, or with
+    /// [`Closed`] (in an `io::Error`) when the policy gives up. Cancel-safe: dropping it keeps
+    /// the attempt in flight for the next use.
+    pub async fn connect(&mut self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_connect(cx)).await
+    }
+
+    /// Drops the current connection (if any); the next use reconnects. Counts as a lost
+    /// connection: the backoff starts over only if it was up for `stable_after`.
+    pub fn reconnect(&mut self) {
+        if matches!(self.link, Link::Up(_)) {
+            drop(self.lost(Cause::Requested));
+        } else if matches!(self.link, Link::Connecting(..)) {
+            self.link = Link::Down(None);
+        }
+    }
+
+    /// Closes for good without a shutdown handshake: drops the connection or the attempt in
+    /// flight; later reads return end of file and writes fail with [`Closed`].
+    pub fn close(&mut self) {
+        self.close_with(CloseReason::Closed);
+    }
+
+    fn close_with(&mut self, reason: CloseReason) {
+        if !matches!(self.link, Link::Closed(_)) {
+            self.link = Link::Closed(reason.clone());
+            self.reporter.publish(ConnectionState::Closed(reason));
+        }
+    }
+
+    /// The connection failed with `cause`: schedules the next attempt (or gives up) and returns
+    /// the error for the operation that saw it.
+    fn lost(&mut self, cause: Cause) -> io::Error {
+        let now = Instant::now();
+        let error = ConnectionLost {
+            generation: self.generation,
+            cause: cause.clone(),
+        };
+        if let Some(idle) = &mut self.idle {
+            idle.waiting = false;
+        }
+        match self.schedule.lost(now) {
+            Ok(next) => {
+                self.link = Link::Down(Some(next));
+                self.reporter.publish(ConnectionState::Disconnected {
+                    cause,
+                    next_attempt_at: next,
+                    attempts: self.schedule.attempts(),
+                });
+            }
+            Err(gave_up) => self.close_with(CloseReason::GaveUp {
+                attempts: gave_up.attempts,
+                last: cause,
+            }),
+        }
+        error.into_io()
+    }
+
+    fn attempt_failed(&mut self, cause: Cause) {
+        match self.schedule.failed(Instant::now()) {
+            Ok(next) => {
+                self.link = Link::Down(Some(next));
+                self.reporter.publish(ConnectionState::Disconnected {
+                    cause,
+                    next_attempt_at: next,
+                    attempts: self.schedule.attempts(),
+                });
+            }
+            Err(gave_up) => self.close_with(CloseReason::GaveUp {
+                attempts: gave_up.attempts,
+                last: cause,
+            }),
+        }
+    }
+
+    /// Drives the connection up: `Ready(Ok)` once one is up, `Ready(Err(Closed))` once closed.
+    fn poll_connect(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            match &mut self.link {
+                Link::Up(_) => return Poll::Ready(Ok(())),
+                Link::Closed(reason) => {
+                    let reason = reason.clone();
+                    return Poll::Ready(Err(Closed { reason }.into_io()));
+                }
+                Link::Down(at) => {
+                    let now = Instant::now();
+                    if let Some(at) = *at
+                        && at > now
+                    {
+                        ready!(poll_timer(&mut self.timer, at, cx));
+                        continue;
+                    }
+                    let attempt = self.schedule.begin(now);
+                    self.reporter.publish(ConnectionState::Connecting {
+                        attempt: attempt.number,
+                    });
+                    let budget = attempt.deadline.saturating_duration_since(now);
+                    let fut = (self.connect)();
+                    self.link = Link::Connecting(fut, budget);
+                    arm(&mut self.timer, attempt.deadline);
+                }
+                Link::Connecting(fut, budget) => match fut.as_mut().poll(cx) {
+                    Poll::Ready(Ok(io)) => {
+                        let now = Instant::now();
+                        self.generation += 1;
+                        self.schedule.connected(now);
+                        self.link = Link::Up(io);
+                        self.reporter.publish(ConnectionState::Connected {
+                            since: now,
+                            generation: self.generation,
+                        });
+                        return Poll::Ready(Ok(()));
+                    }
+                    Poll::Ready(Err(e)) => self.attempt_failed(Cause::ConnectFailed(Arc::new(e))),
+                    Poll::Pending => {
+                        let budget = *budget;
+                        let timer = self.timer.as_mut().expect("armed with the attempt");
+                        ready!(timer.as_mut().poll(cx));
+                        self.attempt_failed(Cause::ConnectTimedOut(budget));
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Arms `timer` for `at`, creating it on first use.
+fn arm(timer: &mut Option<Pin<Box<Sleep>>>, at: Instant) {
+    match timer {
+        Some(t) => t.as_mut().reset(at),
+        None => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
+    }
+}
+
+/// Waits until `at` on `timer`.
+fn poll_timer(timer: &mut Option<Pin<Box<Sleep>>>, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
+    match timer {
+        Some(t) if t.deadline() == at => {}
+        _ => arm(timer, at),
+    }
+    timer.as_mut().expect("armed").as_mut().poll(cx)
+}
+
+/// Whether an I/O error leaves the connection usable: only the retry-me kinds do.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ReconnectingStream<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Link::Closed(CloseReason::Closed) = this.link {
+            return Poll::Ready(Ok(())); // closed by its owner: end of file
+        }
+        ready!(this.poll_connect(cx))?;
+        let Link::Up(io) = &mut this.link else {
+            unreachable!("poll_connect returns Ok only when up")
+        };
+        let before = buf.filled().len();
+        match Pin::new(io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() == before && buf.remaining() > 0 {
+                    return Poll::Ready(Err(this.lost(Cause::Eof)));
+                }
+                if let Some(idle) = &mut this.idle {
+                    idle.waiting = false;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) if is_transient(&e) => Poll::Ready(Err(e)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(this.lost(Cause::Lost(Arc::new(e))))),
+            Poll::Pending => {
+                let Some(idle) = &mut this.idle else {
+                    return Poll::Pending;
+                };
+                if !idle.waiting {
+                    idle.waiting = true;
+                    arm(&mut idle.timer, Instant::now() + idle.timeout);
+                }
+                let timer = idle.timer.as_mut().expect("armed when waiting");
+                ready!(timer.as_mut().poll(cx));
+                let timeout = idle.timeout;
+                Poll::Ready(Err(this.lost(Cause::Idle(timeout))))
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> ReconnectingStream<T> {
+    /// Runs `op` on the connection once it is up; turns a failure into a lost connection.
+    fn poll_op<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(Pin<&mut T>, &mut Context<'_>) -> Poll<io::Result<R>>,
+        zero: impl FnOnce(&R) -> bool,
+    ) -> Poll<io::Result<R>> {
+        ready!(self.poll_connect(cx))?;
+        let Link::Up(io) = &mut self.link else {
+            unreachable!("poll_connect returns Ok only when up")
+        };
+        match ready!(op(Pin::new(io), cx)) {
+            Ok(r) if zero(&r) => {
+                let e = io::Error::from(io::ErrorKind::WriteZero);
+                Poll::Ready(Err(self.lost(Cause::Lost(Arc::new(e)))))
+            }
+            Ok(r) => Poll::Ready(Ok(r)),
+            Err(e) if is_transient(&e) => Poll::Ready(Err(e)),
+            Err(e) => Poll::Ready(Err(self.lost(Cause::Lost(Arc::new(e))))),
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ReconnectingStream<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let nonempty = !buf.is_empty();
+        self.get_mut()
+            .poll_op(cx, |io, cx| io.poll_write(cx, buf), |n| nonempty && *n == 0)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let nonempty = bufs.iter().any(|b| !b.is_empty());
+        self.get_mut().poll_op(
+            cx,
+            |io, cx| io.poll_write_vectored(cx, bufs),
+            |n| nonempty && *n == 0,
+        )
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.link {
+            Link::Up(io) => io.is_write_vectored(),
+            _ => false,
+        }
+    }
+
+    /// Flushes the current connection. With no connection up there is nothing to flush (what
+    /// the lost one held was reported lost), so it returns `Ok` without connecting.
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !matches!(this.link, Link::Up(_)) {
+            return Poll::Ready(Ok(()));
+        }
+        this.poll_op(cx, |io, cx| io.poll_flush(cx), |_| false)
+    }
+
+    /// Shuts the current connection down and closes the stream for good (no reconnect).
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let result = match &mut this.link {
+            Link::Up(io) => ready!(Pin::new(io).poll_shutdown(cx)),
+            _ => Ok(()),
+        };
+        this.close_with(CloseReason::Closed);
+        Poll::Ready(result)
+    }
+}
+
+/// Builds a [`ReconnectingStream`]: the policy knobs, an on-connect hook and the idle timeout.
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct StreamBuilder<T> {
+    connect: ConnectFn<T>,
+    hook: Option<HookFn<T>>,
+    policy: PolicyBuilder,
+    idle_timeout: Option<Duration>,
+}
+
+impl<T> fmt::Debug for StreamBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamBuilder")
+            .field("policy", &self.policy)
+            .field("on_connect", &self.hook.is_some())
+            .field("idle_timeout", &self.idle_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + 'static> StreamBuilder<T> {
+    policy_setters!();
+
+    /// Runs `hook` on every new connection before it is used (authenticate, select a database,
+    /// re-subscribe): it gets the connection and hands it back. An error fails the attempt,
+    /// which is retried by the policy like a failed connect; the hook's time counts against
+    /// the attempt's deadline.
+    pub fn on_connect<H, Fut, E>(mut self, hook: H) -> Self
+    where
+        H: Fn(T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.hook = Some(Arc::new(move |io| {
+            let fut = hook(io);
+            Box::pin(async move { fut.await.map_err(|e| into_io(e.into())) })
+        }));
+        self
+    }
+
+    /// Declares the connection dead when a read waits this long for data, in `[1ms, 24h]`
+    /// (default: never). The read fails with a [`ConnectionLost`] of kind `TimedOut` and the
+    /// next operation reconnects. Pick a few times the interval at which the peer sends
+    /// something (its heartbeat): only waiting reads are timed, not a connection nobody reads.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Validates the knobs and returns the stream, not connected yet: the first operation (or
+    /// [`connect`](ReconnectingStream::connect)) connects.
+    pub fn build(self) -> Result<ReconnectingStream<T>, ConfigError> {
+        let policy = self.policy.build()?;
+        if let Some(timeout) = self.idle_timeout {
+            check_duration("idle_timeout", timeout, MIN_DURATION)?;
+        }
+        let connect = match self.hook {
+            None => self.connect,
+            Some(hook) => {
+                let mut connect = self.connect;
+                Box::new(move || {
+                    let fut = connect();
+                    let hook = Arc::clone(&hook);
+                    Box::pin(async move { hook(fut.await?).await }) as ConnectFuture<T>
+                })
+            }
+        };
+        Ok(ReconnectingStream {
+            connect,
+            schedule: Schedule::new(policy),
+            link: Link::Down(None),
+            timer: None,
+            idle: self.idle_timeout.map(|timeout| Idle {
+                timeout,
+                timer: None,
+                waiting: false,
+            }),
+            reporter: Reporter::new(),
+            generation: 0,
+        })
+    }
+}

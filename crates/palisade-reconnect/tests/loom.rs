@@ -1,0 +1,211 @@
+//! Concurrency models of the shared connect (see docs/testing.md for how they run): however
+//! many clones wait or report the connection dead at once, the background task connects once
+//! per generation, and every waiter is woken with that generation's connection.
+//!
+//! The task runs on a thread of its own through `spawn_with`, and each thread enters a tokio
+//! runtime only so that the attempt's deadline timer can be created; it never fires (loom has
+//! no time), and the zero backoff never sleeps.
+
+use std::future::{Future, Ready, poll_fn, ready};
+use std::io;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use palisade_core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use palisade_core::sync::{Arc, Mutex, model, thread};
+use palisade_reconnect::{Backoff, Reconnect};
+use tower_service::Service;
+
+fn explored(executions: usize) {
+    if cfg!(palisade_loom) {
+        assert!(
+            executions > 1,
+            "loom explored only {executions} execution(s)"
+        );
+    } else {
+        assert_eq!(executions, 1);
+    }
+}
+
+#[cfg(palisade_loom)]
+fn block_on<F: Future>(f: F) -> F::Output {
+    loom::future::block_on(f)
+}
+
+#[cfg(not(palisade_loom))]
+fn block_on<F: Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut f = pin!(f);
+    loop {
+        if let Poll::Ready(out) = f.as_mut().poll(&mut Context::from_waker(&waker)) {
+            return out;
+        }
+        std::thread::park();
+    }
+}
+
+fn runtime() -> Arc<tokio::runtime::Runtime> {
+    Arc::new(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap(),
+    )
+}
+
+/// Counts connects; each connection's service answers its generation and can be killed.
+#[derive(Clone)]
+struct Maker {
+    connects: Arc<AtomicU64>,
+    kill_switches: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+}
+
+#[derive(Clone)]
+struct Conn {
+    id: u64,
+    dead: Arc<AtomicBool>,
+}
+
+impl Service<()> for Maker {
+    type Response = Conn;
+    type Error = io::Error;
+    type Future = Ready<io::Result<Conn>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, (): ()) -> Self::Future {
+        let id = self.connects.fetch_add(1, Ordering::SeqCst) + 1;
+        let dead = Arc::new(AtomicBool::new(false));
+        self.kill_switches.lock().push(dead.clone());
+        ready(Ok(Conn { id, dead }))
+    }
+}
+
+impl Service<()> for Conn {
+    type Response = u64;
+    type Error = io::Error;
+    type Future = Ready<io::Result<u64>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.dead.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(io::Error::other("closed")));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, (): ()) -> Self::Future {
+        ready(Ok(self.id))
+    }
+}
+
+type Task = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+type Driver = Arc<Mutex<Option<thread::JoinHandle<()>>>>;
+
+/// A service whose background task runs on a thread of its own (joined by `finish`).
+fn service(rt: &Arc<tokio::runtime::Runtime>) -> (Reconnect<Conn>, Maker, Driver) {
+    let maker = Maker {
+        connects: Arc::new(AtomicU64::new(0)),
+        kill_switches: Arc::new(Mutex::new(Vec::new())),
+    };
+    let driver = Arc::new(Mutex::new(None));
+    let (rt2, slot) = (rt.clone(), driver.clone());
+    let svc = Reconnect::builder(maker.clone(), ())
+    .backoff(Backoff::constant(Duration::ZERO).build().unwrap())
+    .spawn_with(move |task: Task| {
+        let rt = rt2.clone();
+        let handle = thread::spawn(move || {
+            let _enter = rt.enter();
+            block_on(task);
+        });
+        *slot.lock() = Some(handle);
+    })
+    .build()
+    .unwrap();
+    (svc, maker, driver)
+}
+
+/// Waits until ready and makes one call: the generation that served it.
+fn use_once(svc: &mut Reconnect<Conn>) -> u64 {
+    block_on(async {
+        poll_fn(|cx| svc.poll_ready(cx)).await.expect("ready");
+        svc.call(()).await.expect("served")
+    })
+}
+
+/// Drops the last handles and joins the task, which must stop.
+fn finish(svcs: Vec<Reconnect<Conn>>, driver: &Driver) {
+    drop(svcs);
+    let handle = driver.lock().take().expect("the task was started");
+    handle.join().unwrap();
+}
+
+#[test]
+fn clones_waiting_for_the_first_connection_share_one_connect() {
+    explored(model(|| {
+        let rt = runtime();
+        let _enter = rt.enter();
+        let (svc, maker, driver) = service(&rt);
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let mut svc = svc.clone();
+                let rt = rt.clone();
+                thread::spawn(move || {
+                    let _enter = rt.enter();
+                    let id = use_once(&mut svc);
+                    (id, svc)
+                })
+            })
+            .collect();
+        let mut svcs = vec![svc];
+        for t in threads {
+            let (id, svc) = t.join().unwrap();
+            assert_eq!(id, 1, "every waiter is served by generation 1");
+            svcs.push(svc);
+        }
+        assert_eq!(maker.connects.load(Ordering::SeqCst), 1, "one connect");
+        finish(svcs, &driver);
+    }));
+}
+
+#[test]
+fn clones_reporting_one_death_at_once_cause_one_reconnect() {
+    explored(model(|| {
+        let rt = runtime();
+        let _enter = rt.enter();
+        let (mut svc, maker, driver) = service(&rt);
+        assert_eq!(use_once(&mut svc), 1);
+        // Both clones hold a copy of connection 1; it dies under them.
+        let a = svc.clone();
+        let b = svc.clone();
+        maker.kill_switches.lock()[0].store(true, Ordering::SeqCst);
+        let threads: Vec<_> = [a, b]
+            .into_iter()
+            .map(|mut svc| {
+                let rt = rt.clone();
+                thread::spawn(move || {
+                    let _enter = rt.enter();
+                    let id = use_once(&mut svc);
+                    (id, svc)
+                })
+            })
+            .collect();
+        let mut svcs = vec![svc];
+        for t in threads {
+            let (id, svc) = t.join().unwrap();
+            assert_eq!(id, 2, "every clone is served by generation 2");
+            svcs.push(svc);
+        }
+        assert_eq!(maker.connects.load(Ordering::SeqCst), 2, "one reconnect");
+        finish(svcs, &driver);
+    }));
+}

@@ -1,0 +1,544 @@
+//! `ReconnectingStream` under paused time, over in-memory duplex pipes: the exact backoff
+//! schedule, the stable-connection rule, failures reported once, idle timeout, hooks,
+//! cancel-safety, close, and the spread of many clients' attempts.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use palisade_reconnect::{
+    Backoff, Cause, CloseReason, Closed, ConnectionLost, ConnectionState, Jitter, Policy,
+    ReconnectingStream,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+/// A backend the test controls: up or down, hanging or not; it hands out duplex pipes and keeps
+/// the server ends.
+#[derive(Clone, Default)]
+struct Backend(Arc<Mutex<Inner>>);
+
+#[derive(Default)]
+struct Inner {
+    down: bool,
+    hang: bool,
+    attempts: Vec<Instant>,
+    servers: Vec<DuplexStream>,
+}
+
+impl Backend {
+    fn connector(
+        &self,
+    ) -> impl FnMut() -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = io::Result<DuplexStream>> + Send>,
+    > + Send
+    + 'static {
+        let backend = self.clone();
+        move || {
+            let backend = backend.clone();
+            Box::pin(async move {
+                let hang = {
+                    let mut b = backend.0.lock().unwrap();
+                    b.attempts.push(Instant::now());
+                    if b.down {
+                        return Err(io::Error::from(io::ErrorKind::ConnectionRefused));
+                    }
+                    b.hang
+                };
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                let (client, server) = duplex(64 * 1024);
+                backend.0.lock().unwrap().servers.push(server);
+                Ok(client)
+            })
+        }
+    }
+
+    fn set_down(&self, down: bool) {
+        self.0.lock().unwrap().down = down;
+    }
+
+    fn attempts(&self) -> Vec<Instant> {
+        self.0.lock().unwrap().attempts.clone()
+    }
+
+    /// The server end of connection `n` (from 1).
+    fn server(&self, n: usize) -> DuplexStream {
+        let mut b = self.0.lock().unwrap();
+        assert!(b.servers.len() >= n, "connection {n} was not made");
+        std::mem::replace(&mut b.servers[n - 1], duplex(1).0)
+    }
+
+    /// Kills connection `n`: its server end is dropped (the client reads end of file).
+    fn kill(&self, n: usize) {
+        drop(self.server(n));
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// gRPC's numbers without jitter, so the schedule is exact.
+fn exact_backoff() -> Backoff {
+    Backoff::exponential(Duration::from_secs(1))
+        .multiplier(1.6)
+        .max_delay(Duration::from_secs(120))
+        .jitter(Jitter::None)
+        .build()
+        .unwrap()
+}
+
+fn lost(e: &io::Error) -> &ConnectionLost {
+    e.get_ref()
+        .and_then(|e| e.downcast_ref::<ConnectionLost>())
+        .unwrap_or_else(|| panic!("not a ConnectionLost: {e:?}"))
+}
+
+fn close_reason(e: &io::Error) -> CloseReason {
+    e.get_ref()
+        .and_then(|e| e.downcast_ref::<Closed>())
+        .unwrap_or_else(|| panic!("not Closed: {e:?}"))
+        .reason()
+        .clone()
+}
+
+/// The latest published state, read at points where the test knows what it must be.
+struct Recorder {
+    rx: watch::Receiver<ConnectionState>,
+}
+
+impl Recorder {
+    fn now(&mut self) -> ConnectionState {
+        self.rx.borrow_and_update().clone()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_backoff_schedule_is_grpcs_exactly_and_gives_up_after_max_attempts() {
+    let backend = Backend::default();
+    backend.set_down(true);
+    let mut stream = ReconnectingStream::builder(backend.connector())
+        .backoff(exact_backoff())
+        .max_attempts(7)
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let e = stream.connect().await.unwrap_err();
+    match close_reason(&e) {
+        CloseReason::GaveUp { attempts, last } => {
+            assert_eq!(attempts, 7);
+            assert!(matches!(last, Cause::ConnectFailed(_)), "{last:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let offsets: Vec<f64> = backend
+        .attempts()
+        .iter()
+        .map(|t| (*t - t0).as_secs_f64())
+        .collect();
+    // Attempt starts are spaced by 1, 1.6, 2.56, 4.096, 6.5536, 10.48576 s.
+    let expected = [0.0, 1.0, 2.6, 5.16, 9.256, 15.8096, 26.29536];
+    assert_eq!(offsets.len(), expected.len(), "{offsets:?}");
+    for (got, want) in offsets.iter().zip(expected) {
+        assert!((got - want).abs() <= 0.001, "{offsets:?}");
+    }
+    assert!(stream.state().borrow().is_closed());
+    // Closed for good: later operations fail at once, no more attempts.
+    let e = stream.write(b"x").await.unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::NotConnected);
+    assert_eq!(backend.attempts().len(), 7);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flapping_connection_backs_off_and_a_stable_one_starts_over() {
+    let backend = Backend::default();
+    let mut stream = ReconnectingStream::builder(backend.connector())
+        .backoff(exact_backoff())
+        .stable_after(secs(5.0))
+        .build()
+        .unwrap();
+    let mut states = Recorder { rx: stream.state() };
+    let t0 = Instant::now();
+    stream.connect().await.unwrap();
+    assert!(matches!(
+        states.now(),
+        ConnectionState::Connected { generation: 1, .. }
+    ));
+
+    // Connection 1 dies after 0.5 s: a flap. The read reports it.
+    tokio::time::sleep(secs(0.5)).await;
+    backend.kill(1);
+    let mut buf = [0u8; 8];
+    let e = stream.read(&mut buf).await.unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    assert!(matches!(lost(&e).cause(), Cause::Eof));
+    assert_eq!(lost(&e).generation(), 1);
+    match states.now() {
+        ConnectionState::Disconnected {
+            next_attempt_at,
+            attempts,
+            cause: Cause::Eof,
+        } => {
+            // Not at once: attempt 2 waits for the backoff from attempt 1's start.
+            assert_eq!(next_attempt_at - t0, secs(1.0));
+            assert_eq!(attempts, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // The next use reconnects at t0 + 1 s; connection 2 dies after 0.5 s: attempt 3 at
+    // t0 + 1 + 1.6 s.
+    stream.connect().await.unwrap();
+    tokio::time::sleep(secs(0.5)).await;
+    backend.kill(2);
+    stream.read(&mut buf).await.unwrap_err();
+    stream.connect().await.unwrap();
+    assert!(matches!(
+        states.now(),
+        ConnectionState::Connected { generation: 3, .. }
+    ));
+
+    // Connection 3 stays up 6 s (> stable_after): the backoff starts over, the next attempt is
+    // immediate and is attempt 1 again.
+    tokio::time::sleep(secs(6.0)).await;
+    backend.kill(3);
+    stream.read(&mut buf).await.unwrap_err();
+    let lost_at = Instant::now();
+    match states.now() {
+        ConnectionState::Disconnected {
+            next_attempt_at,
+            attempts,
+            ..
+        } => {
+            assert_eq!(next_attempt_at, lost_at);
+            assert_eq!(attempts, 0);
+        }
+        other => panic!("{other:?}"),
+    }
+    stream.connect().await.unwrap();
+    let offsets: Vec<Duration> = backend.attempts().iter().map(|t| *t - t0).collect();
+    let expected = [0.0, 1.0, 2.6, 2.6 + 6.0 + 0.0].map(secs);
+    for (got, want) in offsets.iter().zip(expected) {
+        assert!(got.abs_diff(want) <= Duration::from_millis(1), "{offsets:?}");
+    }
+    assert_eq!(stream.generation(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_is_reported_to_one_operation_and_the_next_uses_the_new_connection() {
+    let backend = Backend::default();
+    let mut stream = ReconnectingStream::builder(backend.connector())
+        .stable_after(Duration::ZERO)
+        .build()
+        .unwrap();
+    stream.write_all(b"one").await.unwrap();
+    let mut server1 = backend.server(1);
+    let mut got = [0u8; 3];
+    server1.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"one");
+
+    // The server goes away: the next write fails with the pipe's own error kind.
+    drop(server1);
+    let e = stream.write_all(b"two").await.unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+    match lost(&e).cause() {
+        Cause::Lost(inner) => {
+            let inner = inner.downcast_ref::<io::Error>().unwrap();
+            assert_eq!(inner.kind(), io::ErrorKind::BrokenPipe);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!stream.is_connected());
+
+    // The next write reconnects (the backoff was reset: stable_after is zero) and lands on
+    // connection 2, only there, once.
+    stream.write_all(b"three").await.unwrap();
+    assert_eq!(stream.generation(), 2);
+    let mut server2 = backend.server(2);
+    let mut got = [0u8; 5];
+    server2.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"three");
+    server2.write_all(b"reply").await.unwrap();
+    let mut reply = [0u8; 5];
+    stream.read_exact(&mut reply).await.unwrap();
+    assert_eq!(&reply, b"reply");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_connection_is_declared_dead_after_idle_timeout_of_waiting() {
+    let backend = Backend::default();
+    let mut stream = ReconnectingStream::builder(backend.connector())
+        .idle_timeout(secs(30.0))
+        .build()
+        .unwrap();
+    stream.connect().await.unwrap();
+    let mut server = backend.server(1);
+
+    // Nobody reads for a minute: that is not idleness.
+    tokio::time::sleep(secs(60.0)).await;
+    // Data every 20 s keeps it alive.
+    let feeder = tokio::spawn(async move {
+        for _ in 0..3 {
+            tokio::time::sleep(secs(20.0)).await;
+            server.write_all(b"hb").await.unwrap();
+        }
+        server
+    });
+    let mut buf = [0u8; 2];
+    for _ in 0..3 {
+        stream.read_exact(&mut buf).await.unwrap();
+    }
+    let _server = feeder.await.unwrap();
+    // Then silence: the read waiting for it fails after exactly 30 s.
+    let start = Instant::now();
+    let e = stream.read(&mut buf).await.unwrap_err();
+    assert_eq!(Instant::now() - start, secs(30.0));
+    assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    assert!(matches!(lost(&e).cause(), Cause::Idle(d) if *d == secs(30.0)));
+    assert!(!stream.is_connected());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_on_connect_hook_runs_on_every_connection_and_its_failure_is_a_failed_attempt() {
+    let backend = Backend::default();
+    let calls = Arc::new(Mutex::new(0u32));
+    let hook_calls = calls.clone();
+    let mut stream = ReconnectingStream::builder(backend.connector())
+        .backoff(exact_backoff())
+        .stable_after(Duration::ZERO)
+        .on_connect(move |mut conn: DuplexStream| {
+            let calls = hook_calls.clone();
+            async move {
+                let n = {
+                    let mut c = calls.lock().unwrap();
+                    *c += 1;
+                    *c
+                };
+                if n == 2 {
+                    return Err(io::Error::other("auth rejected"));
+                }
+                conn.write_all(b"AUTH\n").await?;
+                Ok::<_, io::Error>(conn)
+            }
+        })
+        .build()
+        .unwrap();
+    stream.connect().await.unwrap();
+    let mut auth = [0u8; 5];
+    backend.server(1).read_exact(&mut auth).await.unwrap();
+    assert_eq!(&auth, b"AUTH\n");
+
+    backend.kill(1);
+    let mut buf = [0u8; 1];
+    stream.read(&mut buf).await.unwrap_err();
+    let t = Instant::now();
+    let mut states = stream.state();
+    // Attempt 1 connects but the hook rejects it; attempt 2, 1 s later, authenticates.
+    stream.connect().await.unwrap();
+    assert_eq!(Instant::now() - t, secs(1.0));
+    assert_eq!(*calls.lock().unwrap(), 3);
+    assert_eq!(stream.generation(), 2);
+    assert!(states.borrow_and_update().is_connected());
+    let mut server = backend.server(3);
+    server.read_exact(&mut auth).await.unwrap();
+    assert_eq!(&auth, b"AUTH\n");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_connect_is_cut_at_the_later_of_connect_timeout_and_the_next_attempt() {
+    let backend = Backend::default();
+    backend.0.lock().unwrap().hang = true;
+    let mut stream = ReconnectingStream::builder(backend.connector())
+        .backoff(exact_backoff())
+        .connect_timeout(secs(2.0))
+        .max_attempts(5)
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let e = stream.connect().await.unwrap_err();
+    let CloseReason::GaveUp { last, .. } = close_reason(&e) else {
+        panic!("{e:?}")
+    };
+    // Attempt 5 started at 1 + 1.6 + 2.56 + 4.096 (each attempt given max(2 s, its backoff)
+    // and the next started when it was cut) and was given 6.5536 s.
+    assert!(matches!(last, Cause::ConnectTimedOut(d) if d.abs_diff(secs(6.5536)) < secs(0.001)));
+    let offsets: Vec<f64> = backend
+        .attempts()
+        .iter()
+        .map(|t| (*t - t0).as_secs_f64())
+        .collect();
+    let expected = [0.0, 2.0, 4.0, 6.56, 10.656];
+    for (got, want) in offsets.iter().zip(expected) {
+        assert!((got - want).abs() <= 0.002, "{offsets:?}");
+    }
+    assert!(((Instant::now() - t0).as_secs_f64() - 17.2096).abs() < 0.003);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_cancelled_during_reconnect_loses_nothing_and_restarts_nothing() {
+    let backend = Backend::default();
+    let gate = Arc::new(Notify::new());
+    let connects = Arc::new(Mutex::new(0u32));
+    let (g, c) = (gate.clone(), connects.clone());
+    let mut inner = backend.connector();
+    let mut stream = ReconnectingStream::builder(move || {
+        *c.lock().unwrap() += 1;
+        let g = g.clone();
+        let fut = inner();
+        async move {
+            g.notified().await;
+            fut.await
+        }
+    })
+    .build()
+    .unwrap();
+    // The read waits on the gated connect; cancel it after 1 s.
+    let mut buf = [0u8; 4];
+    let cancelled = tokio::time::timeout(secs(1.0), stream.read(&mut buf)).await;
+    assert!(cancelled.is_err());
+    assert_eq!(*connects.lock().unwrap(), 1);
+    assert!(matches!(
+        &*stream.state().borrow(),
+        ConnectionState::Connecting { attempt: 1 }
+    ));
+    // The connect in flight belongs to the stream: the next read resumes it, no new attempt.
+    gate.notify_one();
+    let reader = stream.read_exact(&mut buf);
+    let (read, ()) = tokio::join!(reader, async {
+        tokio::task::yield_now().await;
+        backend.server(1).write_all(b"data").await.unwrap();
+    });
+    read.unwrap();
+    assert_eq!(&buf, b"data");
+    assert_eq!(*connects.lock().unwrap(), 1);
+    assert_eq!(stream.generation(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_cancelled_during_backoff_keeps_the_schedule() {
+    let backend = Backend::default();
+    backend.set_down(true);
+    let mut stream = ReconnectingStream::builder(backend.connector())
+        .backoff(exact_backoff())
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 1];
+    // Cancelled 0.5 s into the 1 s backoff after attempt 1.
+    assert!(
+        tokio::time::timeout(secs(0.5), stream.read(&mut buf))
+            .await
+            .is_err()
+    );
+    assert_eq!(backend.attempts().len(), 1);
+    backend.set_down(false);
+    stream.connect().await.unwrap();
+    // Attempt 2 came at t0 + 1 s, as scheduled: neither earlier nor restarted.
+    let attempts = backend.attempts();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[1] - t0, secs(1.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_closes_for_good() {
+    let backend = Backend::default();
+    let mut stream = ReconnectingStream::builder(backend.connector())
+        .build()
+        .unwrap();
+    stream.write_all(b"bye").await.unwrap();
+    stream.shutdown().await.unwrap();
+    assert!(matches!(
+        &*stream.state().borrow(),
+        ConnectionState::Closed(CloseReason::Closed)
+    ));
+    // The peer saw the data and then end of file.
+    let mut server = backend.server(1);
+    let mut all = Vec::new();
+    server.read_to_end(&mut all).await.unwrap();
+    assert_eq!(all, b"bye");
+    // Reads see end of file, writes fail, and nothing reconnects.
+    let mut buf = [0u8; 4];
+    assert_eq!(stream.read(&mut buf).await.unwrap(), 0);
+    let e = stream.write(b"x").await.unwrap_err();
+    assert!(matches!(close_reason(&e), CloseReason::Closed));
+    assert_eq!(backend.attempts().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconnect_replaces_the_connection_on_request() {
+    let backend = Backend::default();
+    let mut stream = ReconnectingStream::builder(backend.connector())
+        .build()
+        .unwrap();
+    stream.connect().await.unwrap();
+    stream.reconnect();
+    assert!(matches!(
+        &*stream.state().borrow(),
+        ConnectionState::Disconnected {
+            cause: Cause::Requested,
+            ..
+        }
+    ));
+    stream.write_all(b"x").await.unwrap();
+    assert_eq!(stream.generation(), 2);
+    let mut server1 = backend.server(1);
+    let mut buf = Vec::new();
+    assert_eq!(server1.read_to_end(&mut buf).await.unwrap(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_clients_spread_their_attempts_over_the_jitter_window() {
+    const CLIENTS: usize = 100;
+    let backend = Backend::default();
+    backend.set_down(true);
+    let policy = Policy::builder().max_attempts(4).build().unwrap();
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    let backends: Vec<Backend> = (0..CLIENTS).map(|_| Backend::default()).collect();
+    for b in &backends {
+        b.set_down(true);
+        let mut stream = ReconnectingStream::builder(b.connector())
+            .policy(policy.clone())
+            .build()
+            .unwrap();
+        tasks.push(tokio::spawn(async move { stream.connect().await }));
+    }
+    for t in tasks {
+        assert!(t.await.unwrap().is_err());
+    }
+    // Every client: attempt 2 in [0.8, 1.2] s after attempt 1, attempt 3 in [1.28, 1.92] s
+    // after attempt 2 (gRPC's ± 20 %).
+    let mut second = Vec::new();
+    for b in &backends {
+        let a = b.attempts();
+        assert_eq!(a.len(), 4);
+        assert_eq!(a[0], t0);
+        let d1 = (a[1] - a[0]).as_secs_f64();
+        let d2 = (a[2] - a[1]).as_secs_f64();
+        assert!((0.8..=1.201).contains(&d1), "{d1}");
+        assert!((1.28..=1.921).contains(&d2), "{d2}");
+        second.push(d1);
+    }
+    // ... and they are spread over that window, not bunched: no 50 ms slice of the 400 ms
+    // window holds more than a quarter of the clients, and the extremes are 300 ms apart.
+    second.sort_by(f64::total_cmp);
+    assert!(second[CLIENTS - 1] - second[0] > 0.3, "{second:?}");
+    for slice in 0..8 {
+        let lo = 0.8 + 0.05 * slice as f64;
+        let n = second.iter().filter(|d| (lo..lo + 0.05).contains(*d)).count();
+        assert!(n <= CLIENTS / 4, "{n} clients in [{lo}, {}): {second:?}", lo + 0.05);
+    }
+    drop(backend);
+}
+
+#[test]
+fn the_stream_is_send() {
+    fn send<T: Send>() {}
+    send::<ReconnectingStream<tokio::net::TcpStream>>();
+    send::<ReconnectingStream<DuplexStream>>();
+    send::<ConnectionState>();
+    send::<ConnectionLost>();
+}

@@ -1,0 +1,464 @@
+//! The tower service under paused time over a scripted `MakeService`: one connect per
+//! generation across clones, replacement of dead connections, typed errors, both
+//! while-disconnected modes, giving up, closing, a panicking connector, heartbeats, hooks and
+//! the layer.
+
+use std::future::{Future, Ready, poll_fn, ready};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use palisade_reconnect::{
+    Backoff, BoxError, Cause, CloseReason, Closed, ConnectionLost, ConnectionState, Jitter,
+    NotConnected, Reconnect, ReconnectLayer, Settings, WhileDisconnected,
+};
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// The backend behind the `MakeService`: up or down, and every connection it made.
+#[derive(Clone, Default)]
+struct Backend(Arc<BackendInner>);
+
+#[derive(Default)]
+struct BackendInner {
+    down: AtomicBool,
+    panic: AtomicBool,
+    connects: AtomicUsize,
+    conns: Mutex<Vec<Arc<ConnState>>>,
+}
+
+#[derive(Default)]
+struct ConnState {
+    id: u64,
+    dead: AtomicBool,
+    /// Dead without telling `poll_ready` (only requests and heartbeats notice).
+    silent: AtomicBool,
+}
+
+impl Backend {
+    fn maker(&self) -> Maker {
+        Maker(self.clone())
+    }
+    fn connects(&self) -> usize {
+        self.0.connects.load(Ordering::SeqCst)
+    }
+    fn conn(&self, id: u64) -> Arc<ConnState> {
+        self.0.conns.lock().unwrap()[id as usize - 1].clone()
+    }
+    fn set_down(&self, down: bool) {
+        self.0.down.store(down, Ordering::SeqCst);
+    }
+}
+
+struct Maker(Backend);
+
+impl Service<&'static str> for Maker {
+    type Response = Conn;
+    type Error = io::Error;
+    type Future = Ready<io::Result<Conn>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, target: &'static str) -> Self::Future {
+        assert_eq!(target, "db:5432");
+        let b = &self.0.0;
+        b.connects.fetch_add(1, Ordering::SeqCst);
+        if b.panic.load(Ordering::SeqCst) {
+            panic!("the connector panicked");
+        }
+        if b.down.load(Ordering::SeqCst) {
+            return ready(Err(io::Error::from(io::ErrorKind::ConnectionRefused)));
+        }
+        let mut conns = b.conns.lock().unwrap();
+        let state = Arc::new(ConnState {
+            id: conns.len() as u64 + 1,
+            ..ConnState::default()
+        });
+        conns.push(state.clone());
+        ready(Ok(Conn(state)))
+    }
+}
+
+/// A connection as a service: answers its id; fails once dead.
+#[derive(Clone)]
+struct Conn(Arc<ConnState>);
+
+impl Service<u32> for Conn {
+    type Response = u64;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<u64>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.0.dead.load(Ordering::SeqCst) && !self.0.silent.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(io::Error::other("connection closed")));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: u32) -> Self::Future {
+        let state = self.0.clone();
+        Box::pin(async move {
+            if request == 0 {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad request"));
+            }
+            // Request 2 takes a second, so a test can kill the connection under it.
+            if request == 2 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            if state.dead.load(Ordering::SeqCst) {
+                return Err(io::Error::from(io::ErrorKind::ConnectionReset));
+            }
+            Ok(state.id)
+        })
+    }
+}
+
+fn exact_backoff() -> Backoff {
+    Backoff::exponential(Duration::from_secs(1))
+        .multiplier(1.6)
+        .jitter(Jitter::None)
+        .build()
+        .unwrap()
+}
+
+async fn ready_svc(svc: &mut Reconnect<Conn>) -> Result<(), BoxError> {
+    poll_fn(|cx| Service::<u32>::poll_ready(svc, cx)).await
+}
+
+async fn call(svc: &mut Reconnect<Conn>, request: u32) -> Result<u64, BoxError> {
+    ready_svc(svc).await?;
+    svc.call(request).await
+}
+
+fn builder(backend: &Backend) -> palisade_reconnect::ReconnectBuilder<Maker, &'static str, Conn> {
+    Reconnect::builder(backend.maker(), "db:5432").backoff(exact_backoff())
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_share_one_connect_per_generation() {
+    let backend = Backend::default();
+    let svc = builder(&backend).build().unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let mut svc = svc.clone();
+        tasks.push(tokio::spawn(async move { call(&mut svc, 1).await.unwrap() }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 1);
+    }
+    assert_eq!(backend.connects(), 1);
+
+    // Connection 1 dies: ten clones notice at once, one reconnect serves them all.
+    backend.conn(1).dead.store(true, Ordering::SeqCst);
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let mut svc = svc.clone();
+        tasks.push(tokio::spawn(async move { call(&mut svc, 1).await.unwrap() }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 2);
+    }
+    assert_eq!(backend.connects(), 2);
+    assert!(matches!(
+        &*svc.state().borrow(),
+        ConnectionState::Connected { generation: 2, .. }
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_in_flight_on_a_dying_connection_fails_typed_and_others_pass_through() {
+    let backend = Backend::default();
+    let mut svc = builder(&backend).build().unwrap();
+    ready_svc(&mut svc).await.unwrap();
+    let in_flight = svc.call(2);
+    let killer = {
+        let backend = backend.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            backend.conn(1).dead.store(true, Ordering::SeqCst);
+        }
+    };
+    let (result, ()) = tokio::join!(in_flight, killer);
+    let e = result.unwrap_err();
+    let lost = e.downcast_ref::<ConnectionLost>().expect("typed");
+    assert_eq!(lost.generation(), 1);
+    assert!(matches!(lost.cause(), Cause::Lost(_)));
+    // An application error is not a lost connection: it passes through as it was.
+    let mut other = svc.clone();
+    let e = call(&mut other, 0).await.unwrap_err();
+    assert_eq!(
+        e.downcast_ref::<io::Error>().unwrap().kind(),
+        io::ErrorKind::InvalidInput
+    );
+    // And the next request goes to a new connection.
+    assert_eq!(call(&mut svc, 1).await.unwrap(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fail_fast_rejects_while_disconnected_without_sending() {
+    let backend = Backend::default();
+    backend.set_down(true);
+    let mut svc = builder(&backend)
+        .while_disconnected(WhileDisconnected::FailFast)
+        .build()
+        .unwrap();
+    // The first use starts the connect; it is refused.
+    let e = ready_svc(&mut svc).await.unwrap_err();
+    assert!(e.downcast_ref::<NotConnected>().is_some(), "{e}");
+    tokio::task::yield_now().await;
+    let e = ready_svc(&mut svc).await.unwrap_err();
+    let not = e.downcast_ref::<NotConnected>().unwrap();
+    assert!(matches!(not.cause(), Some(Cause::ConnectFailed(_))), "{not:?}");
+    assert!(not.next_attempt_at().is_some());
+    assert!(e.to_string().contains("connection refused"), "{e}");
+    // `call` without a successful `poll_ready` is refused too, never sent.
+    assert!(svc.call(1).await.unwrap_err().is::<NotConnected>());
+    backend.set_down(false);
+    svc.connected().await.unwrap();
+    assert_eq!(call(&mut svc, 1).await.unwrap(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_mode_holds_callers_until_the_backend_returns() {
+    let backend = Backend::default();
+    backend.set_down(true);
+    let mut svc = builder(&backend).build().unwrap();
+    let t0 = Instant::now();
+    let waiter = {
+        let mut svc = svc.clone();
+        tokio::spawn(async move { call(&mut svc, 1).await })
+    };
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!waiter.is_finished());
+    assert_eq!(backend.connects(), 2); // at 0 and 1 s; the third is due at 2.6 s
+    backend.set_down(false);
+    assert_eq!(waiter.await.unwrap().unwrap(), 1);
+    assert_eq!(Instant::now() - t0, Duration::from_millis(2600));
+    assert_eq!(call(&mut svc, 1).await.unwrap(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_poll_ready_dropped_loses_nothing() {
+    let backend = Backend::default();
+    backend.set_down(true);
+    let mut svc = builder(&backend).build().unwrap();
+    for _ in 0..3 {
+        let r = tokio::time::timeout(Duration::from_millis(300), ready_svc(&mut svc)).await;
+        assert!(r.is_err());
+    }
+    backend.set_down(false);
+    assert_eq!(call(&mut svc, 1).await.unwrap(), 1);
+    assert_eq!(backend.connects(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn it_gives_up_after_max_attempts() {
+    let backend = Backend::default();
+    backend.set_down(true);
+    let mut svc = builder(&backend).max_attempts(3).build().unwrap();
+    let e = ready_svc(&mut svc).await.unwrap_err();
+    let closed = e.downcast_ref::<Closed>().expect("closed");
+    assert!(
+        matches!(closed.reason(), CloseReason::GaveUp { attempts: 3, last: Cause::ConnectFailed(_) }),
+        "{closed:?}"
+    );
+    assert_eq!(backend.connects(), 3);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(backend.connects(), 3);
+    assert!(svc.connected().await.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_stops_every_clone_and_the_task() {
+    let backend = Backend::default();
+    let mut a = builder(&backend).build().unwrap();
+    let mut b = a.clone();
+    assert_eq!(call(&mut a, 1).await.unwrap(), 1);
+    a.close();
+    tokio::task::yield_now().await;
+    let e = ready_svc(&mut b).await.unwrap_err();
+    assert!(matches!(
+        e.downcast_ref::<Closed>().unwrap().reason(),
+        CloseReason::Closed
+    ));
+    assert!(matches!(
+        &*a.state().borrow(),
+        ConnectionState::Closed(CloseReason::Closed)
+    ));
+    backend.conn(1).dead.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(backend.connects(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_last_clone_stops_the_task_and_releases_the_connection() {
+    let backend = Backend::default();
+    let mut svc = builder(&backend).build().unwrap();
+    let state = svc.state();
+    assert_eq!(call(&mut svc, 1).await.unwrap(), 1);
+    let conn = backend.conn(1);
+    let clone = svc.clone();
+    drop(svc);
+    tokio::task::yield_now().await;
+    assert!(state.borrow().is_connected(), "a clone is still alive");
+    drop(clone);
+    tokio::task::yield_now().await;
+    assert!(matches!(
+        &*state.borrow(),
+        ConnectionState::Closed(CloseReason::Closed)
+    ));
+    // The backend, the maker and every copy of the connection are gone.
+    tokio::task::yield_now().await;
+    assert_eq!(Arc::strong_count(&conn), 2, "the test's and the backend's copies only");
+    assert_eq!(Arc::strong_count(&backend.0), 1, "the maker was dropped");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_never_used_leaks_nothing() {
+    let backend = Backend::default();
+    let svc = builder(&backend).build().unwrap();
+    let clone = svc.clone();
+    drop(svc);
+    drop(clone);
+    assert_eq!(Arc::strong_count(&backend.0), 1, "the unstarted task was dropped");
+    assert_eq!(backend.connects(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_connector_closes_with_task_stopped_instead_of_hanging() {
+    let backend = Backend::default();
+    backend.0.panic.store(true, Ordering::SeqCst);
+    let mut svc = builder(&backend).build().unwrap();
+    let e = ready_svc(&mut svc).await.unwrap_err();
+    assert!(matches!(
+        e.downcast_ref::<Closed>().unwrap().reason(),
+        CloseReason::TaskStopped
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_death_is_caught_by_the_heartbeat() {
+    let backend = Backend::default();
+    let probes = Arc::new(AtomicU64::new(0));
+    let counted = probes.clone();
+    let mut svc = builder(&backend)
+        .heartbeat(
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+            move |mut conn: Conn| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async move { conn.call(1).await.map(drop) }
+            },
+        )
+        .build()
+        .unwrap();
+    assert_eq!(call(&mut svc, 1).await.unwrap(), 1);
+    let conn = backend.conn(1);
+    conn.silent.store(true, Ordering::SeqCst);
+    conn.dead.store(true, Ordering::SeqCst);
+    // poll_ready can't tell; the heartbeat at 10 s does.
+    let t0 = Instant::now();
+    let mut state = svc.state();
+    state
+        .wait_for(|s| matches!(s, ConnectionState::Connected { generation: 2, .. }))
+        .await
+        .unwrap();
+    assert_eq!(Instant::now() - t0, Duration::from_secs(10));
+    assert_eq!(probes.load(Ordering::SeqCst), 1);
+    assert_eq!(call(&mut svc, 1).await.unwrap(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_on_connect_hook_runs_before_any_clone_sees_the_connection() {
+    let backend = Backend::default();
+    let hooked = Arc::new(Mutex::new(Vec::new()));
+    let seen = hooked.clone();
+    let mut svc = builder(&backend)
+        .on_connect(move |conn: Conn| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(conn.0.id);
+                if conn.0.id == 2 {
+                    return Err(io::Error::other("auth failed"));
+                }
+                Ok::<_, io::Error>(conn)
+            }
+        })
+        .stable_after(Duration::ZERO)
+        .build()
+        .unwrap();
+    assert_eq!(call(&mut svc, 1).await.unwrap(), 1);
+    backend.conn(1).dead.store(true, Ordering::SeqCst);
+    // Connection 2 fails its hook (never used); connection 3 serves, after the 1 s backoff.
+    assert_eq!(call(&mut svc, 1).await.unwrap(), 3);
+    assert_eq!(*hooked.lock().unwrap(), [1, 2, 3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_layer_builds_a_reconnecting_service() {
+    let backend = Backend::default();
+    let settings = Settings::builder()
+        .backoff(exact_backoff())
+        .while_disconnected(WhileDisconnected::Wait)
+        .build()
+        .unwrap();
+    let layer = ReconnectLayer::with_settings("db:5432", settings);
+    let mut svc: Reconnect<Conn> = layer.layer(backend.maker());
+    assert_eq!(call(&mut svc, 1).await.unwrap(), 1);
+    backend.conn(1).dead.store(true, Ordering::SeqCst);
+    assert_eq!(call(&mut svc, 1).await.unwrap(), 2);
+    let e = Settings::builder()
+        .connect_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert_eq!(e.field(), "connect_timeout");
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconnect_on_request_replaces_the_connection() {
+    let backend = Backend::default();
+    let mut svc = builder(&backend).build().unwrap();
+    assert_eq!(call(&mut svc, 1).await.unwrap(), 1);
+    svc.reconnect();
+    assert_eq!(call(&mut svc, 1).await.unwrap(), 2);
+}
+
+#[test]
+fn heartbeat_knobs_are_validated() {
+    let backend = Backend::default();
+    let e = builder(&backend)
+        .heartbeat(Duration::ZERO, Duration::from_secs(1), |_c: Conn| async {
+            Ok::<_, io::Error>(())
+        })
+        .build()
+        .unwrap_err();
+    assert_eq!(e.field(), "heartbeat interval");
+}
+
+#[test]
+fn outside_a_runtime_poll_ready_fails_with_a_clear_error() {
+    let backend = Backend::default();
+    let mut svc = builder(&backend).build().unwrap();
+    let waker = std::task::Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    let Poll::Ready(Err(e)) = Service::<u32>::poll_ready(&mut svc, &mut cx) else {
+        panic!("expected an error");
+    };
+    assert!(e.to_string().contains("no tokio runtime"), "{e}");
+}
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn both<T: Send + Sync>() {}
+    both::<Reconnect<Conn>>();
+    both::<ConnectionLost>();
+    both::<NotConnected>();
+    both::<Closed>();
+    both::<ReconnectLayer<&'static str>>();
+}
