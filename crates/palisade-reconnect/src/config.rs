@@ -215,7 +215,12 @@ mod tests {
         assert_eq!(e.field(), "stable_after");
         let e = Policy::builder().max_attempts(0).build().unwrap_err();
         assert_eq!(e.field(), "max_attempts");
-        assert!(Policy::builder().stable_after(Duration::ZERO).build().is_ok());
+        assert!(
+            Policy::builder()
+                .stable_after(Duration::ZERO)
+                .build()
+                .is_ok()
+        );
         assert_eq!(
             Policy::builder()
                 .max_attempts(3)

@@ -79,7 +79,10 @@ impl Schedule {
     /// An attempt starts at `now`.
     pub(crate) fn begin(&mut self, now: Instant) -> Attempt {
         self.attempts = self.attempts.saturating_add(1);
-        let delay = self.delays.next().unwrap_or(self.policy.backoff.max_delay());
+        let delay = self
+            .delays
+            .next()
+            .unwrap_or(self.policy.backoff.max_delay());
         let next_at = now + delay;
         self.next_at = Some(next_at);
         self.connected_at = None;
@@ -97,7 +100,11 @@ impl Schedule {
     /// The attempt failed at `now`: when the next one starts, or `GaveUp`.
     pub(crate) fn failed(&mut self, now: Instant) -> Result<Instant, GaveUp> {
         self.connected_at = None;
-        if self.policy.max_attempts.is_some_and(|max| self.attempts >= max) {
+        if self
+            .policy
+            .max_attempts
+            .is_some_and(|max| self.attempts >= max)
+        {
             return Err(GaveUp {
                 attempts: self.attempts,
             });
@@ -136,8 +143,8 @@ impl Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use palisade_retry::{Backoff, Jitter};
+    use std::time::Duration;
 
     fn s(n: f64) -> Duration {
         Duration::from_secs_f64(n)
@@ -183,7 +190,10 @@ mod tests {
         let mut expect = 1.0f64;
         for (delay, budget) in delays {
             let want = s(expect.min(120.0));
-            assert!(delay.abs_diff(want) < Duration::from_micros(1), "{delay:?} {want:?}");
+            assert!(
+                delay.abs_diff(want) < Duration::from_micros(1),
+                "{delay:?} {want:?}"
+            );
             assert_eq!(budget, delay.max(s(20.0)));
             expect *= 1.6;
         }

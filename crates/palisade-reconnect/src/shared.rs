@@ -171,12 +171,19 @@ impl<S> Shared<S> {
         if core.closing {
             return Poll::Ready(Event::Closing);
         }
-        if let Phase::Lost { generation: g, cause } = &core.phase
+        if let Phase::Lost {
+            generation: g,
+            cause,
+        } = &core.phase
             && *g == generation
         {
             return Poll::Ready(Event::Lost(cause.clone()));
         }
-        if !core.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        if !core
+            .driver
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
             core.driver = Some(cx.waker().clone());
         }
         Poll::Pending
@@ -188,7 +195,11 @@ impl<S> Shared<S> {
         if core.closing {
             return Poll::Ready(());
         }
-        if !core.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        if !core
+            .driver
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
             core.driver = Some(cx.waker().clone());
         }
         Poll::Pending

@@ -163,6 +163,11 @@ impl<T> ReconnectingStream<T> {
             drop(self.lost(Cause::Requested));
         } else if matches!(self.link, Link::Connecting(..)) {
             self.link = Link::Down(None);
+            self.reporter.publish(ConnectionState::Disconnected {
+                cause: Cause::Requested,
+                next_attempt_at: Instant::now(),
+                attempts: self.schedule.attempts(),
+            });
         }
     }
 

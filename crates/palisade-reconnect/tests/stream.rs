@@ -222,7 +222,10 @@ async fn a_flapping_connection_backs_off_and_a_stable_one_starts_over() {
     let offsets: Vec<Duration> = backend.attempts().iter().map(|t| *t - t0).collect();
     let expected = [0.0, 1.0, 2.6, 2.6 + 6.0 + 0.0].map(secs);
     for (got, want) in offsets.iter().zip(expected) {
-        assert!(got.abs_diff(want) <= Duration::from_millis(1), "{offsets:?}");
+        assert!(
+            got.abs_diff(want) <= Duration::from_millis(1),
+            "{offsets:?}"
+        );
     }
     assert_eq!(stream.generation(), 4);
 }
@@ -528,8 +531,15 @@ async fn many_clients_spread_their_attempts_over_the_jitter_window() {
     assert!(second[CLIENTS - 1] - second[0] > 0.3, "{second:?}");
     for slice in 0..8 {
         let lo = 0.8 + 0.05 * slice as f64;
-        let n = second.iter().filter(|d| (lo..lo + 0.05).contains(*d)).count();
-        assert!(n <= CLIENTS / 4, "{n} clients in [{lo}, {}): {second:?}", lo + 0.05);
+        let n = second
+            .iter()
+            .filter(|d| (lo..lo + 0.05).contains(*d))
+            .count();
+        assert!(
+            n <= CLIENTS / 4,
+            "{n} clients in [{lo}, {}): {second:?}",
+            lo + 0.05
+        );
     }
     drop(backend);
 }

@@ -147,7 +147,9 @@ async fn clones_share_one_connect_per_generation() {
     let mut tasks = Vec::new();
     for _ in 0..10 {
         let mut svc = svc.clone();
-        tasks.push(tokio::spawn(async move { call(&mut svc, 1).await.unwrap() }));
+        tasks.push(tokio::spawn(
+            async move { call(&mut svc, 1).await.unwrap() },
+        ));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), 1);
@@ -159,7 +161,9 @@ async fn clones_share_one_connect_per_generation() {
     let mut tasks = Vec::new();
     for _ in 0..10 {
         let mut svc = svc.clone();
-        tasks.push(tokio::spawn(async move { call(&mut svc, 1).await.unwrap() }));
+        tasks.push(tokio::spawn(
+            async move { call(&mut svc, 1).await.unwrap() },
+        ));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), 2);
@@ -214,7 +218,10 @@ async fn fail_fast_rejects_while_disconnected_without_sending() {
     tokio::task::yield_now().await;
     let e = ready_svc(&mut svc).await.unwrap_err();
     let not = e.downcast_ref::<NotConnected>().unwrap();
-    assert!(matches!(not.cause(), Some(Cause::ConnectFailed(_))), "{not:?}");
+    assert!(
+        matches!(not.cause(), Some(Cause::ConnectFailed(_))),
+        "{not:?}"
+    );
     assert!(not.next_attempt_at().is_some());
     assert!(e.to_string().contains("connection refused"), "{e}");
     // `call` without a successful `poll_ready` is refused too, never sent.
@@ -265,7 +272,13 @@ async fn it_gives_up_after_max_attempts() {
     let e = ready_svc(&mut svc).await.unwrap_err();
     let closed = e.downcast_ref::<Closed>().expect("closed");
     assert!(
-        matches!(closed.reason(), CloseReason::GaveUp { attempts: 3, last: Cause::ConnectFailed(_) }),
+        matches!(
+            closed.reason(),
+            CloseReason::GaveUp {
+                attempts: 3,
+                last: Cause::ConnectFailed(_)
+            }
+        ),
         "{closed:?}"
     );
     assert_eq!(backend.connects(), 3);
@@ -315,7 +328,11 @@ async fn dropping_the_last_clone_stops_the_task_and_releases_the_connection() {
     ));
     // The backend, the maker and every copy of the connection are gone.
     tokio::task::yield_now().await;
-    assert_eq!(Arc::strong_count(&conn), 2, "the test's and the backend's copies only");
+    assert_eq!(
+        Arc::strong_count(&conn),
+        2,
+        "the test's and the backend's copies only"
+    );
     assert_eq!(Arc::strong_count(&backend.0), 1, "the maker was dropped");
 }
 
@@ -326,7 +343,11 @@ async fn a_service_never_used_leaks_nothing() {
     let clone = svc.clone();
     drop(svc);
     drop(clone);
-    assert_eq!(Arc::strong_count(&backend.0), 1, "the unstarted task was dropped");
+    assert_eq!(
+        Arc::strong_count(&backend.0),
+        1,
+        "the unstarted task was dropped"
+    );
     assert_eq!(backend.connects(), 0);
 }
 
