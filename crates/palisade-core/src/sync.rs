@@ -104,15 +104,39 @@ pub fn model<F>(f: F) -> usize
 where
     F: Fn() + Sync + Send + 'static,
 {
+    run_model(|env| env.unwrap_or(DEFAULT_PREEMPTION_BOUND), f)
+}
+
+/// The preemption bound of [`model`] when `LOOM_MAX_PREEMPTIONS` is unset.
+const DEFAULT_PREEMPTION_BOUND: usize = 3;
+
+/// [`model`] with at most `max_preemptions` preemptions per execution, whatever
+/// `LOOM_MAX_PREEMPTIONS` says (it can lower the bound, not raise it).
+///
+/// For a model whose protocol takes many steps (a background task, several locks per
+/// operation), each extra preemption multiplies the executions; 2 still finds most
+/// interleaving bugs (loom's own guidance), in a fraction of the time.
+pub fn model_with_preemptions<F>(max_preemptions: usize, f: F) -> usize
+where
+    F: Fn() + Sync + Send + 'static,
+{
+    run_model(
+        move |env| env.map_or(max_preemptions, |env| env.min(max_preemptions)),
+        f,
+    )
+}
+
+/// Runs `f` under loom with the bound `bound` computes from `LOOM_MAX_PREEMPTIONS`, or once.
+fn run_model<F>(bound: impl FnOnce(Option<usize>) -> usize, f: F) -> usize
+where
+    F: Fn() + Sync + Send + 'static,
+{
     #[cfg(palisade_loom)]
     {
         use std::sync::atomic::{AtomicUsize, Ordering};
 
-        const DEFAULT_PREEMPTION_BOUND: usize = 3;
         let mut builder = loom::model::Builder::new();
-        if builder.preemption_bound.is_none() {
-            builder.preemption_bound = Some(DEFAULT_PREEMPTION_BOUND);
-        }
+        builder.preemption_bound = Some(bound(builder.preemption_bound));
         // A std atomic, outside loom's view: counting executions must not add interleavings.
         let executions = std::sync::Arc::new(AtomicUsize::new(0));
         let counter = std::sync::Arc::clone(&executions);
@@ -127,6 +151,7 @@ where
     }
     #[cfg(not(palisade_loom))]
     {
+        let _ = bound;
         f();
         1
     }

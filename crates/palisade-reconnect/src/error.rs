@@ -15,8 +15,11 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 ///
 /// The stream returns it inside an [`io::Error`] of the underlying error's kind
 /// ([`UnexpectedEof`](io::ErrorKind::UnexpectedEof) for end of file,
-/// [`TimedOut`](io::ErrorKind::TimedOut) for the idle timeout); the service returns it boxed.
-/// The next operation uses a new connection. Whether to resend is the caller's call: the peer
+/// [`TimedOut`](io::ErrorKind::TimedOut) for the idle timeout), and its next operation uses a
+/// new connection. The service returns it boxed when a response fails with an error its
+/// classifier calls a lost connection; the connection itself is replaced when its `poll_ready`
+/// fails, its heartbeat fails or `reconnect()` is called (see `Reconnect`). Whether to resend
+/// is the caller's call: the peer
 /// may have received the request before the connection went down, so resend only what is
 /// idempotent.
 ///

@@ -61,6 +61,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().inner.project() {
             InnerProj::Call {
@@ -69,21 +70,25 @@ where
                 classifier,
             } => match ready!(future.poll(cx)) {
                 Ok(response) => Poll::Ready(Ok(response)),
-                Err(e) => {
-                    let e: BoxError = e.into();
-                    if !classifier(&*e) || e.is::<ConnectionLost>() {
-                        return Poll::Ready(Err(e));
-                    }
-                    Poll::Ready(Err(ConnectionLost {
-                        generation: *generation,
-                        cause: Cause::Lost(Arc::from(e)),
-                    }
-                    .into()))
-                }
+                Err(e) => Poll::Ready(Err(classify(e.into(), *generation, *classifier))),
             },
             InnerProj::Failed { error } => Poll::Ready(Err(error
                 .take()
                 .unwrap_or_else(|| "ResponseFuture polled after completion".into()))),
         }
     }
+}
+
+/// The error path, out of line so the success path inlines.
+#[cold]
+#[inline(never)]
+fn classify(e: BoxError, generation: u64, classifier: Classifier) -> BoxError {
+    if !classifier(&*e) || e.is::<ConnectionLost>() {
+        return e;
+    }
+    ConnectionLost {
+        generation,
+        cause: Cause::Lost(Arc::from(e)),
+    }
+    .into()
 }

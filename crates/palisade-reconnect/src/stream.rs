@@ -230,7 +230,17 @@ impl<T> ReconnectingStream<T> {
     }
 
     /// Drives the connection up: `Ready(Ok)` once one is up, `Ready(Err(Closed))` once closed.
+    #[inline]
     fn poll_connect(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Link::Up(_) = self.link {
+            return Poll::Ready(Ok(()));
+        }
+        self.poll_connect_slow(cx)
+    }
+
+    /// The reconnect state machine, out of line so the connected path inlines.
+    #[inline(never)]
+    fn poll_connect_slow(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             match &mut self.link {
                 Link::Up(_) => return Poll::Ready(Ok(())),
@@ -366,7 +376,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ReconnectingStream<T> {
                 let e = io::Error::from(io::ErrorKind::WriteZero);
                 Poll::Ready(Err(self.lost(Cause::Lost(Arc::new(e)))))
             }
-            Ok(r) => Poll::Ready(Ok(r)),
+            Ok(r) => {
+                // Sending something starts a new wait for the peer: the idle clock restarts.
+                if let Some(idle) = &mut self.idle {
+                    idle.waiting = false;
+                }
+                Poll::Ready(Ok(r))
+            }
             Err(e) if is_transient(&e) => Poll::Ready(Err(e)),
             Err(e) => Poll::Ready(Err(self.lost(Cause::Lost(Arc::new(e))))),
         }
@@ -468,7 +484,14 @@ impl<T: Send + 'static> StreamBuilder<T> {
     /// Declares the connection dead when a read waits this long for data, in `[1ms, 24h]`
     /// (default: never). The read fails with a [`ConnectionLost`] of kind `TimedOut` and the
     /// next operation reconnects. Pick a few times the interval at which the peer sends
-    /// something (its heartbeat): only waiting reads are timed, not a connection nobody reads.
+    /// something (its heartbeat), or the longest a reply may take.
+    ///
+    /// The clock starts when a read finds no data, and restarts when data arrives or the stream
+    /// writes (a request starts a new wait for its reply); a connection nobody reads is not
+    /// timed. A read dropped while waiting does not stop the clock, so a `select!` loop that
+    /// re-creates its read keeps one clock: a later read with no write in between resumes it
+    /// and fails at once if it already ran out (the peer has then said nothing for
+    /// `timeout` since a read began waiting).
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = Some(timeout);
         self

@@ -2,18 +2,24 @@
 //! many clones wait or report the connection dead at once, the background task connects once
 //! per generation, and every waiter is woken with that generation's connection.
 //!
-//! The task runs on a thread of its own through `spawn_with`, and each thread enters a tokio
-//! runtime only so that the attempt's deadline timer can be created; it never fires (loom has
-//! no time), and the zero backoff never sleeps.
+//! The task runs on a thread of its own through `spawn_with`, and only that thread enters a
+//! tokio runtime, so that the attempt's deadline timer can be created; it never fires (loom
+//! has no time), and the zero backoff never sleeps. The test's own bookkeeping (connect counts,
+//! kill switches, the task's join handle) uses std types on purpose: only the crate's protocol
+//! is explored. Even so a model takes about 40 loom steps per thread (three threads: two clones
+//! and the task), so the models run with at most 2 preemptions: with 3, the first explores
+//! 600,000 executions and the second runs for more than ten minutes. (Loom runs its threads on one OS thread,
+//! so tokio's thread-local context is shared: one `enter` at a time keeps its guards nested.)
 
 use std::future::{Future, Ready, poll_fn, ready};
 use std::io;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use palisade_core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use palisade_core::sync::{Arc, Mutex, model, thread};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use palisade_core::sync::{model_with_preemptions, thread};
 use palisade_reconnect::{Backoff, Reconnect};
 use tower_service::Service;
 
@@ -35,6 +41,9 @@ fn block_on<F: Future>(f: F) -> F::Output {
 
 #[cfg(not(palisade_loom))]
 fn block_on<F: Future>(f: F) -> F::Output {
+    use std::pin::pin;
+    use std::task::Waker;
+
     struct Unpark(std::thread::Thread);
     impl std::task::Wake for Unpark {
         fn wake(self: std::sync::Arc<Self>) {
@@ -85,7 +94,7 @@ impl Service<()> for Maker {
     fn call(&mut self, (): ()) -> Self::Future {
         let id = self.connects.fetch_add(1, Ordering::SeqCst) + 1;
         let dead = Arc::new(AtomicBool::new(false));
-        self.kill_switches.lock().push(dead.clone());
+        self.kill_switches.lock().unwrap().push(dead.clone());
         ready(Ok(Conn { id, dead }))
     }
 }
@@ -120,17 +129,17 @@ fn service(rt: &Arc<tokio::runtime::Runtime>) -> (Reconnect<Conn>, Maker, Driver
     let driver = Arc::new(Mutex::new(None));
     let (rt2, slot) = (rt.clone(), driver.clone());
     let svc = Reconnect::builder(maker.clone(), ())
-    .backoff(Backoff::constant(Duration::ZERO).build().unwrap())
-    .spawn_with(move |task: Task| {
-        let rt = rt2.clone();
-        let handle = thread::spawn(move || {
-            let _enter = rt.enter();
-            block_on(task);
-        });
-        *slot.lock() = Some(handle);
-    })
-    .build()
-    .unwrap();
+        .backoff(Backoff::constant(Duration::ZERO).build().unwrap())
+        .spawn_with(move |task: Task| {
+            let rt = rt2.clone();
+            let handle = thread::spawn(move || {
+                let _enter = rt.enter();
+                block_on(task);
+            });
+            *slot.lock().unwrap() = Some(handle);
+        })
+        .build()
+        .unwrap();
     (svc, maker, driver)
 }
 
@@ -145,33 +154,27 @@ fn use_once(svc: &mut Reconnect<Conn>) -> u64 {
 /// Drops the last handles and joins the task, which must stop.
 fn finish(svcs: Vec<Reconnect<Conn>>, driver: &Driver) {
     drop(svcs);
-    let handle = driver.lock().take().expect("the task was started");
+    let handle = driver.lock().unwrap().take().expect("the task was started");
     handle.join().unwrap();
 }
 
 #[test]
 fn clones_waiting_for_the_first_connection_share_one_connect() {
-    explored(model(|| {
+    explored(model_with_preemptions(2, || {
         let rt = runtime();
-        let _enter = rt.enter();
-        let (svc, maker, driver) = service(&rt);
-        let threads: Vec<_> = (0..2)
-            .map(|_| {
-                let mut svc = svc.clone();
-                let rt = rt.clone();
-                thread::spawn(move || {
-                    let _enter = rt.enter();
-                    let id = use_once(&mut svc);
-                    (id, svc)
-                })
+        let (mut svc, maker, driver) = service(&rt);
+        // Two clones wait for the first connection: one on a thread, one here.
+        let other = {
+            let mut svc = svc.clone();
+            thread::spawn(move || {
+                let id = use_once(&mut svc);
+                (id, svc)
             })
-            .collect();
-        let mut svcs = vec![svc];
-        for t in threads {
-            let (id, svc) = t.join().unwrap();
-            assert_eq!(id, 1, "every waiter is served by generation 1");
-            svcs.push(svc);
-        }
+        };
+        assert_eq!(use_once(&mut svc), 1, "served by generation 1");
+        let (id, other) = other.join().unwrap();
+        assert_eq!(id, 1, "every waiter is served by generation 1");
+        let svcs = vec![svc, other];
         assert_eq!(maker.connects.load(Ordering::SeqCst), 1, "one connect");
         finish(svcs, &driver);
     }));
@@ -179,32 +182,25 @@ fn clones_waiting_for_the_first_connection_share_one_connect() {
 
 #[test]
 fn clones_reporting_one_death_at_once_cause_one_reconnect() {
-    explored(model(|| {
+    explored(model_with_preemptions(2, || {
         let rt = runtime();
-        let _enter = rt.enter();
         let (mut svc, maker, driver) = service(&rt);
         assert_eq!(use_once(&mut svc), 1);
         // Both clones hold a copy of connection 1; it dies under them.
         let a = svc.clone();
         let b = svc.clone();
-        maker.kill_switches.lock()[0].store(true, Ordering::SeqCst);
-        let threads: Vec<_> = [a, b]
-            .into_iter()
-            .map(|mut svc| {
-                let rt = rt.clone();
-                thread::spawn(move || {
-                    let _enter = rt.enter();
-                    let id = use_once(&mut svc);
-                    (id, svc)
-                })
-            })
-            .collect();
-        let mut svcs = vec![svc];
-        for t in threads {
-            let (id, svc) = t.join().unwrap();
-            assert_eq!(id, 2, "every clone is served by generation 2");
-            svcs.push(svc);
-        }
+        maker.kill_switches.lock().unwrap()[0].store(true, Ordering::SeqCst);
+        // One clone on a thread, one here, both find it dead and reconnect.
+        let other = thread::spawn(move || {
+            let mut a = a;
+            let id = use_once(&mut a);
+            (id, a)
+        });
+        let mut b = b;
+        assert_eq!(use_once(&mut b), 2, "served by generation 2");
+        let (id, a) = other.join().unwrap();
+        assert_eq!(id, 2, "every clone is served by generation 2");
+        let svcs = vec![svc, a, b];
         assert_eq!(maker.connects.load(Ordering::SeqCst), 2, "one reconnect");
         finish(svcs, &driver);
     }));

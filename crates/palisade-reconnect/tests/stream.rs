@@ -305,6 +305,48 @@ async fn a_silent_connection_is_declared_dead_after_idle_timeout_of_waiting() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_write_restarts_the_idle_clock_and_a_cancelled_read_does_not_stop_it() {
+    let backend = Backend::default();
+    let mut stream = ReconnectingStream::builder(backend.connector())
+        .idle_timeout(secs(10.0))
+        .build()
+        .unwrap();
+    stream.connect().await.unwrap();
+    let _server1 = backend.server(1);
+    let mut buf = [0u8; 4];
+    // A read starts waiting and is dropped; nobody reads for 20 s; then a request is written.
+    assert!(
+        tokio::time::timeout(Duration::ZERO, stream.read(&mut buf))
+            .await
+            .is_err()
+    );
+    tokio::time::sleep(secs(20.0)).await;
+    stream.write_all(b"req\n").await.unwrap();
+    // The write started a new wait: the reply gets the full 10 s.
+    let start = Instant::now();
+    let e = stream.read(&mut buf).await.unwrap_err();
+    assert_eq!(Instant::now() - start, secs(10.0));
+    assert!(matches!(lost(&e).cause(), Cause::Idle(_)));
+
+    // On the next connection, a read dropped while waiting keeps the clock running (one clock
+    // for a select! loop that re-creates its read): with no write in between, a read 20 s
+    // later finds it ran out and fails at once.
+    stream.connect().await.unwrap();
+    let _server2 = backend.server(2);
+    assert!(
+        tokio::time::timeout(Duration::ZERO, stream.read(&mut buf))
+            .await
+            .is_err()
+    );
+    tokio::time::sleep(secs(4.0)).await;
+    // Re-created after 4 s, it waits the remaining 6 s only.
+    let start = Instant::now();
+    let e = stream.read(&mut buf).await.unwrap_err();
+    assert_eq!(Instant::now() - start, secs(6.0));
+    assert!(matches!(lost(&e).cause(), Cause::Idle(_)));
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_on_connect_hook_runs_on_every_connection_and_its_failure_is_a_failed_attempt() {
     let backend = Backend::default();
     let calls = Arc::new(Mutex::new(0u32));
