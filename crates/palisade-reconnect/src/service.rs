@@ -159,6 +159,8 @@ pub struct Reconnect<S> {
     /// This clone's copy of the connection, with its generation.
     conn: Option<(u64, S)>,
     wait: WaitSlot,
+    /// A copy of `settings.classifier`, read on every call.
+    classifier: Classifier,
     settings: StdArc<Settings>,
 }
 
@@ -180,6 +182,7 @@ impl<S: Clone> Clone for Reconnect<S> {
             shared: Arc::clone(&self.shared),
             conn: self.conn.clone(),
             wait: WaitSlot::default(),
+            classifier: self.classifier,
             settings: StdArc::clone(&self.settings),
         }
     }
@@ -252,6 +255,7 @@ where
             shared,
             conn: None,
             wait: WaitSlot::default(),
+            classifier: settings.classifier,
             settings: StdArc::new(settings),
         }
     }
@@ -371,6 +375,7 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         loop {
             if let Some((generation, service)) = &mut self.conn {
@@ -391,10 +396,11 @@ where
         }
     }
 
+    #[inline]
     fn call(&mut self, request: Request) -> Self::Future {
         match &mut self.conn {
             Some((generation, service)) => {
-                ResponseFuture::new(service.call(request), *generation, self.settings.classifier)
+                ResponseFuture::new(service.call(request), *generation, self.classifier)
             }
             None => ResponseFuture::failed(
                 NotConnected {
