@@ -57,6 +57,13 @@ pub fn is_connection_error(error: &(dyn StdError + 'static)) -> bool {
             return true;
         }
         if let Some(io) = e.downcast_ref::<io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<crate::ConnectionLost>())
+        {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>()
             && matches!(
                 io.kind(),
                 io::ErrorKind::ConnectionReset
@@ -159,6 +166,8 @@ pub struct Reconnect<S> {
     /// This clone's copy of the connection, with its generation.
     conn: Option<(u64, S)>,
     wait: WaitSlot,
+    /// Set by a successful `poll_ready`, taken by `call`: one call per readiness.
+    ready: bool,
     /// A copy of `settings.classifier`, read on every call.
     classifier: Classifier,
     settings: StdArc<Settings>,
@@ -182,6 +191,7 @@ impl<S: Clone> Clone for Reconnect<S> {
             shared: Arc::clone(&self.shared),
             conn: self.conn.clone(),
             wait: WaitSlot::default(),
+            ready: false,
             classifier: self.classifier,
             settings: StdArc::clone(&self.settings),
         }
@@ -190,6 +200,7 @@ impl<S: Clone> Clone for Reconnect<S> {
 
 impl<S> Drop for Reconnect<S> {
     fn drop(&mut self) {
+        self.shared.forget(self.wait);
         self.shared.drop_handle();
     }
 }
@@ -250,11 +261,18 @@ where
             hook,
             heartbeat,
         };
-        shared.install_task(Box::pin(driver.run()));
+        // The guard is made now, not when the task first runs: a task dropped before its first
+        // poll (a runtime shutting down, a spawner that drops it) still closes the state.
+        let guard = StopGuard(Arc::clone(&shared));
+        shared.install_task(Box::pin(async move {
+            let _guard = guard;
+            driver.run().await;
+        }));
         Reconnect {
             shared,
             conn: None,
             wait: WaitSlot::default(),
+            ready: false,
             classifier: settings.classifier,
             settings: StdArc::new(settings),
         }
@@ -300,8 +318,9 @@ impl<S> Reconnect<S> {
     }
 
     /// Closes for every clone: stops the background task (an attempt in flight is dropped) and
-    /// drops the connection; `poll_ready` then fails with [`Closed`]. Requests already sent
-    /// complete on the clones' copies of the connection.
+    /// drops the shared connection; `poll_ready` then fails with [`Closed`]. Requests already
+    /// sent complete on the clones' copies of the connection, and each clone drops its copy at
+    /// its next `poll_ready` (or when it is dropped).
     pub fn close(&self) {
         self.shared.request_close();
     }
@@ -366,6 +385,24 @@ impl<S> Reconnect<S> {
     }
 }
 
+impl<S> Reconnect<S> {
+    /// The connection's own `poll_ready` is pending: also wait for a change of connection, so
+    /// a replacement (a heartbeat, `reconnect()`, another clone's report) wakes this clone.
+    #[cold]
+    fn pending_on<E>(&mut self, generation: u64, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
+        let mut core = self.shared.core.lock();
+        if self.shared.is_current(generation) {
+            Shared::wait(&mut core, &mut self.wait, cx.waker());
+            Poll::Pending
+        } else {
+            // Replaced meanwhile: poll again (the next poll takes the new connection).
+            drop(core);
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+}
+
 impl<S, Request> Service<Request> for Reconnect<S>
 where
     S: Service<Request> + Clone,
@@ -382,8 +419,11 @@ where
                 let generation = *generation;
                 if self.shared.is_current(generation) {
                     match service.poll_ready(cx) {
-                        Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
-                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(())) => {
+                            self.ready = true;
+                            return Poll::Ready(Ok(()));
+                        }
+                        Poll::Pending => return self.pending_on(generation, cx),
                         Poll::Ready(Err(e)) => {
                             let cause = Cause::Lost(StdArc::from(e.into()));
                             self.shared.report_lost(generation, cause);
@@ -399,10 +439,10 @@ where
     #[inline]
     fn call(&mut self, request: Request) -> Self::Future {
         match &mut self.conn {
-            Some((generation, service)) => {
+            Some((generation, service)) if std::mem::take(&mut self.ready) => {
                 ResponseFuture::new(service.call(request), *generation, self.classifier)
             }
-            None => ResponseFuture::failed(
+            _ => ResponseFuture::failed(
                 NotConnected {
                     cause: None,
                     next_attempt_at: None,
@@ -463,10 +503,8 @@ where
     S: Clone + Send + 'static,
 {
     async fn run(mut self) {
-        let guard = StopGuard(Arc::clone(&self.shared));
         let reason = self.connect_loop().await;
         self.shared.close(reason);
-        drop(guard);
     }
 
     /// Waits for closing or `fut`, whichever comes first.

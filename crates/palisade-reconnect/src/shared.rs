@@ -70,6 +70,9 @@ pub(crate) enum Event {
 #[derive(Debug)]
 pub(crate) struct Shared<S> {
     pub(crate) core: Mutex<Core<S>>,
+    /// Held while a change is made and published: taken before `core`, released after the
+    /// publish, so states reach the channel in order without the core lock held.
+    publishing: Mutex<()>,
     /// The generation that is up, 0 when none: the clones' lock-free check of their copy.
     current: AtomicU64,
     /// Live `Reconnect` handles; the last one's drop closes.
@@ -96,6 +99,7 @@ impl<S> Shared<S> {
                 waiters: Vec::new(),
                 epoch: 0,
             }),
+            publishing: Mutex::new(()),
             current: AtomicU64::new(0),
             handles: AtomicUsize::new(1),
             reporter: Reporter::new(),
@@ -120,10 +124,17 @@ impl<S> Shared<S> {
 
     /// Puts the driver back: it could not be started now.
     pub(crate) fn put_back_task(&self, task: Task) {
-        let mut core = self.core.lock();
-        if core.task.is_none() && !core.closing {
-            core.task = Some(TaskSlot(task));
-        }
+        let rejected = {
+            let mut core = self.core.lock();
+            if core.task.is_none() && !core.closing {
+                core.task = Some(TaskSlot(task));
+                None
+            } else {
+                Some(task)
+            }
+        };
+        // Closed meanwhile: dropping the task runs its guard, which closes the state.
+        drop(rejected);
     }
 
     /// Registers `waker` to be woken at the next change; `slot` remembers where.
@@ -150,18 +161,33 @@ impl<S> Shared<S> {
     /// Connection `generation` failed under a clone: wakes the driver to replace it. Later
     /// reports of the same generation (other clones, other requests) change nothing.
     pub(crate) fn report_lost(&self, generation: u64, cause: Cause) {
-        let driver = {
+        let (driver, waiters, old) = {
             let mut core = self.core.lock();
             match core.phase {
                 Phase::Up { generation: g, .. } if g == generation => {}
                 _ => return,
             }
             self.current.store(0, Ordering::Release);
-            core.phase = Phase::Lost { generation, cause };
-            core.driver.take()
+            let old = std::mem::replace(&mut core.phase, Phase::Lost { generation, cause });
+            // Clones waiting in the old connection's own `poll_ready` registered here too:
+            // wake them so they move on (to wait for the next generation, or fail fast).
+            (core.driver.take(), Self::drain_waiters(&mut core), old)
         };
+        drop(old); // the user's service, dropped outside the lock
         if let Some(driver) = driver {
             driver.wake();
+        }
+        waiters.into_iter().for_each(Waker::wake);
+    }
+
+    /// Forgets a dropped clone's waker (so a task that is gone is not kept alive until the
+    /// next state change).
+    pub(crate) fn forget(&self, slot: WaitSlot) {
+        if let WaitSlot(Some((epoch, index))) = slot {
+            let mut core = self.core.lock();
+            if core.epoch == epoch {
+                core.waiters[index] = Waker::noop().clone();
+            }
         }
     }
 
@@ -205,9 +231,14 @@ impl<S> Shared<S> {
         Poll::Pending
     }
 
-    /// Sets the phase and the published state together, then wakes the waiting clones.
+    /// Sets the phase, then publishes the state and wakes the waiting clones.
+    ///
+    /// The state is published after the core lock is released, so a caller holding a
+    /// `state().borrow()` while it calls into a clone cannot deadlock with the task; the
+    /// publish lock keeps the published order the order of the changes.
     pub(crate) fn set(&self, phase: Phase<S>, state: ConnectionState) {
-        let waiters = {
+        let _publishing = self.publishing.lock();
+        let (waiters, old) = {
             let mut core = self.core.lock();
             if matches!(core.phase, Phase::Closed(_)) {
                 return;
@@ -216,31 +247,41 @@ impl<S> Shared<S> {
                 Phase::Up { generation, .. } => *generation,
                 _ => 0,
             };
-            core.phase = phase;
+            let old = std::mem::replace(&mut core.phase, phase);
             self.current.store(generation, Ordering::Release);
-            self.reporter.publish(state);
-            Self::drain_waiters(&mut core)
+            (Self::drain_waiters(&mut core), old)
         };
+        drop(old);
+        self.reporter.publish(state);
         waiters.into_iter().for_each(Waker::wake);
     }
 
     /// Closed for good (the driver's last act, or a close before it started).
     pub(crate) fn close(&self, reason: CloseReason) {
-        let (waiters, task) = {
-            let mut core = self.core.lock();
-            core.closing = true;
-            let task = Self::take_task(&mut core);
-            if matches!(core.phase, Phase::Closed(_)) {
-                (Vec::new(), task)
-            } else {
-                core.phase = Phase::Closed(reason.clone());
-                self.current.store(0, Ordering::Release);
+        // The unstarted task is dropped last, with no lock held: its guard closes again (a
+        // no-op by then).
+        let task = {
+            let _publishing = self.publishing.lock();
+            let (waiters, task, old) = {
+                let mut core = self.core.lock();
+                core.closing = true;
+                let task = Self::take_task(&mut core);
+                if matches!(core.phase, Phase::Closed(_)) {
+                    (None, task, None)
+                } else {
+                    let old = std::mem::replace(&mut core.phase, Phase::Closed(reason.clone()));
+                    self.current.store(0, Ordering::Release);
+                    (Some(Self::drain_waiters(&mut core)), task, Some(old))
+                }
+            };
+            drop(old);
+            if let Some(waiters) = waiters {
                 self.reporter.publish(ConnectionState::Closed(reason));
-                (Self::drain_waiters(&mut core), task)
+                waiters.into_iter().for_each(Waker::wake);
             }
+            task
         };
         drop(task);
-        waiters.into_iter().for_each(Waker::wake);
     }
 
     /// Asks the driver to close (it publishes `Closed` when it stops); closes at once when

@@ -5,7 +5,7 @@ use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -62,6 +62,21 @@ pub struct ReconnectingStream<T> {
     idle: Option<Idle>,
     reporter: Reporter,
     generation: u64,
+    /// Each direction's task while its operation waits on the current connection (after a
+    /// `tokio::io::split` the two may be different tasks).
+    parked: [Option<Waker>; 2],
+    /// A loss the other direction saw while this one was parked on that connection: its next
+    /// operation fails with it (once), instead of carrying on, torn, on a new connection.
+    owed: [Option<ConnectionLost>; 2],
+    /// `shutdown` closed the write side: reads go on until end of file; no reconnect.
+    write_shut: bool,
+}
+
+/// An operation's direction, to index `parked` and `owed`.
+#[derive(Clone, Copy)]
+enum Dir {
+    Read = 0,
+    Write = 1,
 }
 
 enum Link<T> {
@@ -160,14 +175,11 @@ impl<T> ReconnectingStream<T> {
     /// connection: the backoff starts over only if it was up for `stable_after`.
     pub fn reconnect(&mut self) {
         if matches!(self.link, Link::Up(_)) {
-            drop(self.lost(Cause::Requested));
+            drop(self.lost(Cause::Requested, None));
         } else if matches!(self.link, Link::Connecting(..)) {
-            self.link = Link::Down(None);
-            self.reporter.publish(ConnectionState::Disconnected {
-                cause: Cause::Requested,
-                next_attempt_at: Instant::now(),
-                attempts: self.schedule.attempts(),
-            });
+            // The attempt in flight is abandoned: a failed attempt, with its backoff and its
+            // place in `max_attempts`.
+            self.attempt_failed(Cause::Requested);
         }
     }
 
@@ -186,7 +198,7 @@ impl<T> ReconnectingStream<T> {
 
     /// The connection failed with `cause`: schedules the next attempt (or gives up) and returns
     /// the error for the operation that saw it.
-    fn lost(&mut self, cause: Cause) -> io::Error {
+    fn lost(&mut self, cause: Cause, seen_by: Option<Dir>) -> io::Error {
         let now = Instant::now();
         let error = ConnectionLost {
             generation: self.generation,
@@ -194,6 +206,21 @@ impl<T> ReconnectingStream<T> {
         };
         if let Some(idle) = &mut self.idle {
             idle.waiting = false;
+        }
+        // The direction that saw the loss gets this error; the other, if it was waiting on the
+        // same connection, is woken and owed it.
+        for dir in [Dir::Read, Dir::Write] {
+            let parked = self.parked[dir as usize].take();
+            if seen_by.is_none_or(|seen| seen as usize != dir as usize)
+                && let Some(waker) = parked
+            {
+                self.owed[dir as usize] = Some(error.clone());
+                waker.wake();
+            }
+        }
+        if self.write_shut {
+            self.close_with(CloseReason::Closed);
+            return error.into_io();
         }
         match self.schedule.lost(now) {
             Ok(next) => {
@@ -322,6 +349,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ReconnectingStream<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(owed) = this.owed[Dir::Read as usize].take() {
+            return Poll::Ready(Err(owed.into_io()));
+        }
         if let Link::Closed(CloseReason::Closed) = this.link {
             return Poll::Ready(Ok(())); // closed by its owner: end of file
         }
@@ -332,8 +362,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ReconnectingStream<T> {
         let before = buf.filled().len();
         match Pin::new(io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
+                this.parked[Dir::Read as usize] = None;
                 if buf.filled().len() == before && buf.remaining() > 0 {
-                    return Poll::Ready(Err(this.lost(Cause::Eof)));
+                    if this.write_shut {
+                        // The end of a half-closed exchange: the peer answered and closed.
+                        this.close_with(CloseReason::Closed);
+                        return Poll::Ready(Ok(()));
+                    }
+                    return Poll::Ready(Err(this.lost(Cause::Eof, Some(Dir::Read))));
                 }
                 if let Some(idle) = &mut this.idle {
                     idle.waiting = false;
@@ -341,8 +377,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ReconnectingStream<T> {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) if is_transient(&e) => Poll::Ready(Err(e)),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(this.lost(Cause::Lost(Arc::new(e))))),
+            Poll::Ready(Err(e)) => {
+                this.parked[Dir::Read as usize] = None;
+                Poll::Ready(Err(this.lost(Cause::Lost(Arc::new(e)), Some(Dir::Read))))
+            }
             Poll::Pending => {
+                park(&mut this.parked[Dir::Read as usize], cx);
                 let Some(idle) = &mut this.idle else {
                     return Poll::Pending;
                 };
@@ -353,9 +393,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ReconnectingStream<T> {
                 let timer = idle.timer.as_mut().expect("armed when waiting");
                 ready!(timer.as_mut().poll(cx));
                 let timeout = idle.timeout;
-                Poll::Ready(Err(this.lost(Cause::Idle(timeout))))
+                this.parked[Dir::Read as usize] = None;
+                Poll::Ready(Err(this.lost(Cause::Idle(timeout), Some(Dir::Read))))
             }
         }
+    }
+}
+
+/// Remembers `cx`'s waker as the one waiting in this direction.
+fn park(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(waker) if waker.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
     }
 }
 
@@ -367,14 +416,29 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ReconnectingStream<T> {
         op: impl FnOnce(Pin<&mut T>, &mut Context<'_>) -> Poll<io::Result<R>>,
         zero: impl FnOnce(&R) -> bool,
     ) -> Poll<io::Result<R>> {
+        if let Some(owed) = self.owed[Dir::Write as usize].take() {
+            return Poll::Ready(Err(owed.into_io()));
+        }
+        if self.write_shut {
+            let reason = CloseReason::Closed;
+            return Poll::Ready(Err(Closed { reason }.into_io()));
+        }
         ready!(self.poll_connect(cx))?;
         let Link::Up(io) = &mut self.link else {
             unreachable!("poll_connect returns Ok only when up")
         };
-        match ready!(op(Pin::new(io), cx)) {
+        let result = match op(Pin::new(io), cx) {
+            Poll::Pending => {
+                park(&mut self.parked[Dir::Write as usize], cx);
+                return Poll::Pending;
+            }
+            Poll::Ready(result) => result,
+        };
+        self.parked[Dir::Write as usize] = None;
+        match result {
             Ok(r) if zero(&r) => {
                 let e = io::Error::from(io::ErrorKind::WriteZero);
-                Poll::Ready(Err(self.lost(Cause::Lost(Arc::new(e)))))
+                Poll::Ready(Err(self.lost(Cause::Lost(Arc::new(e)), Some(Dir::Write))))
             }
             Ok(r) => {
                 // Sending something starts a new wait for the peer: the idle clock restarts.
@@ -384,7 +448,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ReconnectingStream<T> {
                 Poll::Ready(Ok(r))
             }
             Err(e) if is_transient(&e) => Poll::Ready(Err(e)),
-            Err(e) => Poll::Ready(Err(self.lost(Cause::Lost(Arc::new(e))))),
+            Err(e) => Poll::Ready(Err(self.lost(Cause::Lost(Arc::new(e)), Some(Dir::Write)))),
         }
     }
 }
@@ -424,21 +488,33 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ReconnectingStream<T> {
     /// the lost one held was reported lost), so it returns `Ok` without connecting.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !matches!(this.link, Link::Up(_)) {
+        if this.write_shut || !matches!(this.link, Link::Up(_)) {
             return Poll::Ready(Ok(()));
         }
         this.poll_op(cx, |io, cx| io.poll_flush(cx), |_| false)
     }
 
-    /// Shuts the current connection down and closes the stream for good (no reconnect).
+    /// Shuts the write side of the current connection down, as a `TcpStream`'s `shutdown`
+    /// does: no more writes, and no reconnect, but reads go on until the peer's end of file
+    /// (the reply of a half-close protocol), which closes the stream for good. With no
+    /// connection up, it closes at once.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let result = match &mut this.link {
-            Link::Up(io) => ready!(Pin::new(io).poll_shutdown(cx)),
-            _ => Ok(()),
-        };
-        this.close_with(CloseReason::Closed);
-        Poll::Ready(result)
+        match &mut this.link {
+            Link::Up(io) if !this.write_shut => {
+                let result = ready!(Pin::new(io).poll_shutdown(cx));
+                this.write_shut = true;
+                if result.is_err() {
+                    this.close_with(CloseReason::Closed);
+                }
+                Poll::Ready(result)
+            }
+            Link::Up(_) => Poll::Ready(Ok(())),
+            _ => {
+                this.close_with(CloseReason::Closed);
+                Poll::Ready(Ok(()))
+            }
+        }
     }
 }
 
@@ -527,6 +603,9 @@ impl<T: Send + 'static> StreamBuilder<T> {
             }),
             reporter: Reporter::new(),
             generation: 0,
+            parked: [None, None],
+            owed: [None, None],
+            write_shut: false,
         })
     }
 }

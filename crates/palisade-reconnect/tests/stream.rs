@@ -488,28 +488,81 @@ async fn a_read_cancelled_during_backoff_keeps_the_schedule() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn shutdown_closes_for_good() {
+async fn shutdown_half_closes_reads_the_reply_then_closes_for_good() {
     let backend = Backend::default();
     let mut stream = ReconnectingStream::builder(backend.connector())
         .build()
         .unwrap();
     stream.write_all(b"bye").await.unwrap();
     stream.shutdown().await.unwrap();
-    assert!(matches!(
-        &*stream.state().borrow(),
-        ConnectionState::Closed(CloseReason::Closed)
-    ));
-    // The peer saw the data and then end of file.
+    // Writes are over, at once; the peer saw the data, then end of file.
+    let e = stream.write(b"x").await.unwrap_err();
+    assert!(matches!(close_reason(&e), CloseReason::Closed));
     let mut server = backend.server(1);
     let mut all = Vec::new();
     server.read_to_end(&mut all).await.unwrap();
     assert_eq!(all, b"bye");
-    // Reads see end of file, writes fail, and nothing reconnects.
+    // The peer's reply still arrives (a half-close protocol), then its end of file closes the
+    // stream for good: a clean end of file, not a lost connection, and no reconnect.
+    server.write_all(b"ciao").await.unwrap();
+    drop(server);
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await.unwrap();
+    assert_eq!(reply, b"ciao");
+    assert!(matches!(
+        &*stream.state().borrow(),
+        ConnectionState::Closed(CloseReason::Closed)
+    ));
     let mut buf = [0u8; 4];
     assert_eq!(stream.read(&mut buf).await.unwrap(), 0);
-    let e = stream.write(b"x").await.unwrap_err();
-    assert!(matches!(close_reason(&e), CloseReason::Closed));
     assert_eq!(backend.attempts().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_split_a_loss_seen_by_the_reader_fails_the_parked_writer_once() {
+    let backend = Backend::default();
+    let stream = ReconnectingStream::builder(
+        // Tiny pipes, so a large write parks on the full buffer.
+        {
+            let backend = backend.clone();
+            move || {
+                let backend = backend.clone();
+                async move {
+                    backend.0.lock().unwrap().attempts.push(Instant::now());
+                    let (client, server) = duplex(16);
+                    backend.0.lock().unwrap().servers.push(server);
+                    Ok::<_, io::Error>(client)
+                }
+            }
+        },
+    )
+    .stable_after(Duration::ZERO)
+    .build()
+    .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let write = tokio::spawn(async move {
+        let first = writer.write_all(&[7u8; 64]).await;
+        // The next message goes to the new connection, whole.
+        writer.write_all(b"next").await.unwrap();
+        (first, writer)
+    });
+    let mut buf = [0u8; 4];
+    // The writer fills the 16-byte pipe and parks; the server dies; the reader sees it.
+    tokio::task::yield_now().await;
+    backend.kill(1);
+    let e = reader.read(&mut buf).await.unwrap_err();
+    assert!(matches!(lost(&e).cause(), Cause::Eof));
+    let (first, _writer) = write.await.unwrap();
+    let e = first.unwrap_err();
+    assert_eq!(
+        lost(&e).generation(),
+        1,
+        "the writer is told, not torn across connections"
+    );
+    let mut server2 = backend.server(2);
+    let mut got = [0u8; 4];
+    server2.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"next");
 }
 
 #[tokio::test(start_paused = true)]

@@ -451,6 +451,46 @@ async fn reconnect_on_request_replaces_the_connection() {
 }
 
 #[test]
+fn the_default_classifier_sees_lost_connections_inside_io_errors() {
+    use palisade_reconnect::is_connection_error;
+    let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+    assert!(is_connection_error(&reset));
+    assert!(!is_connection_error(&io::Error::from(
+        io::ErrorKind::InvalidInput
+    )));
+    // A reconnecting stream's own error (an idle timeout: kind TimedOut) under a service.
+    let nested = io::Error::new(io::ErrorKind::TimedOut, lost_error());
+    assert!(is_connection_error(&nested));
+}
+
+/// A `ConnectionLost`, as a stream below a service would return it.
+fn lost_error() -> ConnectionLost {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut stream = palisade_reconnect::ReconnectingStream::builder(|| async {
+            let (client, server) = tokio::io::duplex(16);
+            drop(server);
+            Ok::<_, io::Error>(client)
+        })
+        .build()
+        .unwrap();
+        let mut buf = [0u8; 1];
+        let e = tokio::io::AsyncReadExt::read(&mut stream, &mut buf)
+            .await
+            .unwrap_err();
+        e.into_inner()
+            .unwrap()
+            .downcast::<ConnectionLost>()
+            .map(|b| *b)
+            .unwrap()
+    })
+}
+
+#[test]
 fn heartbeat_knobs_are_validated() {
     let backend = Backend::default();
     let e = builder(&backend)

@@ -1,0 +1,229 @@
+//! Regressions, one per bug the review of palisade-reconnect found (each failed before its fix):
+//! a clone parked in the old connection's `poll_ready` missed the new generation; a second
+//! `call` without `poll_ready` reached the inner service; a `state()` borrow held across
+//! `reconnect()` deadlocked with the task's publish; a task dropped before its first poll left
+//! callers waiting; dropped waiting clones kept their wakers until the next state change.
+
+use std::future::{Ready, poll_fn, ready};
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use palisade_reconnect::{ConnectionState, Reconnect};
+use tower_service::Service;
+
+#[derive(Default)]
+struct Gate {
+    id: usize,
+    /// poll_ready stays Pending (saturated: e.g. a concurrency limit full of hung requests).
+    saturated: AtomicBool,
+    calls: AtomicUsize,
+}
+
+#[derive(Clone)]
+struct Conn(Arc<Gate>);
+
+impl Service<u32> for Conn {
+    type Response = usize;
+    type Error = io::Error;
+    type Future = Ready<io::Result<usize>>;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.0.saturated.load(Ordering::SeqCst) {
+            return Poll::Pending; // (would be woken when a slot frees, which never happens)
+        }
+        Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _: u32) -> Self::Future {
+        self.0.calls.fetch_add(1, Ordering::SeqCst);
+        ready(Ok(self.0.id))
+    }
+}
+
+#[derive(Clone, Default)]
+struct Maker(Arc<std::sync::Mutex<Vec<Arc<Gate>>>>);
+impl Service<()> for Maker {
+    type Response = Conn;
+    type Error = io::Error;
+    type Future = Ready<io::Result<Conn>>;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _: ()) -> Self::Future {
+        let mut v = self.0.lock().unwrap();
+        let g = Arc::new(Gate {
+            id: v.len() + 1,
+            ..Gate::default()
+        });
+        v.push(g.clone());
+        ready(Ok(Conn(g)))
+    }
+}
+
+/// A clone parked in the old connection's `poll_ready` is never told that `reconnect()` (or a
+/// heartbeat) replaced it: it waits forever although generation 2 is up and ready.
+#[tokio::test(start_paused = true)]
+async fn a_clone_pending_in_the_old_connections_poll_ready_moves_to_the_new_generation() {
+    let maker = Maker::default();
+    let mut a = Reconnect::builder(maker.clone(), ()).build().unwrap();
+    let b = a.clone();
+    a.connected().await.unwrap();
+    poll_fn(|cx| Service::<u32>::poll_ready(&mut a, cx))
+        .await
+        .unwrap();
+    maker.0.lock().unwrap()[0]
+        .saturated
+        .store(true, Ordering::SeqCst);
+    let waiter = tokio::spawn(async move {
+        poll_fn(|cx| Service::<u32>::poll_ready(&mut a, cx))
+            .await
+            .unwrap();
+        a.call(1).await.unwrap()
+    });
+    tokio::task::yield_now().await;
+    b.reconnect(); // the owner knows better: replace the saturated connection
+    let mut st = b.state();
+    st.wait_for(|s| matches!(s, ConnectionState::Connected { generation: 2, .. }))
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(3600), waiter).await;
+    assert!(
+        r.is_ok(),
+        "clone still parked on generation 1 an hour after generation 2 came up"
+    );
+}
+
+/// README: "`call` without a successful `poll_ready` returns `NotConnected`". Only the first
+/// time: a second `call` after one `poll_ready` goes to the inner service unreadied.
+#[tokio::test]
+async fn a_second_call_without_poll_ready_is_refused() {
+    let maker = Maker::default();
+    let mut a = Reconnect::builder(maker.clone(), ()).build().unwrap();
+    poll_fn(|cx| Service::<u32>::poll_ready(&mut a, cx))
+        .await
+        .unwrap();
+    a.call(1).await.unwrap();
+    let second = a.call(2).await;
+    let calls = maker.0.lock().unwrap()[0].calls.load(Ordering::SeqCst);
+    assert!(
+        second.is_err() && calls == 1,
+        "second call reached the inner service: {second:?}, calls={calls}"
+    );
+}
+
+/// Lock-order inversion: the driver publishes on the watch channel while holding the core
+/// mutex; a user holding a `borrow()` of `state()` who calls into the service takes them in the
+/// other order.
+#[test]
+fn holding_a_state_borrow_while_calling_reconnect_does_not_deadlock() {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let maker = Maker::default();
+            let a: Reconnect<Conn> = Reconnect::builder(maker.clone(), ())
+                .stable_after(Duration::ZERO)
+                .build()
+                .unwrap();
+            let b = a.clone();
+            a.connected().await.unwrap();
+            let rx = a.state();
+            let seen = rx.borrow(); // e.g. `if rx.borrow().is_connected() { ... }`
+            if seen.is_connected() {
+                b.reconnect(); // another clone (or the heartbeat) reports the loss: the driver runs
+                std::thread::sleep(Duration::from_millis(300));
+                a.reconnect(); // blocks on the core mutex held by the driver, which waits for `seen`
+            }
+            drop(seen);
+        });
+        done_tx.send(()).unwrap();
+    });
+    assert!(
+        done_rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "deadlocked"
+    );
+}
+
+/// README: "If the task panics, or its runtime shuts down, the service closes with
+/// `CloseReason::TaskStopped` instead of leaving callers waiting." Not if the runtime shuts
+/// down before the task's first poll: the `StopGuard` is created inside `run()`.
+#[test]
+fn a_runtime_dropped_before_the_task_ran_closes_instead_of_leaving_callers_waiting() {
+    let maker = Maker::default();
+    let mut a = Reconnect::builder(maker, ()).build().unwrap();
+    let rt1 = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt1.block_on(async {
+        // First use: spawns the driver, which has not run yet when this returns Pending.
+        let mut once = false;
+        poll_fn(|cx| {
+            if once {
+                return Poll::Ready(());
+            }
+            once = true;
+            assert!(Service::<u32>::poll_ready(&mut a, cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+    });
+    drop(rt1); // the driver is dropped without ever being polled
+    let rt2 = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt2.block_on(async {
+        println!("state: {:?}", *a.state().borrow());
+        let r = tokio::time::timeout(Duration::from_secs(2), a.connected()).await;
+        assert!(
+            r.is_ok(),
+            "connected() hangs; state stays {:?}",
+            *a.state().borrow()
+        );
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropped_waiting_clones_release_their_wakers() {
+    struct Count;
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {}
+    }
+    #[derive(Clone)]
+    struct Down;
+    impl Service<()> for Down {
+        type Response = Conn;
+        type Error = io::Error;
+        type Future = Ready<io::Result<Conn>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: ()) -> Self::Future {
+            ready(Err(io::ErrorKind::ConnectionRefused.into()))
+        }
+    }
+    let svc = Reconnect::builder(Down, ()).build().unwrap();
+    let _ = tokio::time::timeout(Duration::from_millis(1), svc.connected()).await; // start it
+    svc.state()
+        .wait_for(|s| matches!(s, ConnectionState::Disconnected { .. }))
+        .await
+        .unwrap(); // backoff 1 s
+    let w = Arc::new(Count);
+    let waker = std::task::Waker::from(w.clone());
+    for _ in 0..10_000 {
+        let mut c = svc.clone();
+        assert!(Service::<u32>::poll_ready(&mut c, &mut Context::from_waker(&waker)).is_pending());
+        drop(c);
+    }
+    assert!(
+        Arc::strong_count(&w) < 100,
+        "{} wakers retained by dropped clones",
+        Arc::strong_count(&w)
+    );
+}
