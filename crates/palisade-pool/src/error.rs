@@ -27,16 +27,16 @@ pub enum Error<E: std::error::Error + 'static> {
         /// The last connect (or validation) failure.
         #[source]
         last_error: Arc<Failure<E>>,
-        /// The pool at the deadline.
-        metrics: Metrics,
+        /// The pool at the deadline (boxed: it keeps `Result<Pooled, Error>` small).
+        metrics: Box<Metrics>,
     },
     /// The deadline passed with every connection in use.
     #[error("no connection within {waited:?}: all connections are in use; pool: {metrics}")]
     Exhausted {
         /// How long `get()` waited.
         waited: Duration,
-        /// The pool at the deadline.
-        metrics: Metrics,
+        /// The pool at the deadline (boxed: it keeps `Result<Pooled, Error>` small).
+        metrics: Box<Metrics>,
     },
     /// The pool was closed.
     #[error("the pool is closed")]

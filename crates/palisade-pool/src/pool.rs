@@ -56,6 +56,9 @@ pub(crate) struct Shared<M: Manager, C> {
     changed: Notify,
     /// Picks each connection's lifetime within the jitter window.
     lifetime: Option<(Duration, Backoff)>,
+    /// `test_on_checkout` in nanoseconds: validate a connection known good no more recently
+    /// than this (`Some(0)`: always; `None`: never).
+    validate_after: Option<u64>,
 }
 
 impl<M: Manager> Pool<M, FastClock> {
@@ -82,6 +85,11 @@ impl<M: Manager, C: Clock> Pool<M, C> {
                 .expect("a constant backoff of at most 30 days is valid");
             (max, spread)
         });
+        let validate_after = match config.test_on_checkout {
+            CheckoutTest::Never => None,
+            CheckoutTest::Always => Some(0),
+            CheckoutTest::IdleFor(d) => Some(nanos(d)),
+        };
         let pool = Pool {
             shared: Arc::new(Shared {
                 manager,
@@ -90,6 +98,7 @@ impl<M: Manager, C: Clock> Pool<M, C> {
                 state: Mutex::new(State::new(limits)),
                 changed: Notify::new(),
                 lifetime,
+                validate_after,
             }),
         };
         let connects = pool.shared.state.lock().reserve_connects();
@@ -190,7 +199,6 @@ impl<M: Manager, C: Clock> Pool<M, C> {
         let mut guard = Checking {
             shared,
             live: None,
-            pending: Vec::new(),
             keepalive: true,
         };
         // One connection at a time: the others stay available to callers meanwhile.
@@ -333,15 +341,13 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Connections out of the idle set for a check; discarded if the holder is dropped midway
-/// (their state is unknown).
+/// A connection out of the idle set for a check; discarded if the holder is dropped midway
+/// (its state is unknown).
 struct Checking<'a, M: Manager, C: Clock> {
     shared: &'a Arc<Shared<M, C>>,
     /// The connection being checked.
     live: Option<Live<M::Connection>>,
-    /// Keepalive checks still to run.
-    pending: Vec<Live<M::Connection>>,
-    /// Keepalive checks (counted as `checking`), not a checkout.
+    /// A keepalive check (counted as `checking`), not a checkout.
     keepalive: bool,
 }
 
@@ -349,19 +355,7 @@ impl<M: Manager, C: Clock> Drop for Checking<'_, M, C> {
     #[inline]
     fn drop(&mut self) {
         // The common case, a checkout whose checks passed: nothing to discard.
-        if self.live.is_none() && self.pending.is_empty() {
-            return;
-        }
-        let conns: Vec<_> = self
-            .live
-            .take()
-            .into_iter()
-            .chain(self.pending.drain(..))
-            .collect();
-        if conns.is_empty() {
-            return;
-        }
-        for live in conns {
+        if let Some(live) = self.live.take() {
             Shared::discard_out(
                 self.shared,
                 Some(live.conn),
@@ -412,45 +406,158 @@ enum Waited<T> {
     TimedOut(Metrics),
 }
 
+/// Where [`Shared::get_slow`] picks up.
+enum Resume<'a, M: Manager, C: Clock> {
+    /// A connection taken that needs a validation (and a recycle first, if `recycle`).
+    Check {
+        check: Checking<'a, M, C>,
+        recycle: bool,
+    },
+    /// The connection taken was discarded: try again, at the head of the line.
+    Retry,
+}
+
+/// The checks a connection needs before it goes out.
+#[derive(Debug, Clone, Copy)]
+enum Plan {
+    /// None: out it goes.
+    Go,
+    /// `recycle` only (it was used before).
+    Recycle,
+    /// `validate`, after a `recycle` if `recycle`.
+    Check { recycle: bool },
+    /// `is_broken` said so: discard it.
+    Broken,
+}
+
+/// The failure of a check step that ended with `result` (`None`: it overran `timeout`).
+#[inline]
+fn step_failure<E>(result: Option<Result<(), E>>, timeout: Duration) -> Option<Failure<E>> {
+    match result {
+        Some(Ok(())) => None,
+        Some(Err(e)) => Some(Failure::Validate(e)),
+        None => Some(Failure::ValidateTimeout(timeout)),
+    }
+}
+
 impl<M: Manager, C: Clock> Shared<M, C> {
+    /// `get()`. The common cases run straight through, with nothing boxed: a connection, idle
+    /// or handed over after a wait in line, whose only check is a `recycle` that is ready at
+    /// once (or none); an idle one is out on the first poll, with no timer. The rest (a
+    /// validation, a step still pending after its first poll, a failed check) goes on in
+    /// [`get_slow`](Shared::get_slow), boxed so that the common cases' future stays small.
     async fn get(
         this: &Arc<Self>,
         site: &'static Location<'static>,
     ) -> Result<Pooled<M, C>, Error<M::Error>> {
+        // One clock reading per checkout: expiry, idle reaping and the checkout test use it.
         let start = this.clock.now();
-        let mut now = start;
-        let mut deadline: Option<tokio::time::Instant> = None;
-        // After a failed check the caller keeps its place at the head of the line.
-        let mut front = false;
-        loop {
-            let mut dropped = Dropped::new();
-            let step = this.state.lock().checkout(now, None, front, &mut dropped);
-            Shared::dropped(this, dropped, "checkout");
-            let live = match step {
-                Err(Closed) => return Err(Error::Closed),
-                Ok(Checkout::Idle(live)) => live,
-                Ok(Checkout::Wait { ticket, connects }) => {
-                    Shared::spawn_connects(this, connects);
-                    let until = *deadline.get_or_insert_with(|| this.deadline(start));
-                    match Shared::wait(this, ticket, until).await {
-                        Waited::Served(live) => live,
-                        Waited::Closed => return Err(Error::Closed),
-                        Waited::TimedOut(metrics) => {
-                            return Err(this.timeout_error(start, Some(metrics)));
+        let mut dropped = Dropped::new();
+        let step = this.state.lock().checkout(start, None, false, &mut dropped);
+        Shared::dropped(this, dropped, "checkout");
+        let mut deadline = None;
+        let live = match step {
+            Ok(Checkout::Idle(live)) => live,
+            Err(Closed) => return Err(Error::Closed),
+            // Waiting is the common case of a busy pool: not boxed either.
+            Ok(Checkout::Wait { ticket, connects }) => {
+                Shared::wait_served(this, ticket, connects, start, &mut deadline).await?
+            }
+        };
+        let mut check = Checking {
+            shared: this,
+            live: Some(live),
+            keepalive: false,
+        };
+        match this.plan(&mut check, start) {
+            Plan::Go => {}
+            Plan::Recycle => {
+                let timeout = this.config.validation_timeout;
+                let live = check.live.as_mut().expect("a connection to check");
+                live.used = false;
+                let result = {
+                    let mut fut = pin!(this.manager.recycle(&mut live.conn));
+                    match poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+                        Poll::Ready(result) => Some(result),
+                        Poll::Pending => {
+                            let limit = this.step_limit(start, &mut deadline, timeout);
+                            Box::pin(tokio::time::timeout_at(limit, fut)).await.ok()
                         }
                     }
+                };
+                if let Some(failure) = step_failure(result, timeout) {
+                    if let Some(timeout) =
+                        Shared::step_failed(this, &mut check, start, deadline, failure)
+                    {
+                        return Err(timeout);
+                    }
+                    let resume = Resume::Retry;
+                    return Box::pin(Shared::get_slow(this, site, start, deadline, resume)).await;
+                }
+            }
+            Plan::Check { recycle } => {
+                let resume = Resume::Check { check, recycle };
+                return Box::pin(Shared::get_slow(this, site, start, deadline, resume)).await;
+            }
+            Plan::Broken => {
+                Shared::discard_checked(this, &mut check, Discard::Broken, None);
+                let resume = Resume::Retry;
+                return Box::pin(Shared::get_slow(this, site, start, deadline, resume)).await;
+            }
+        }
+        let live = check.live.take().expect("a checked connection");
+        Ok(Pooled::new(Arc::clone(this), live, site))
+    }
+
+    /// The rest of a `get()` that [`get`](Shared::get) could not finish at once: `resume` says
+    /// where it left off.
+    async fn get_slow<'a>(
+        this: &'a Arc<Self>,
+        site: &'static Location<'static>,
+        start: Instant,
+        mut deadline: Option<tokio::time::Instant>,
+        resume: Resume<'a, M, C>,
+    ) -> Result<Pooled<M, C>, Error<M::Error>> {
+        // After a failed check the caller keeps its place at the head of the line.
+        let (mut front, mut now) = match resume {
+            Resume::Retry => (true, this.clock.now()),
+            _ => (false, start),
+        };
+        let mut resume = Some(resume);
+        loop {
+            let (mut check, plan) = match resume.take() {
+                Some(Resume::Check { check, recycle }) => (check, Plan::Check { recycle }),
+                Some(Resume::Retry) | None => {
+                    let mut dropped = Dropped::new();
+                    let step = this.state.lock().checkout(now, None, front, &mut dropped);
+                    Shared::dropped(this, dropped, "checkout");
+                    let live = match step {
+                        Err(Closed) => return Err(Error::Closed),
+                        Ok(Checkout::Idle(live)) => live,
+                        Ok(Checkout::Wait { ticket, connects }) => {
+                            Shared::wait_served(this, ticket, connects, start, &mut deadline)
+                                .await?
+                        }
+                    };
+                    Shared::planned(this, live, now)
                 }
             };
-            let mut check = Checking {
-                shared: this,
-                live: Some(live),
-                pending: Vec::new(),
-                keepalive: false,
+            let verdict = match plan {
+                Plan::Go => Ok(()),
+                Plan::Broken => {
+                    Shared::discard_checked(this, &mut check, Discard::Broken, None);
+                    Err(None)
+                }
+                Plan::Recycle => {
+                    Shared::steps(this, &mut check, start, true, false, &mut deadline).await
+                }
+                Plan::Check { recycle } => {
+                    Shared::steps(this, &mut check, start, recycle, true, &mut deadline).await
+                }
             };
-            let verdict = Shared::check(this, &mut check, start, now, &mut deadline).await;
             match verdict {
                 Ok(()) => {
-                    let live = check.live.take().expect("checked connection");
+                    let live = check.live.take().expect("a checked connection");
                     return Ok(Pooled::new(Arc::clone(this), live, site));
                 }
                 Err(Some(timeout)) => return Err(timeout),
@@ -459,6 +566,63 @@ impl<M: Manager, C: Clock> Shared<M, C> {
                     now = this.clock.now();
                 }
             }
+        }
+    }
+
+    /// A connection just taken for a checkout, in its guard, and the checks it needs.
+    fn planned(
+        this: &Arc<Self>,
+        live: Live<M::Connection>,
+        now: Instant,
+    ) -> (Checking<'_, M, C>, Plan) {
+        let mut check = Checking {
+            shared: this,
+            live: Some(live),
+            keepalive: false,
+        };
+        let plan = this.plan(&mut check, now);
+        (check, plan)
+    }
+
+    /// The checks the connection in `check` needs before it goes out; `now` is the checkout's
+    /// clock reading (one read per checkout).
+    #[inline]
+    fn plan(&self, check: &mut Checking<'_, M, C>, now: Instant) -> Plan {
+        let live = check.live.as_mut().expect("a connection to check");
+        if self.manager.is_broken(&mut live.conn) {
+            return Plan::Broken;
+        }
+        // Nanoseconds since it was last known good, against the policy's threshold.
+        let validate = self
+            .validate_after
+            .is_some_and(|after| now.as_nanos().saturating_sub(live.checked.as_nanos()) >= after);
+        match (live.used, validate) {
+            (false, false) => Plan::Go,
+            (true, false) => Plan::Recycle,
+            (recycle, true) => Plan::Check { recycle },
+        }
+    }
+
+    /// Waits in line with `ticket` (starting the `connects` reserved for it) until served, the
+    /// pool closes or the deadline passes.
+    async fn wait_served(
+        this: &Arc<Self>,
+        ticket: Ticket,
+        connects: usize,
+        start: Instant,
+        deadline: &mut Option<tokio::time::Instant>,
+    ) -> Result<Live<M::Connection>, Error<M::Error>> {
+        // The place in line is guarded from here on.
+        let mut line = InLine {
+            shared: this,
+            ticket: Some(ticket),
+        };
+        Shared::spawn_connects(this, connects);
+        let until = *deadline.get_or_insert_with(|| this.deadline(start));
+        match Shared::wait(this, &mut line, until).await {
+            Waited::Served(live) => Ok(live),
+            Waited::Closed => Err(Error::Closed),
+            Waited::TimedOut(metrics) => Err(this.timeout_error(start, Some(metrics))),
         }
     }
 
@@ -471,13 +635,9 @@ impl<M: Manager, C: Clock> Shared<M, C> {
 
     async fn wait(
         this: &Arc<Self>,
-        ticket: Ticket,
+        line: &mut InLine<'_, M, C>,
         until: tokio::time::Instant,
     ) -> Waited<M::Connection> {
-        let mut line = InLine {
-            shared: this,
-            ticket: Some(ticket),
-        };
         let mut sleep = pin!(tokio::time::sleep_until(until));
         poll_fn(|cx| {
             let Some(ticket) = line.ticket else {
@@ -508,58 +668,58 @@ impl<M: Manager, C: Clock> Shared<M, C> {
         .await
     }
 
-    /// Runs the checks of a connection about to go out. `Ok` to hand it out; `Err(None)` if it
-    /// was discarded (try again); `Err(Some)` if the deadline passed meanwhile.
-    async fn check(
+    /// Runs the checks of a connection about to go out: `recycle` and then `validate`, each
+    /// if asked. `Ok` to hand it out; `Err(None)` if it was discarded (try again); `Err(Some)`
+    /// if the deadline passed meanwhile.
+    async fn steps(
         this: &Arc<Self>,
         check: &mut Checking<'_, M, C>,
         start: Instant,
-        now: Instant,
+        recycle: bool,
+        validate: bool,
         deadline: &mut Option<tokio::time::Instant>,
     ) -> Result<(), Option<Error<M::Error>>> {
-        let live = check.live.as_mut().expect("a connection to check");
-        if this.manager.is_broken(&mut live.conn) {
-            Shared::discard_checked(this, check, Discard::Broken, None);
-            return Err(None);
-        }
-        // `now` is the checkout's clock reading: one read per checkout.
-        let idle_for = now.saturating_duration_since(live.checked);
-        let validate = match this.config.test_on_checkout {
-            CheckoutTest::Never => false,
-            CheckoutTest::Always => true,
-            CheckoutTest::IdleFor(d) => idle_for >= d,
-        };
-        let recycle = live.used;
-        for is_recycle in [true, false] {
-            if (is_recycle && !recycle) || (!is_recycle && !validate) {
-                continue;
-            }
+        let timeout = this.config.validation_timeout;
+        if recycle {
             let live = check.live.as_mut().expect("a connection to check");
-            let timeout = this.config.validation_timeout;
-            let result = if is_recycle {
-                live.used = false;
-                let fut = this.manager.recycle(&mut live.conn);
-                bounded(fut, || this.step_limit(start, deadline, timeout)).await
-            } else {
-                let fut = this.manager.validate(&mut live.conn);
-                bounded(fut, || this.step_limit(start, deadline, timeout)).await
-            };
-            let failure = match result {
-                Some(Ok(())) => continue,
-                Some(Err(e)) => Failure::Validate(e),
-                None => Failure::ValidateTimeout(timeout),
-            };
-            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                // The caller's deadline, not the connection, cut the step short: its state is
-                // unknown, so it is closed, but nothing is held against the backend.
-                Shared::discard_checked(this, check, Discard::Cancelled, None);
-                return Err(Some(this.timeout_error(start, None)));
+            live.used = false;
+            let fut = this.manager.recycle(&mut live.conn);
+            let result = bounded(fut, || this.step_limit(start, deadline, timeout)).await;
+            if let Some(failure) = step_failure(result, timeout) {
+                return Err(Shared::step_failed(this, check, start, *deadline, failure));
             }
-            tracing::debug!(target: "palisade_pool", %failure, "connection failed its checkout check");
-            Shared::discard_checked(this, check, Discard::Invalid, Some(failure));
-            return Err(None);
+        }
+        if validate {
+            let live = check.live.as_mut().expect("a connection to check");
+            let fut = this.manager.validate(&mut live.conn);
+            let result = bounded(fut, || this.step_limit(start, deadline, timeout)).await;
+            if let Some(failure) = step_failure(result, timeout) {
+                return Err(Shared::step_failed(this, check, start, *deadline, failure));
+            }
         }
         Ok(())
+    }
+
+    /// A check failed: the connection is discarded. `Some(timeout)` if the caller's deadline,
+    /// not the connection, cut the step short; `None` to try again.
+    #[cold]
+    #[inline(never)]
+    fn step_failed(
+        this: &Arc<Self>,
+        check: &mut Checking<'_, M, C>,
+        start: Instant,
+        deadline: Option<tokio::time::Instant>,
+        failure: Failure<M::Error>,
+    ) -> Option<Error<M::Error>> {
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            // The caller's deadline, not the connection, cut the step short: its state is
+            // unknown, so it is closed, but nothing is held against the backend.
+            Shared::discard_checked(this, check, Discard::Cancelled, None);
+            return Some(this.timeout_error(start, None));
+        }
+        tracing::debug!(target: "palisade_pool", %failure, "connection failed its checkout check");
+        Shared::discard_checked(this, check, Discard::Invalid, Some(failure));
+        None
     }
 
     fn step_limit(
@@ -602,7 +762,7 @@ impl<M: Manager, C: Clock> Shared<M, C> {
         let waited = self.config.acquire_timeout;
         let mut state = self.state.lock();
         state.timed_out();
-        let mut metrics = at_deadline.unwrap_or_else(|| state.metrics());
+        let mut metrics = Box::new(at_deadline.unwrap_or_else(|| state.metrics()));
         metrics.timeouts = state.counters.timeouts;
         let error = match (&state.last_error, state.failures() > 0) {
             (Some(last_error), true) => Error::Unavailable {
@@ -620,6 +780,8 @@ impl<M: Manager, C: Clock> Shared<M, C> {
     /// Closes a checked-out (or keepalive-checked) connection, then frees its slot (in that
     /// order: the backend never sees more than `max_size` connections) and starts the connects
     /// waiters need. `None` for a connection the caller took away (detach).
+    #[cold]
+    #[inline(never)]
     pub(crate) fn discard_out(
         this: &Arc<Self>,
         conn: Option<M::Connection>,

@@ -11,7 +11,7 @@ use palisade_core::{Clock, FastClock};
 use crate::manager::Manager;
 use crate::metrics::Discard;
 use crate::pool::Shared;
-use crate::state::{Dropped, Live};
+use crate::state::Live;
 
 const NOT_TRACKED: u32 = u32::MAX;
 
@@ -110,10 +110,15 @@ impl<M: Manager, C: Clock> Pooled<M, C> {
 
     /// Ends the leak-detection record, reporting a late return of a connection reported
     /// as leaked.
+    #[inline]
     fn release(&mut self) {
-        if self.out == NOT_TRACKED {
-            return;
+        if self.out != NOT_TRACKED {
+            self.release_tracked();
         }
+    }
+
+    #[inline(never)]
+    fn release_tracked(&mut self) {
         let out = self.shared.state.lock().returned(self.out);
         self.out = NOT_TRACKED;
         if let Some(out) = out
@@ -146,11 +151,12 @@ impl<M: Manager, C: Clock> Drop for Pooled<M, C> {
         match reason {
             None => {
                 let now = shared.clock.now();
-                let mut dropped = Dropped::new();
-                let waker = shared.state.lock().checkin(live, now, &mut dropped);
-                Shared::dropped(&self.shared, dropped, "checkin");
-                if let Some(waker) = waker {
-                    waker.wake();
+                let placed = shared.state.lock().checkin(live, now);
+                match placed {
+                    Ok(None) => {}
+                    Ok(Some(waker)) => waker.wake(),
+                    // Expired, or the pool closed: closed here, outside the lock.
+                    Err(conn) => Shared::dropped(&self.shared, vec![conn], "checkin"),
                 }
             }
             Some(reason) => {

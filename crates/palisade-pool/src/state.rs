@@ -423,42 +423,56 @@ impl<T, E> State<T, E> {
     #[must_use = "the waker of the waiter served must be woken"]
     #[inline(always)]
     fn place(&mut self, live: Live<T>, now: Instant, dropped: &mut Dropped<T>) -> Option<Waker> {
+        match self.place_one(live, now) {
+            Ok(waker) => waker,
+            Err(conn) => {
+                dropped.push(conn);
+                None
+            }
+        }
+    }
+
+    /// [`place`](State::place), with a discarded connection returned as `Err` for the caller
+    /// to drop once the lock is released.
+    #[inline(always)]
+    fn place_one(&mut self, live: Live<T>, now: Instant) -> Result<Option<Waker>, T> {
         if self.closed {
-            dropped.push(self.discard(live, Discard::Closed));
-            return None;
+            return Err(self.discard(live, Discard::Closed));
         }
         if now >= live.expires {
-            dropped.push(self.discard(live, Discard::Expired));
-            return None;
+            return Err(self.discard(live, Discard::Expired));
+        }
+        // Nobody waits (tickets left in `order` by waiters that left are stale): straight to
+        // the idle set.
+        if self.line.waiting == 0 {
+            self.idle.push_back(live);
+            return Ok(None);
         }
         match self.line.pop_waiting() {
             Some((ticket, waker)) => {
                 if let Some(slot) = self.line.slot_mut(ticket) {
                     *slot = Slot::Delivered(live);
                 }
-                waker
+                Ok(waker)
             }
             None => {
                 self.idle.push_back(live);
-                None
+                Ok(None)
             }
         }
     }
 
-    /// A checked-out connection comes back, fit for use.
+    /// A checked-out connection comes back, fit for use: `Ok` with the waker of the waiter it
+    /// went to, if any, or `Err` with the connection, discarded (expired, or the pool closed),
+    /// for the caller to drop once the lock is released and then [`release`](State::release).
     #[must_use = "the waker of the waiter served must be woken"]
     #[inline]
-    pub(crate) fn checkin(
-        &mut self,
-        mut live: Live<T>,
-        now: Instant,
-        dropped: &mut Dropped<T>,
-    ) -> Option<Waker> {
+    pub(crate) fn checkin(&mut self, mut live: Live<T>, now: Instant) -> Result<Option<Waker>, T> {
         live.used = true;
         live.reused = true;
         live.since = now;
         live.checked = now;
-        self.place(live, now, dropped)
+        self.place_one(live, now)
     }
 
     /// Records why a connection is discarded and returns it for the caller to drop; its slot

@@ -426,6 +426,69 @@ async fn recycle_runs_before_reuse_and_a_failed_recycle_discards() {
     assert_eq!(pool.metrics().discarded(Discard::Invalid), 1);
 }
 
+/// Connections numbered from 0 whose `recycle` takes `recycle_ms` (0: ready at once).
+#[derive(Debug, Clone, Default)]
+struct SlowRecycle {
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    recycle_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl palisade_pool::Manager for SlowRecycle {
+    type Connection = usize;
+    type Error = std::io::Error;
+
+    async fn connect(&self) -> std::io::Result<usize> {
+        Ok(self.next.fetch_add(1, Ordering::SeqCst))
+    }
+
+    async fn recycle(&self, _conn: &mut usize) -> std::io::Result<()> {
+        let ms = self.recycle_ms.load(Ordering::SeqCst);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        Ok(())
+    }
+}
+
+/// The checkout of an idle connection finishes at once when its `recycle` is ready at once;
+/// a `recycle` that is not is awaited under `validation_timeout`, and a `get()` dropped
+/// meanwhile discards that connection.
+#[tokio::test(start_paused = true)]
+async fn a_recycle_not_ready_at_once_is_awaited_within_its_timeout_and_cancel_safe() {
+    let manager = SlowRecycle::default();
+    let pool = Pool::builder(manager.clone())
+        .clock(palisade_core::TokioClock::new())
+        .test_on_checkout(CheckoutTest::Never)
+        .validation_timeout(100 * MS)
+        .max_size(1)
+        .build()
+        .unwrap();
+    drop(pool.get().await.unwrap()); // used once: the next checkout recycles
+    assert_eq!(*pool.get().await.unwrap(), 0, "recycled at once");
+
+    manager.recycle_ms.store(10, Ordering::SeqCst);
+    let start = tokio::time::Instant::now();
+    let conn = pool.get().await.unwrap();
+    assert_eq!((*conn, start.elapsed()), (0, 10 * MS), "awaited");
+    drop(conn);
+
+    let mut get = Box::pin(pool.get());
+    assert!(futures_poll(&mut get).is_none(), "recycling");
+    assert_eq!(pool.metrics().in_use, 1);
+    drop(get);
+    let m = pool.metrics();
+    assert_eq!((m.size, m.discarded(Discard::Cancelled)), (0, 1), "{m}");
+
+    drop(pool.get().await.unwrap()); // connection 1, used once
+    manager.recycle_ms.store(1_000, Ordering::SeqCst);
+    let start = tokio::time::Instant::now();
+    let conn = pool.get().await.unwrap();
+    // Cut at 100 ms and discarded; the caller goes on to a new connection (fresh: no recycle).
+    assert_eq!((*conn, start.elapsed()), (2, 100 * MS));
+    let m = pool.metrics();
+    assert_eq!((m.size, m.discarded(Discard::Invalid)), (1, 1), "{m}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_hanging_connect_is_cut_by_connect_timeout() {
     let backend = Backend::default();
