@@ -11,18 +11,7 @@ use palisade_breaker::{
     CircuitBreaker, CircuitBreakerBuilder, Reason, SlidingWindow, State, Transition,
 };
 use palisade_core::ManualClock;
-use palisade_core::sync::{model, thread};
-
-fn explored(executions: usize) {
-    if cfg!(palisade_loom) {
-        assert!(
-            executions > 1,
-            "loom explored only {executions} execution(s)"
-        );
-    } else {
-        assert_eq!(executions, 1);
-    }
-}
+use palisade_core::sync::{assert_explored, model, thread};
 
 /// Counts transitions by kind; a std atomic on purpose (outside the protocol under test).
 #[derive(Default)]
@@ -69,7 +58,7 @@ fn open_and_elapsed(b: &CircuitBreaker<ManualClock>, clock: &ManualClock) {
 
 #[test]
 fn half_open_admits_exactly_the_permitted_probes() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let clock = ManualClock::new();
         let events = Arc::new(Events::default());
         let b = breaker(&clock, 1, 1.0, &events);
@@ -105,7 +94,7 @@ fn half_open_admits_exactly_the_permitted_probes() {
 
 #[test]
 fn a_trip_fires_its_event_exactly_once() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let clock = ManualClock::new();
         let events = Arc::new(Events::default());
         let b = breaker(&clock, 1, 1.0, &events);
@@ -125,7 +114,7 @@ fn a_trip_fires_its_event_exactly_once() {
 
 #[test]
 fn a_dropped_probe_never_leaves_the_breaker_stuck() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let clock = ManualClock::new();
         let events = Arc::new(Events::default());
         let b = breaker(&clock, 1, 1.0, &events);
@@ -148,7 +137,7 @@ fn a_dropped_probe_never_leaves_the_breaker_stuck() {
 
 #[test]
 fn a_late_probe_from_an_old_round_cannot_close_a_new_one() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let clock = ManualClock::new();
         let events = Arc::new(Events::default());
         let b = breaker(&clock, 2, 1.0, &events); // both probes must succeed
@@ -174,7 +163,7 @@ fn a_late_probe_from_an_old_round_cannot_close_a_new_one() {
 
 #[test]
 fn racing_probe_outcomes_decide_the_round_once() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let clock = ManualClock::new();
         let events = Arc::new(Events::default());
         let b = breaker(&clock, 2, 0.5, &events); // one success closes, two failures re-open
@@ -200,7 +189,7 @@ fn racing_probe_outcomes_decide_the_round_once() {
 
 #[test]
 fn the_window_never_reports_counts_no_run_of_outcomes_had() {
-    explored(model(|| {
+    assert_explored(model(|| {
         // Every call fills a bucket, so each record races a roll of the window start.
         let clock = ManualClock::new();
         let events = Arc::new(Events::default());
@@ -251,7 +240,7 @@ fn the_window_never_reports_counts_no_run_of_outcomes_had() {
 
 #[test]
 fn successes_alone_never_trip_however_the_window_rolls() {
-    explored(model(|| {
+    assert_explored(model(|| {
         // A window of one call: each record rolls it, so the start a recorder reads can move
         // twice while it records. Read after the add, it could be newer than the recorder's own
         // count, and the wrapped difference would look like billions of failures.
@@ -289,7 +278,7 @@ fn successes_alone_never_trip_however_the_window_rolls() {
 
 #[test]
 fn callers_racing_the_end_of_the_open_duration_are_all_probes() {
-    explored(model(|| {
+    assert_explored(model(|| {
         // Two slots, two callers at the moment the open duration ends: one moves the breaker to
         // half-open, and both must be admitted, never rejected as "open" with a deadline that
         // belongs to another state.

@@ -12,18 +12,7 @@ use std::task::{Context, Poll, Waker};
 use palisade_bulkhead::{Aimd, Bulkhead, Discipline, Outcome, Partition, PartitionedBulkhead};
 use palisade_core::ManualClock;
 use palisade_core::sync::atomic::{AtomicUsize, Ordering};
-use palisade_core::sync::{Arc, model, thread};
-
-fn explored(executions: usize) {
-    if cfg!(palisade_loom) {
-        assert!(
-            executions > 1,
-            "loom explored only {executions} execution(s)"
-        );
-    } else {
-        assert_eq!(executions, 1);
-    }
-}
+use palisade_core::sync::{Arc, assert_explored, block_on, model, thread};
 
 fn bulkhead(limit: u32) -> Bulkhead<ManualClock> {
     Bulkhead::builder(limit)
@@ -31,29 +20,6 @@ fn bulkhead(limit: u32) -> Bulkhead<ManualClock> {
         .clock(ManualClock::new())
         .build()
         .unwrap()
-}
-
-#[cfg(palisade_loom)]
-fn block_on<F: Future>(f: F) -> F::Output {
-    loom::future::block_on(f)
-}
-
-#[cfg(not(palisade_loom))]
-fn block_on<F: Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
-    let mut f = pin!(f);
-    loop {
-        if let Poll::Ready(out) = f.as_mut().poll(&mut Context::from_waker(&waker)) {
-            return out;
-        }
-        std::thread::park();
-    }
 }
 
 /// Acquires (waiting if need be), checks the in-flight count against `limit` while holding the
@@ -68,7 +34,7 @@ fn guarded(b: &Bulkhead<ManualClock>, running: &AtomicUsize, limit: usize) {
 
 #[test]
 fn never_more_than_the_limit_in_flight() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let b = bulkhead(1);
         let running = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..2)
@@ -88,7 +54,7 @@ fn never_more_than_the_limit_in_flight() {
 
 #[test]
 fn a_waiter_cancelled_while_queued_neither_leaks_nor_steals_a_permit() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let b = bulkhead(1);
         let held = b.try_acquire_owned().unwrap();
         let other = b.clone();
@@ -113,7 +79,7 @@ fn a_waiter_cancelled_while_queued_neither_leaks_nor_steals_a_permit() {
 
 #[test]
 fn a_limit_change_racing_acquires_and_releases_keeps_the_count_exact() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let b = bulkhead(1);
         let changer = {
             let b = b.clone();
@@ -145,7 +111,7 @@ fn a_limit_change_racing_acquires_and_releases_keeps_the_count_exact() {
 /// algorithm ends on is free.
 #[test]
 fn an_adaptive_limit_change_inside_release_keeps_the_count_exact() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let aimd = Aimd::builder()
             .min_limit(1)
             .max_limit(4)
@@ -222,7 +188,7 @@ fn cancelled_waiter_model(b: Bulkhead<ManualClock>, runtime: Option<tokio::runti
 
 #[test]
 fn lifo_never_exceeds_the_limit_and_a_cancelled_waiter_leaks_nothing() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let b = Bulkhead::builder(1)
             .max_queued(4)
             .discipline(Discipline::Lifo)
@@ -246,7 +212,7 @@ fn enter(runtime: Option<&tokio::runtime::Handle>) -> Option<tokio::runtime::Ent
 
 #[test]
 fn codel_never_exceeds_the_limit_and_a_cancelled_waiter_leaks_nothing() {
-    explored(model(|| {
+    assert_explored(model(|| {
         // CoDel gives every waiter a deadline, whose timer needs a tokio runtime to exist;
         // nothing drives it, so no deadline passes and the model stays deterministic.
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -293,7 +259,7 @@ fn guarded_partition(p: &Partition<ManualClock>, running: &AtomicUsize, total: u
 
 #[test]
 fn partitions_a_release_racing_queued_and_cancelled_waiters_never_exceeds_the_total() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let (bulkhead, a, b) = partitioned();
         let running = Arc::new(AtomicUsize::new(0));
         // b borrows the one permit; it goes back while a waits and another b gives up.
@@ -325,7 +291,7 @@ fn partitions_a_release_racing_queued_and_cancelled_waiters_never_exceeds_the_to
 
 #[test]
 fn partitions_a_total_change_racing_a_release_keeps_the_count_exact() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let (bulkhead, a, b) = partitioned();
         let held = b.try_acquire_owned().unwrap();
         let changer = {

@@ -157,6 +157,51 @@ where
     }
 }
 
+/// Checks that a model ran as it should: more than one execution under loom (a model with
+/// racing threads that explored one interleaving checked nothing), exactly one otherwise.
+///
+/// `assert_explored(model(|| ...))` is the first line of every loom test body.
+#[track_caller]
+pub fn assert_explored(executions: usize) {
+    if cfg!(palisade_loom) {
+        assert!(
+            executions > 1,
+            "loom explored only {executions} execution(s)"
+        );
+    } else {
+        assert_eq!(executions, 1, "without loom a model runs once");
+    }
+}
+
+/// Runs a future to completion on the current thread: loom's `block_on` under
+/// `--cfg palisade_loom` (parking the loom thread, so loom sees every wake-up), a parking
+/// executor otherwise. For the async operations of a loom model, one per model thread.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    #[cfg(palisade_loom)]
+    {
+        loom::future::block_on(f)
+    }
+    #[cfg(not(palisade_loom))]
+    {
+        use std::task::{Context, Poll, Wake, Waker};
+
+        struct Unpark(std::thread::Thread);
+        impl Wake for Unpark {
+            fn wake(self: std::sync::Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+        let mut f = std::pin::pin!(f);
+        loop {
+            if let Poll::Ready(out) = f.as_mut().poll(&mut Context::from_waker(&waker)) {
+                return out;
+            }
+            std::thread::park();
+        }
+    }
+}
+
 #[cfg(palisade_loom)]
 mod loom_locks {
     //! loom's locks behind `parking_lot`'s signatures: no poisoning, `lock()` returns the guard.

@@ -7,26 +7,14 @@
 use std::time::Duration;
 
 use palisade_core::sync::atomic::{AtomicUsize, Ordering};
-use palisade_core::sync::{Arc, Mutex, RwLock, model, thread};
+use palisade_core::sync::{Arc, Mutex, RwLock, assert_explored, model, thread};
 use palisade_core::{Clock, Instant, ManualClock};
-
-/// Asserts that `model` really explored interleavings when loom is on.
-fn explored(executions: usize) {
-    if cfg!(palisade_loom) {
-        assert!(
-            executions > 1,
-            "a two-thread loom model must explore more than one interleaving, ran {executions}"
-        );
-    } else {
-        assert_eq!(executions, 1, "without loom a model runs once");
-    }
-}
 
 const SECOND: Duration = Duration::from_secs(1);
 
 #[test]
 fn manual_clock_concurrent_advances_add_up_and_never_go_backwards() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let clock = ManualClock::new();
         let advancer = thread::spawn({
             let clock = clock.clone();
@@ -60,7 +48,7 @@ fn manual_clock_concurrent_advances_add_up_and_never_go_backwards() {
 
 #[test]
 fn manual_clock_advance_to_races_advance_and_only_moves_forward() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let clock = ManualClock::starting_at(Instant::ZERO + SECOND);
         let jumper = thread::spawn({
             let clock = clock.clone();
@@ -93,7 +81,7 @@ fn increment_slowly(value: &mut u32) {
 
 #[test]
 fn shim_mutex_and_rwlock_exclude_each_other() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let state = Arc::new((Mutex::new(0_u32), RwLock::new(0_u32)));
         let other = thread::spawn({
             let state = state.clone();
@@ -118,7 +106,7 @@ fn shim_mutex_and_rwlock_exclude_each_other() {
 /// time sees the write (Release on advance, Acquire on `now`).
 #[test]
 fn manual_clock_advance_publishes_earlier_writes() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let clock = ManualClock::new();
         let data = Arc::new(AtomicUsize::new(0));
         // The reader is the spawned thread: loom explores it running before, between and after
@@ -151,7 +139,7 @@ fn the_shared_subset_exists_on_both_sides() {
         rwlock: RwLock<u32>,
     }
 
-    explored(model(|| {
+    assert_explored(model(|| {
         let mut arc = Arc::new(5_u32);
         assert_eq!(Arc::get_mut(&mut arc).map(|v| *v), Some(5));
         let clone = Arc::clone(&arc);
@@ -200,7 +188,7 @@ fn the_shared_subset_exists_on_both_sides() {
 
 #[test]
 fn shim_atomics_lose_no_update() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let hits = Arc::new(AtomicUsize::new(0));
         let other = thread::spawn({
             let hits = hits.clone();

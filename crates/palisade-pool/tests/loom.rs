@@ -15,44 +15,8 @@ use std::time::Duration;
 
 use palisade_core::ManualClock;
 use palisade_core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use palisade_core::sync::{Arc, model, thread};
+use palisade_core::sync::{Arc, assert_explored, block_on, model, thread};
 use palisade_pool::{CheckoutTest, Manager, Pool, Pooled};
-
-fn explored(executions: usize) {
-    if cfg!(palisade_loom) {
-        assert!(
-            executions > 1,
-            "loom explored only {executions} execution(s)"
-        );
-    } else {
-        assert_eq!(executions, 1);
-    }
-}
-
-#[cfg(palisade_loom)]
-fn block_on<F: Future>(f: F) -> F::Output {
-    loom::future::block_on(f)
-}
-
-#[cfg(not(palisade_loom))]
-fn block_on<F: Future>(f: F) -> F::Output {
-    use std::task::Poll;
-
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
-    let mut f = pin!(f);
-    loop {
-        if let Poll::Ready(out) = f.as_mut().poll(&mut Context::from_waker(&waker)) {
-            return out;
-        }
-        std::thread::park();
-    }
-}
 
 /// A backend that counts live connections and fails the model if they ever exceed `max`.
 #[derive(Debug, Clone)]
@@ -144,7 +108,7 @@ fn settled(pool: &Pool<Counted, ManualClock>, backend: &Counted) {
 
 #[test]
 fn live_connections_never_exceed_max_size() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let rt = runtime();
         let _enter = rt.enter();
         let (pool, backend) = pool(1);
@@ -163,7 +127,7 @@ fn live_connections_never_exceed_max_size() {
 
 #[test]
 fn a_get_dropped_at_any_point_leaks_nothing() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let rt = runtime();
         let _enter = rt.enter();
         let (pool, backend) = pool(1);
@@ -189,7 +153,7 @@ fn a_get_dropped_at_any_point_leaks_nothing() {
 
 #[test]
 fn a_return_racing_a_waiter_and_a_newcomer_serves_each_once() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let rt = runtime();
         let _enter = rt.enter();
         let (pool, backend) = pool(1);
@@ -216,7 +180,7 @@ fn a_return_racing_a_waiter_and_a_newcomer_serves_each_once() {
 
 #[test]
 fn a_taint_racing_a_waiter_replaces_the_connection_once() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let rt = runtime();
         let _enter = rt.enter();
         let (pool, backend) = pool(1);

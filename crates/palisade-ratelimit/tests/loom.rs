@@ -7,19 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_core::ManualClock;
-use palisade_core::sync::{model, thread};
+use palisade_core::sync::{assert_explored, model, thread};
 use palisade_ratelimit::{KeyedRateLimiter, Quota, RateLimiter};
-
-fn explored(executions: usize) {
-    if cfg!(palisade_loom) {
-        assert!(
-            executions > 1,
-            "loom explored only {executions} execution(s)"
-        );
-    } else {
-        assert_eq!(executions, 1);
-    }
-}
 
 fn limiter(clock: &ManualClock, quota: Quota) -> Arc<RateLimiter<Quota, ManualClock>> {
     Arc::new(
@@ -37,7 +26,7 @@ fn remaining(limiter: &RateLimiter<Quota, ManualClock>) -> u32 {
 
 #[test]
 fn racing_checks_admit_exactly_the_burst() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let clock = ManualClock::new();
         let limiter = limiter(&clock, Quota::per_second(3));
         let other = Arc::clone(&limiter);
@@ -59,7 +48,7 @@ fn racing_checks_admit_exactly_the_burst() {
 
 #[test]
 fn a_quota_change_racing_checks_keeps_accounting_and_never_mixes_quotas() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let clock = ManualClock::new();
         // 1 cell per second, burst 2 → 1 cell per 2 s, burst 2. Two checks at time 0 fit under
         // either quota in any order with the change (the used second carries over as two),
@@ -82,7 +71,7 @@ fn a_quota_change_racing_checks_keeps_accounting_and_never_mixes_quotas() {
 
 #[test]
 fn a_cancelled_reservation_consumes_nothing() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let clock = ManualClock::new();
         let limiter = limiter(&clock, Quota::per_second(2));
         assert!(limiter.check().is_allowed());
@@ -106,7 +95,7 @@ fn a_cancelled_reservation_consumes_nothing() {
 
 #[test]
 fn keyed_eviction_racing_a_check_never_loses_or_double_counts_a_key() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let clock = ManualClock::new();
         let limiter = Arc::new(
             KeyedRateLimiter::builder(Quota::per_second(1))
@@ -137,7 +126,7 @@ fn keyed_eviction_racing_a_check_never_loses_or_double_counts_a_key() {
 
 #[test]
 fn two_first_checks_of_one_key_share_one_state() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let clock = ManualClock::new();
         let limiter = Arc::new(
             KeyedRateLimiter::builder(Quota::per_second(1))

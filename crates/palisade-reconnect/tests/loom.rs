@@ -19,46 +19,9 @@ use std::time::Duration;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use palisade_core::sync::{model_with_preemptions, thread};
+use palisade_core::sync::{assert_explored, block_on, model_with_preemptions, thread};
 use palisade_reconnect::{Backoff, Reconnect};
 use tower_service::Service;
-
-fn explored(executions: usize) {
-    if cfg!(palisade_loom) {
-        assert!(
-            executions > 1,
-            "loom explored only {executions} execution(s)"
-        );
-    } else {
-        assert_eq!(executions, 1);
-    }
-}
-
-#[cfg(palisade_loom)]
-fn block_on<F: Future>(f: F) -> F::Output {
-    loom::future::block_on(f)
-}
-
-#[cfg(not(palisade_loom))]
-fn block_on<F: Future>(f: F) -> F::Output {
-    use std::pin::pin;
-    use std::task::Waker;
-
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
-    let mut f = pin!(f);
-    loop {
-        if let Poll::Ready(out) = f.as_mut().poll(&mut Context::from_waker(&waker)) {
-            return out;
-        }
-        std::thread::park();
-    }
-}
 
 fn runtime() -> Arc<tokio::runtime::Runtime> {
     Arc::new(
@@ -160,7 +123,7 @@ fn finish(svcs: Vec<Reconnect<Conn>>, driver: &Driver) {
 
 #[test]
 fn clones_waiting_for_the_first_connection_share_one_connect() {
-    explored(model_with_preemptions(2, || {
+    assert_explored(model_with_preemptions(2, || {
         let rt = runtime();
         let (mut svc, maker, driver) = service(&rt);
         // Two clones wait for the first connection: one on a thread, one here.
@@ -182,7 +145,7 @@ fn clones_waiting_for_the_first_connection_share_one_connect() {
 
 #[test]
 fn clones_reporting_one_death_at_once_cause_one_reconnect() {
-    explored(model_with_preemptions(2, || {
+    assert_explored(model_with_preemptions(2, || {
         let rt = runtime();
         let (mut svc, maker, driver) = service(&rt);
         assert_eq!(use_once(&mut svc), 1);

@@ -552,7 +552,11 @@ async fn after_a_split_a_loss_seen_by_the_reader_fails_the_parked_writer_once() 
     backend.kill(1);
     let e = reader.read(&mut buf).await.unwrap_err();
     assert!(matches!(lost(&e).cause(), Cause::Eof));
-    let (first, _writer) = write.await.unwrap();
+    // Paused time: if the writer is not told, it blocks on the new connection and this fails.
+    let (first, _writer) = tokio::time::timeout(secs(60.0), write)
+        .await
+        .expect("the parked writer was told, not left writing to the new connection")
+        .unwrap();
     let e = first.unwrap_err();
     assert_eq!(
         lost(&e).generation(),

@@ -2,20 +2,9 @@
 
 use std::time::Duration;
 
-use palisade_core::sync::{Arc, model, thread};
+use palisade_core::sync::{Arc, assert_explored, model, thread};
 use palisade_core::{Instant, ManualClock};
 use palisade_retry::{RetryBudget, RetryThrottle, TpsBudget};
-
-fn explored(executions: usize) {
-    if cfg!(palisade_loom) {
-        assert!(
-            executions > 1,
-            "loom explored only {executions} execution(s)"
-        );
-    } else {
-        assert_eq!(executions, 1);
-    }
-}
 
 /// A budget with no floor where each request earns one whole retry.
 fn one_per_request(clock: &ManualClock) -> TpsBudget<ManualClock> {
@@ -36,7 +25,7 @@ fn withdraw_on_thread(budget: &Arc<TpsBudget<ManualClock>>) -> thread::JoinHandl
 
 #[test]
 fn racing_withdrawals_never_overdraw() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let clock = ManualClock::new();
         let budget = Arc::new(one_per_request(&clock));
         budget.deposit(); // exactly one retry earned
@@ -53,7 +42,7 @@ fn racing_withdrawals_never_overdraw() {
 
 #[test]
 fn a_deposit_racing_a_withdrawal_is_never_lost() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let clock = ManualClock::new();
         let budget = Arc::new(one_per_request(&clock));
         budget.deposit();
@@ -70,7 +59,7 @@ fn a_deposit_racing_a_withdrawal_is_never_lost() {
 
 #[test]
 fn expired_credit_is_never_spent_by_racing_withdrawals() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let clock = ManualClock::new();
         let budget = Arc::new(one_per_request(&clock));
         budget.deposit(); // earned at t = 0 ...
@@ -90,7 +79,7 @@ fn expired_credit_is_never_spent_by_racing_withdrawals() {
 /// slot 0), so the withdrawal's sweep and the deposit's own retiring race on one word.
 #[test]
 fn expiry_racing_a_fresh_deposit_in_the_same_slot_keeps_the_deposit() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let clock = ManualClock::new();
         let budget = Arc::new(one_per_request(&clock));
         budget.deposit(); // tick 0, slot 0
@@ -123,7 +112,7 @@ fn small(clock: &ManualClock, min_per_sec: u32) -> TpsBudget<ManualClock> {
 /// exactly the reserve is left, and no more was granted than reserve + deposits.
 #[test]
 fn the_clock_moving_under_racing_operations_neither_leaks_nor_double_expires() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let clock = ManualClock::starting_at(Instant::ZERO + Duration::from_millis(950));
         let budget = Arc::new(small(&clock, 1)); // reserve: 1 retry
         budget.deposit(); // tick 9
@@ -157,7 +146,7 @@ fn the_clock_moving_under_racing_operations_neither_leaks_nor_double_expires() {
 /// caller wrote, which would give a live withdrawal back early.
 #[test]
 fn a_stale_deposit_never_gives_back_a_live_withdrawal() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let clock = ManualClock::starting_at(Instant::ZERO + Duration::from_millis(950)); // tick 9
         let budget = Arc::new(small(&clock, 1)); // reserve: 1 retry
         let stale = thread::spawn({
@@ -184,7 +173,7 @@ fn a_stale_deposit_never_gives_back_a_live_withdrawal() {
 /// whole and grants it.
 #[test]
 fn racing_sweepers_never_lose_the_reserve() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let clock = ManualClock::new();
         let budget = Arc::new(small(&clock, 1)); // reserve: 1 retry
         budget.deposit(); // tick 0, slot 0
@@ -211,7 +200,7 @@ fn racing_sweepers_never_lose_the_reserve() {
 
 #[test]
 fn throttle_counts_every_failure_and_success() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let throttle = Arc::new(RetryThrottle::new(4.0, 1.0).unwrap());
         let failer = thread::spawn({
             let throttle = throttle.clone();

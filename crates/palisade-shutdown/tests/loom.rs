@@ -14,20 +14,8 @@ use std::pin::pin;
 use std::task::{Context, Waker};
 
 use palisade_core::sync::atomic::{AtomicBool, Ordering};
-use palisade_core::sync::{Arc, model, thread};
+use palisade_core::sync::{Arc, assert_explored, block_on, model, thread};
 use palisade_shutdown::{Coordinator, Phase, Shutdown};
-
-/// Asserts that `model` really explored interleavings when loom is on.
-fn explored(executions: usize) {
-    if cfg!(palisade_loom) {
-        assert!(
-            executions > 1,
-            "loom explored only {executions} execution(s)"
-        );
-    } else {
-        assert_eq!(executions, 1, "without loom a model runs once");
-    }
-}
 
 /// A coordinator's handle with no signal handlers (none are installed outside a runtime anyway).
 fn shutdown() -> Shutdown {
@@ -38,38 +26,12 @@ fn shutdown() -> Shutdown {
         .handle()
 }
 
-#[cfg(palisade_loom)]
-fn block_on<F: Future>(f: F) -> F::Output {
-    loom::future::block_on(f)
-}
-
-/// Polls `f` on this thread, parking between polls until its waker unparks it.
-#[cfg(not(palisade_loom))]
-fn block_on<F: Future>(f: F) -> F::Output {
-    use std::task::{Poll, Wake};
-
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
-    let mut f = pin!(f);
-    loop {
-        if let Poll::Ready(out) = f.as_mut().poll(&mut Context::from_waker(&waker)) {
-            return out;
-        }
-        std::thread::park();
-    }
-}
-
 /// Two tracked futures finish (are dropped) on two threads while the main thread drains their
 /// scope: whichever finishes last, after or during the drain's registration, wakes it (loom
 /// reports a deadlock otherwise), and the sealed scope refuses a later task.
 #[test]
 fn the_drain_never_misses_the_last_task_finishing() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let scope = shutdown().scope("workers");
         let finishers: Vec<_> = (0..2)
             .map(|_| {
@@ -94,7 +56,7 @@ fn the_drain_never_misses_the_last_task_finishing() {
 /// back unpolled. Never admitted and forgotten.
 #[test]
 fn a_task_tracked_during_the_drain_is_awaited_or_refused_never_lost() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let scope = shutdown().root();
         let finished = Arc::new(AtomicBool::new(false));
         let spawner = thread::spawn({
@@ -130,7 +92,7 @@ fn a_task_tracked_during_the_drain_is_awaited_or_refused_never_lost() {
 /// the drain waits for both.
 #[test]
 fn follow_up_work_tracked_by_a_running_task_is_admitted_and_awaited() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let scope = shutdown().root();
         let first = scope
             .track(async {})
@@ -160,7 +122,7 @@ fn follow_up_work_tracked_by_a_running_task_is_admitted_and_awaited() {
 /// scope stays stopped, and a later drain completes and seals it.
 #[test]
 fn a_drain_dropped_mid_wait_leaves_the_scope_to_a_later_drain() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let scope = shutdown().scope("workers");
         let tracked = scope
             .track(async {})
@@ -184,7 +146,7 @@ fn a_drain_dropped_mid_wait_leaves_the_scope_to_a_later_drain() {
 /// `requested()` waiting on one thread never misses a `trigger()` on another.
 #[test]
 fn a_trigger_never_misses_its_waiter() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let shutdown = shutdown();
         let waiter = thread::spawn({
             let shutdown = shutdown.clone();
@@ -205,7 +167,7 @@ fn a_trigger_never_misses_its_waiter() {
 /// wakes the drain, and neither wake-up is lost.
 #[test]
 fn a_worker_waiting_for_stopped_is_woken_and_its_finish_ends_the_drain() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let scope = shutdown().scope("workers");
         let worker = scope
             .track(scope.stopped())
@@ -226,7 +188,7 @@ fn a_worker_waiting_for_stopped_is_woken_and_its_finish_ends_the_drain() {
 /// finished, and both scopes end sealed.
 #[test]
 fn a_parent_is_stopped_only_after_its_nested_scopes_tasks_finished() {
-    explored(model(|| {
+    assert_explored(model(|| {
         let parent = shutdown().scope("parent");
         let child = parent.scope("child");
         let child_done = Arc::new(AtomicBool::new(false));
