@@ -72,11 +72,18 @@ where
                 Ok(response) => Poll::Ready(Ok(response)),
                 Err(e) => Poll::Ready(Err(classify(e.into(), *generation, *classifier))),
             },
-            InnerProj::Failed { error } => Poll::Ready(Err(error
-                .take()
-                .unwrap_or_else(|| "ResponseFuture polled after completion".into()))),
+            InnerProj::Failed { error } => Poll::Ready(Err(take_error(error))),
         }
     }
+}
+
+/// The error of a failed future, out of line so the success path inlines.
+#[cold]
+#[inline(never)]
+fn take_error(error: &mut Option<BoxError>) -> BoxError {
+    error
+        .take()
+        .unwrap_or_else(|| "ResponseFuture polled after completion".into())
 }
 
 /// The error path, out of line so the success path inlines.

@@ -166,8 +166,6 @@ pub struct Reconnect<S> {
     /// This clone's copy of the connection, with its generation.
     conn: Option<(u64, S)>,
     wait: WaitSlot,
-    /// Set by a successful `poll_ready`, taken by `call`: one call per readiness.
-    ready: bool,
     /// A copy of `settings.classifier`, read on every call.
     classifier: Classifier,
     settings: StdArc<Settings>,
@@ -191,7 +189,6 @@ impl<S: Clone> Clone for Reconnect<S> {
             shared: Arc::clone(&self.shared),
             conn: self.conn.clone(),
             wait: WaitSlot::default(),
-            ready: false,
             classifier: self.classifier,
             settings: StdArc::clone(&self.settings),
         }
@@ -272,7 +269,6 @@ where
             shared,
             conn: None,
             wait: WaitSlot::default(),
-            ready: false,
             classifier: settings.classifier,
             settings: StdArc::new(settings),
         }
@@ -419,10 +415,7 @@ where
                 let generation = *generation;
                 if self.shared.is_current(generation) {
                     match service.poll_ready(cx) {
-                        Poll::Ready(Ok(())) => {
-                            self.ready = true;
-                            return Poll::Ready(Ok(()));
-                        }
+                        Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
                         Poll::Pending => return self.pending_on(generation, cx),
                         Poll::Ready(Err(e)) => {
                             let cause = Cause::Lost(StdArc::from(e.into()));
@@ -439,10 +432,10 @@ where
     #[inline]
     fn call(&mut self, request: Request) -> Self::Future {
         match &mut self.conn {
-            Some((generation, service)) if std::mem::take(&mut self.ready) => {
+            Some((generation, service)) => {
                 ResponseFuture::new(service.call(request), *generation, self.classifier)
             }
-            _ => ResponseFuture::failed(
+            None => ResponseFuture::failed(
                 NotConnected {
                     cause: None,
                     next_attempt_at: None,

@@ -224,7 +224,7 @@ async fn fail_fast_rejects_while_disconnected_without_sending() {
     );
     assert!(not.next_attempt_at().is_some());
     assert!(e.to_string().contains("connection refused"), "{e}");
-    // `call` without a successful `poll_ready` is refused too, never sent.
+    // `call` with no connection is refused too, never sent.
     assert!(svc.call(1).await.unwrap_err().is::<NotConnected>());
     backend.set_down(false);
     svc.connected().await.unwrap();
