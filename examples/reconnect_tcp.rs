@@ -30,7 +30,7 @@ impl LineClient {
     fn new(addr: SocketAddr, name: &'static str) -> Result<LineClient, Box<dyn std::error::Error>> {
         let stream = ReconnectingStream::builder(move || TcpStream::connect(addr))
             // Fail an attempt that takes longer than 5 s (the backoff is gRPC's: 1 s, x1.6,
-            // +/- 20 %, up to 120 s).
+            // up to 120 s, +/- 20 %).
             .connect_timeout(Duration::from_secs(5))
             // The server sends a line at least every 20 s; silence for 60 s means it is gone.
             .idle_timeout(Duration::from_secs(60))

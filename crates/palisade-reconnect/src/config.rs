@@ -17,7 +17,8 @@ pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// [`Reconnect`](crate::Reconnect).
 ///
 /// The defaults are gRPC's connection backoff: attempts spaced by
-/// [`Backoff::grpc_connection`] (1 s, × 1.6, ± 20 % jitter, capped at 120 s), each attempt allowed
+/// [`Backoff::grpc_connection`] (1 s, × 1.6 up to 120 s, ± 20 % jitter: 96–144 s at the cap),
+/// each attempt allowed
 /// at least 20 s, attempts forever. Where gRPC resets the backoff as soon as a connection is
 /// established, a `Policy` resets it only once the connection has stayed up for `stable_after`
 /// (5 s), so a server that accepts and drops at once is retried with growing delays, not in a

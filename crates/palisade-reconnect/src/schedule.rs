@@ -176,6 +176,32 @@ mod tests {
         assert_eq!(sched.failed(t1 + s(5.0)).unwrap(), t1 + s(5.0));
     }
 
+    /// gRPC's spec jitters after the growth's cap: at the cap, clients keep spreading over
+    /// [96 s, 144 s] (a cap after the jitter would put about half of them at exactly the cap).
+    #[test]
+    fn the_default_policy_keeps_spreading_attempts_at_the_cap() {
+        // 1.6¹⁴ s is past the 120 s cap: the 15th delay of each client is at the cap.
+        let late: Vec<Duration> = (0..200)
+            .map(|seed| {
+                let mut sched = Schedule::seeded(Policy::default(), seed);
+                let mut t = Instant::now();
+                let mut delay = Duration::ZERO;
+                for _ in 0..15 {
+                    sched.begin(t);
+                    let next = sched.failed(t).unwrap();
+                    delay = next - t;
+                    t = next;
+                }
+                delay
+            })
+            .collect();
+        assert!(late.iter().all(|d| (s(96.0)..=s(144.0)).contains(d)), "{late:?}");
+        let distinct: std::collections::BTreeSet<_> = late.iter().collect();
+        assert!(distinct.len() >= 195, "only {} distinct delays", distinct.len());
+        let above_120 = late.iter().filter(|d| **d > s(120.0)).count();
+        assert!((60..=140).contains(&above_120), "{above_120} of 200 above 120 s");
+    }
+
     #[test]
     fn the_deadline_grows_with_the_backoff_past_the_connect_timeout() {
         let mut sched = Schedule::new(exact_grpc());

@@ -14,10 +14,10 @@ pub const MAX_MULTIPLIER: f64 = 100.0;
 /// How the delay before each retry is randomized, so that clients that failed together do not
 /// retry together.
 ///
-/// Let `base` be the schedule's delay for this retry (already capped at `max_delay`). The modes
-/// are those of AWS's "Exponential Backoff and Jitter", plus the ± ratio of gRPC's connection
-/// backoff. Whatever the mode, the result is capped at `max_delay` **after** jitter, so no delay
-/// ever exceeds it.
+/// Let `base` be the schedule's delay for this retry (already capped, see
+/// [`Backoff::base_delay`]). The modes are those of AWS's "Exponential Backoff and Jitter", plus
+/// the ± ratio of gRPC's connection backoff. Whatever the mode, the result is capped at
+/// `max_delay` **after** jitter, so no delay ever exceeds it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub enum Jitter {
@@ -30,8 +30,10 @@ pub enum Jitter {
     /// Uniform in `[initial, 3 × previous delay]`, capped: AWS's "decorrelated jitter". It replaces
     /// the schedule's growth: only `initial` and `max_delay` apply.
     Decorrelated,
-    /// Uniform in `[base × (1 − r), base × (1 + r)]`, then capped; `r` in `[0, 1]`. gRPC uses
-    /// `Proportional(0.2)`.
+    /// Uniform in `[base × (1 − r), base × (1 + r)]`; `r` in `[0, 1]`. Here `base` is capped at
+    /// `max_delay / (1 + r)`, so the whole spread fits under `max_delay`: at the cap, clients
+    /// stay spread over `[cap × (1 − r), cap × (1 + r)]` instead of piling up at `max_delay`.
+    /// gRPC uses `Proportional(0.2)` (see [`Backoff::grpc_connection`]).
     Proportional(f64),
 }
 
@@ -117,12 +119,19 @@ impl Backoff {
         jitter: Jitter::Full,
     };
 
-    /// gRPC's connection backoff: 1 s, × 1.6, ± 20 % jitter, capped at 120 s (after jitter).
+    /// gRPC's connection backoff: 1 s, × 1.6, ± 20 % jitter, the growth capped at 120 s.
+    ///
+    /// As in gRPC's spec, the jitter applies after the growth's cap: once the schedule reaches
+    /// 120 s, delays are uniform in `[96 s, 144 s]`, so `max_delay` is 144 s (with the jitter of
+    /// [`Jitter::Proportional`], a base capped at `max_delay / 1.2`). A cap applied after the
+    /// jitter instead would put about half of all clients at exactly the cap, in lockstep. One
+    /// difference from the spec: the first delay is jittered too (gRPC waits exactly 1 s, so
+    /// clients that failed together retry together once).
     pub fn grpc_connection() -> Backoff {
         Backoff {
             growth: Growth::Exponential { multiplier: 1.6 },
             initial: Duration::from_secs(1),
-            max_delay: Duration::from_secs(120),
+            max_delay: Duration::from_secs(144),
             jitter: Jitter::Proportional(0.2),
         }
     }
@@ -148,8 +157,14 @@ impl Backoff {
         Delays::new(*self, Rng::seeded(seed))
     }
 
-    /// The delay before retry number `retry` (1 for the first retry) before jitter, capped.
+    /// The delay before retry number `retry` (1 for the first retry) before jitter, capped at
+    /// `max_delay` (at `max_delay / (1 + r)` for [`Jitter::Proportional`]`(r)`, so that the
+    /// jittered delay fits under `max_delay`).
     pub fn base_delay(&self, retry: u32) -> Duration {
+        let cap = match self.jitter {
+            Jitter::Proportional(ratio) => self.max_delay.div_f64(1.0 + ratio),
+            _ => self.max_delay,
+        };
         let n = retry.saturating_sub(1);
         let uncapped = match self.growth {
             Growth::Constant => self.initial,
@@ -157,14 +172,14 @@ impl Backoff {
             Growth::Exponential { multiplier } => {
                 let scaled =
                     nanos(self.initial) as f64 * multiplier.powi(n.min(i32::MAX as u32) as i32);
-                if scaled.is_finite() && scaled < nanos(self.max_delay) as f64 {
+                if scaled.is_finite() && scaled < nanos(cap) as f64 {
                     Duration::from_nanos(scaled as u64)
                 } else {
-                    self.max_delay
+                    cap
                 }
             }
         };
-        uncapped.min(self.max_delay)
+        uncapped.min(cap)
     }
 
     /// The first delay of the schedule, before jitter.
@@ -409,10 +424,15 @@ mod tests {
         assert_eq!(grpc.base_delay(2), ms(1600));
         assert_eq!(grpc.base_delay(3), ms(2560));
         assert_eq!(grpc.base_delay(100), Duration::from_secs(120));
+        assert_eq!(grpc.max_delay(), Duration::from_secs(144));
         assert_eq!(grpc.jitter(), Jitter::Proportional(0.2));
-        for d in grpc.delays().take(50) {
-            assert!(d <= Duration::from_secs(120));
-        }
+        // At the cap, gRPC's spread: uniform in [96 s, 144 s], not a pile at the cap.
+        let at_cap: Vec<Duration> = grpc.delays_seeded(7).skip(20).take(1_000).collect();
+        assert!(at_cap.iter().all(|d| (96..=144).contains(&d.as_secs())));
+        let exactly_max = at_cap.iter().filter(|d| **d == grpc.max_delay()).count();
+        assert!(exactly_max <= 1, "{exactly_max} delays at exactly the cap");
+        let below_120 = at_cap.iter().filter(|d| d.as_secs() < 120).count();
+        assert!((400..=600).contains(&below_120), "{below_120} of 1000 below 120 s");
         let first = grpc.delays().next().unwrap();
         assert!(first >= ms(800) && first <= ms(1200), "{first:?}");
 

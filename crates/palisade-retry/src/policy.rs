@@ -87,7 +87,7 @@ impl RetryPolicy {
         }
     }
 
-    /// gRPC's connection backoff (1 s, × 1.6, ± 20 %, capped at 120 s) with no attempt limit: it
+    /// gRPC's connection backoff (1 s, × 1.6 up to 120 s, ± 20 %) with no attempt limit: it
     /// retries until it succeeds, the classifier says stop, or the future is dropped. Add a
     /// deadline with [`RetryPolicyBuilder::max_elapsed`] through `RetryPolicyBuilder::from`.
     pub fn grpc_connection() -> RetryPolicy {

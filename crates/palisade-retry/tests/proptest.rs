@@ -61,7 +61,12 @@ fn reference_base(b: &Backoff, kind: Kind, n: u32) -> f64 {
         Kind::Linear(step) => initial + step as f64 * f64::from(n - 1),
         Kind::Exponential(m) => initial * m.powi(n as i32 - 1),
     };
-    raw.min(b.max_delay().as_nanos() as f64)
+    let cap = b.max_delay().as_nanos() as f64;
+    match b.jitter() {
+        // The center is capped so that the whole ± spread fits under the cap.
+        Jitter::Proportional(r) => raw.min(cap / (1.0 + r)),
+        _ => raw.min(cap),
+    }
 }
 
 proptest! {
