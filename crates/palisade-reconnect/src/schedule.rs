@@ -195,11 +195,21 @@ mod tests {
                 delay
             })
             .collect();
-        assert!(late.iter().all(|d| (s(96.0)..=s(144.0)).contains(d)), "{late:?}");
+        assert!(
+            late.iter().all(|d| (s(96.0)..=s(144.0)).contains(d)),
+            "{late:?}"
+        );
         let distinct: std::collections::BTreeSet<_> = late.iter().collect();
-        assert!(distinct.len() >= 195, "only {} distinct delays", distinct.len());
+        assert!(
+            distinct.len() >= 195,
+            "only {} distinct delays",
+            distinct.len()
+        );
         let above_120 = late.iter().filter(|d| **d > s(120.0)).count();
-        assert!((60..=140).contains(&above_120), "{above_120} of 200 above 120 s");
+        assert!(
+            (60..=140).contains(&above_120),
+            "{above_120} of 200 above 120 s"
+        );
     }
 
     #[test]

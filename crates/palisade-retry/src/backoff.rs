@@ -432,7 +432,10 @@ mod tests {
         let exactly_max = at_cap.iter().filter(|d| **d == grpc.max_delay()).count();
         assert!(exactly_max <= 1, "{exactly_max} delays at exactly the cap");
         let below_120 = at_cap.iter().filter(|d| d.as_secs() < 120).count();
-        assert!((400..=600).contains(&below_120), "{below_120} of 1000 below 120 s");
+        assert!(
+            (400..=600).contains(&below_120),
+            "{below_120} of 1000 below 120 s"
+        );
         let first = grpc.delays().next().unwrap();
         assert!(first >= ms(800) && first <= ms(1200), "{first:?}");
 
