@@ -6,6 +6,10 @@ pub use palisade_core::TokioClock;
 pub use palisade_core::clock;
 pub use palisade_core::{Clock, FastClock, Instant, ManualClock};
 
+pub mod prelude;
+pub mod stack;
+pub use stack::Stack;
+
 #[cfg(feature = "breaker")]
 pub use palisade_breaker as breaker;
 #[cfg(feature = "bulkhead")]

@@ -346,6 +346,15 @@ fn is_transient(e: &io::Error) -> bool {
     )
 }
 
+impl<T> Drop for ReconnectingStream<T> {
+    /// Publishes `Closed(Closed)` unless closed already, so that watchers of
+    /// [`state`](ReconnectingStream::state) see the end as a state, not only as the channel
+    /// closing.
+    fn drop(&mut self) {
+        self.close_with(CloseReason::Closed);
+    }
+}
+
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ReconnectingStream<T> {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -592,6 +592,26 @@ async fn reconnect_replaces_the_connection_on_request() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn dropping_the_stream_publishes_closed_and_closes_the_connection() {
+    let backend = Backend::default();
+    let mut stream = ReconnectingStream::builder(backend.connector())
+        .build()
+        .unwrap();
+    stream.connect().await.unwrap();
+    let mut state = stream.state();
+    drop(stream);
+    // The last state is `Closed(Closed)`, then the channel ends.
+    assert!(matches!(
+        &*state.borrow_and_update(),
+        ConnectionState::Closed(CloseReason::Closed)
+    ));
+    assert!(state.changed().await.is_err());
+    let mut server1 = backend.server(1);
+    let mut buf = Vec::new();
+    assert_eq!(server1.read_to_end(&mut buf).await.unwrap(), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn many_clients_spread_their_attempts_over_the_jitter_window() {
     const CLIENTS: usize = 100;
     let backend = Backend::default();
