@@ -89,6 +89,7 @@ options:
   --queue-timeout-ms MS     longest wait in the bulkhead's queue [100]
   --upstream-rps N          attempts per second sent upstream, retries included, burst N [200]
   --pool-size N             most connections to the upstream [64]
+  --acquire-timeout-ms MS   longest wait for a pooled connection, connecting included [50]
   --attempt-timeout-ms MS   each attempt's time limit [500]
   --readiness-delay-ms MS   serve on after readiness turns off, for the load balancer [1000]
   --deadline-ms MS          from the shutdown signal to the abort of what is left [10000]
@@ -139,8 +140,11 @@ async fn serve(settings: Settings) -> Result<ExitCode, Box<dyn Error>> {
     let stats = Arc::new(Stats::default());
     let pool = Pool::builder(HttpManager { addr: upstream })
         .max_size(settings.pool_size)
-        .acquire_timeout(settings.attempt_timeout)
-        .connect_timeout(settings.attempt_timeout)
+        // Short: the upstream quota's cell is spent before this wait, so a long wait would let
+        // attempts that waited through an outage arrive together when it ends, above the
+        // quota; and a dead upstream must fail attempts fast for the breaker to see it.
+        .acquire_timeout(settings.acquire_timeout)
+        .connect_timeout(settings.acquire_timeout)
         .build()?;
     // After the drain, nothing uses the pool: close its connections (the hook's time limit is
     // the coordinator's `hook_timeout`).
@@ -431,11 +435,17 @@ fn client_refusal(error: &BoxError) -> Response {
         return refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             "breaker_open",
-            open.retry_after(),
+            // Half-open with every probe slot taken has no reopening time: try again soon.
+            open.retry_after().or(Some(Duration::from_secs(1))),
             error,
         );
     }
-    if error.is::<Overloaded>() {
+    // A full pool (every connection busy until the wait ran out) is our own saturation too.
+    let pool_full = matches!(
+        error.downcast_ref::<PoolError<io::Error>>(),
+        Some(PoolError::Exhausted { .. })
+    );
+    if error.is::<Overloaded>() || pool_full {
         return refusal(StatusCode::SERVICE_UNAVAILABLE, "overloaded", None, error);
     }
     if let Some(limited) = error.downcast_ref::<RateLimited>() {
@@ -522,11 +532,11 @@ async fn stats_page(State(app): State<App>) -> String {
 /// Counters for `/stats`.
 #[derive(Default)]
 struct Stats {
-    /// `/quote` requests received.
+    /// `/quote` requests admitted by the per-IP limit.
     requests: AtomicU64,
     /// Retries the retry layer made.
     retries: AtomicU64,
-    /// Calls to the upstream in progress now.
+    /// Calls to the upstream (attempts) in progress now; the bulkhead bounds them.
     in_flight: AtomicU32,
     /// The most calls to the upstream in progress at once.
     max_in_flight: AtomicU32,
@@ -597,6 +607,7 @@ struct Settings {
     queue_timeout: Duration,
     upstream_rps: u32,
     pool_size: usize,
+    acquire_timeout: Duration,
     attempt_timeout: Duration,
     readiness_delay: Duration,
     deadline: Duration,
@@ -616,6 +627,7 @@ impl Settings {
             queue_timeout: Duration::from_millis(100),
             upstream_rps: 200,
             pool_size: 64,
+            acquire_timeout: Duration::from_millis(50),
             attempt_timeout: Duration::from_millis(500),
             readiness_delay: Duration::from_millis(1000),
             deadline: Duration::from_millis(10_000),
@@ -647,6 +659,7 @@ impl Settings {
                 "--queue-timeout-ms" => s.queue_timeout = ms(&value)?,
                 "--upstream-rps" => s.upstream_rps = value.parse().map_err(|e| bad(&e))?,
                 "--pool-size" => s.pool_size = value.parse().map_err(|e| bad(&e))?,
+                "--acquire-timeout-ms" => s.acquire_timeout = ms(&value)?,
                 "--attempt-timeout-ms" => s.attempt_timeout = ms(&value)?,
                 "--readiness-delay-ms" => s.readiness_delay = ms(&value)?,
                 "--deadline-ms" => s.deadline = ms(&value)?,
