@@ -8,7 +8,8 @@
 //! builds it with `$CARGO build --example axum_graceful`.
 #![cfg(unix)]
 
-use std::fs;
+mod support;
+
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// How long anything that should happen at once may take on a loaded machine.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -371,70 +372,9 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-/// The example binary beside this test's (`target/<profile>/deps/axum_graceful-<hash>` ->
-/// `target/<profile>/examples/axum_graceful`), built first if missing or out of date.
+/// The example's binary, built first if missing or out of date (see `support`).
 fn example_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let test = std::env::current_exe().expect("the test binary's path");
-        let profile_dir = test
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test binary sits in target/<profile>/deps");
-        let binary = profile_dir
-            .join("examples")
-            .join(format!("axum_graceful{}", std::env::consts::EXE_SUFFIX));
-        if !is_fresh(&binary) {
-            build_example(profile_dir);
-        }
-        assert!(
-            binary.exists(),
-            "{} is missing even after building it; build it with `cargo build --example \
-             axum_graceful` for the profile and target of this test",
-            binary.display()
-        );
-        binary
-    })
-}
-
-/// Whether `binary` exists and is newer than the example and the shutdown crate's sources.
-fn is_fresh(binary: &Path) -> bool {
-    fn modified(path: &Path) -> Option<SystemTime> {
-        fs::metadata(path).and_then(|meta| meta.modified()).ok()
-    }
-    let Some(built) = modified(binary) else {
-        return false;
-    };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let crate_sources = fs::read_dir(root.join("crates/palisade-shutdown/src"))
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()));
-    std::iter::once(root.join("examples/axum_graceful.rs"))
-        .chain(crate_sources)
-        .all(|source| modified(&source).is_none_or(|changed| changed <= built))
-}
-
-/// `$CARGO build --example axum_graceful` in the profile this test was built with.
-fn build_example(profile_dir: &Path) {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    command.current_dir(env!("CARGO_MANIFEST_DIR")).args([
-        "build",
-        "--example",
-        "axum_graceful",
-        "--features",
-        "shutdown",
-    ]);
-    match profile_dir.file_name().and_then(|name| name.to_str()) {
-        Some("debug") | None => {}
-        Some(profile) => {
-            command.args(["--profile", profile]);
-        }
-    }
-    let status = command.status().expect("run cargo build");
-    assert!(
-        status.success(),
-        "cargo build --example axum_graceful failed: {status}"
-    );
+    BINARY
+        .get_or_init(|| support::example_binary("axum_graceful", "shutdown", &["core", "shutdown"]))
 }

@@ -36,9 +36,10 @@
 //! The example binary is found and built as `tests/axum_graceful.rs` does.
 #![cfg(target_os = "linux")]
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::fs;
 use std::io::{self, BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -1992,91 +1993,24 @@ impl Drop for Example {
     }
 }
 
-/// The example binary beside this test's (`target/<profile>/deps/axum_service-<hash>` ->
-/// `target/<profile>/examples/axum_service`), built first if missing or out of date.
+/// The example's binary, built first if missing or out of date (see `support`).
 fn example_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        let test = std::env::current_exe().expect("the test binary's path");
-        let profile_dir = test
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test binary sits in target/<profile>/deps");
-        let binary = profile_dir
-            .join("examples")
-            .join(format!("axum_service{}", std::env::consts::EXE_SUFFIX));
-        if !is_fresh(&binary) {
-            build_example(profile_dir);
-        }
-        assert!(
-            binary.exists(),
-            "{} is missing even after building it; build it with `cargo build --example \
-             axum_service --features full` for the profile and target of this test",
-            binary.display()
-        );
-        binary
+        support::example_binary(
+            "axum_service",
+            "ratelimit,bulkhead,retry,breaker,pool,shutdown",
+            &[
+                "core",
+                "ratelimit",
+                "bulkhead",
+                "retry",
+                "breaker",
+                "pool",
+                "shutdown",
+            ],
+        )
     })
-}
-
-/// Whether `binary` exists and is newer than the example and the sources it is built from.
-fn is_fresh(binary: &Path) -> bool {
-    fn modified(path: &Path) -> Option<SystemTime> {
-        fs::metadata(path).and_then(|meta| meta.modified()).ok()
-    }
-    let Some(built) = modified(binary) else {
-        return false;
-    };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut dirs = vec![root.join("src")];
-    for name in [
-        "core",
-        "ratelimit",
-        "bulkhead",
-        "retry",
-        "breaker",
-        "pool",
-        "shutdown",
-    ] {
-        dirs.push(root.join(format!("crates/palisade-{name}/src")));
-    }
-    let mut sources = vec![root.join("examples/axum_service.rs")];
-    while let Some(dir) = dirs.pop() {
-        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else {
-                sources.push(path);
-            }
-        }
-    }
-    sources
-        .iter()
-        .all(|source| modified(source).is_none_or(|changed| changed <= built))
-}
-
-/// `$CARGO build --example axum_service` in the profile this test was built with.
-fn build_example(profile_dir: &Path) {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    command.current_dir(env!("CARGO_MANIFEST_DIR")).args([
-        "build",
-        "--example",
-        "axum_service",
-        "--features",
-        "ratelimit,bulkhead,retry,breaker,pool,shutdown",
-    ]);
-    match profile_dir.file_name().and_then(|name| name.to_str()) {
-        Some("debug") | None => {}
-        Some(profile) => {
-            command.args(["--profile", profile]);
-        }
-    }
-    let status = command.status().expect("run cargo build");
-    assert!(
-        status.success(),
-        "cargo build --example axum_service failed: {status}"
-    );
 }
 
 // ---------------------------------------------------------------------------------------------
