@@ -1,773 +1,1917 @@
-//! The palisade tour: `cargo run --example tour`.
+//! The palisade tour: `cargo run --example tour [-- --seconds N --seed S]`.
 //!
-//! A narrated walk through palisade, one chapter per crate.
+//! A narrated demo that runs by itself in about 15 seconds. A flaky upstream listens on
+//! 127.0.0.1 and follows a script drawn from the seed: a calm spell with random errors and late
+//! answers, a surge of callers, a slow spell, a full outage with every connection cut, and a
+//! restart on the same port. A client sends it a steady stream of requests through palisade's
+//! layers, composed by [`palisade::Stack`] in the recommended order:
+//!
+//! ```text
+//! shutdown → rate limit → bulkhead → retry (budget) → breaker → attempt timeout → pooled connections
+//! ```
+//!
+//! and follows the upstream's tick feed over a `ReconnectingStream`. A live line shows the run
+//! and each layer's moves are told as they happen; then a chapter per crate says what it did,
+//! a table sums up each layer, and the graceful shutdown reports how it went.
+//!
+//! The same seed replays the same script: the same requests fail on the same attempts, the
+//! same answers come late, the outage starts and ends at the same moments. The run uses real
+//! sockets and real time, so its counts move by a few percent from run to run; the story
+//! doesn't. The tour checks what it claims (no request lost, no more attempts in flight than the
+//! bulkhead allows, nothing leaked, the breaker tripped and recovered, a clean shutdown) and
+//! exits non-zero if a check fails: CI runs it.
 
-use std::fmt::Display;
+use std::fmt::{self, Display};
+use std::future::Future;
+use std::io::{self, IsTerminal, Write as _};
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use palisade::Stack;
 use palisade::breaker::{
-    CallError, CircuitBreaker, OpenDuration, SlidingWindow, State, Transition,
+    CircuitBreaker, CircuitBreakerLayer, OpenDuration, Outcome as Verdict, Rejected as BreakerOpen,
+    SlidingWindow, State, Transition,
 };
-use palisade::bulkhead::{Aimd, Bulkhead, Discipline};
+use palisade::bulkhead::{Bulkhead, BulkheadLayer, Rejected as Overloaded};
 use palisade::lock::detect::{self, Mode, Report};
 use palisade::lock::{Mutex, lock_all};
-use palisade::pool::{Error as PoolError, Manager, Pool, Pooled};
-use palisade::ratelimit::{KeyedRateLimiter, Quota, RateLimiter};
-use palisade::reconnect::{ConnectionLost, ConnectionState, ReconnectingStream};
-use palisade::retry::{Backoff, Jitter, RetryPolicy, TpsBudget, retry};
-use palisade::shutdown::{Coordinator, Draining, Phase};
-use palisade::{Clock, FastClock, Instant, ManualClock, TokioClock};
+use palisade::pool::{Discard, Manager, Pool, Pooled};
+use palisade::ratelimit::{Quota, RateLimitLayer, RateLimited, RateLimiter};
+use palisade::reconnect::{ConnectionState, ReconnectingStream};
+use palisade::retry::{
+    Backoff, Decision, Jitter, RetryBudget, RetryEvent, RetryLayer, RetryPolicy, TpsBudget,
+};
+use palisade::shutdown::{Coordinator, Draining, Phase, Shutdown, ShutdownReport, Trigger};
+use palisade::{Clock, FastClock, TokioClock};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tower::timeout::TimeoutLayer;
+use tower::timeout::error::Elapsed;
+use tower::{BoxError, Layer, Service, ServiceExt};
 
-const USAGE: &str = "usage: cargo run --example tour [-- --help]
+const USAGE: &str = "\
+usage: cargo run --example tour [-- OPTIONS]
 
-Walks through palisade's crates with live demos. Takes no options yet; it finishes in seconds.";
+A narrated demo of palisade: a flaky upstream on 127.0.0.1, a client stack in front of it,
+a chapter per crate, a table per layer and a graceful shutdown. Ctrl-C stops the run early,
+gracefully.
+
+options:
+  --seconds N   how long the run lasts, in [5, 300] [12]
+  --seed S      the seed of the upstream's script: same seed, same story [42]
+  -h, --help    this text";
+
+const DEFAULT_SECONDS: u64 = 12;
+const SECONDS: std::ops::RangeInclusive<u64> = 5..=300;
+
+// The client's knobs, as a service would set them for this upstream.
+/// Requests per second the client may send (GCRA), and its burst.
+const RATE: u32 = 200;
+const BURST: u32 = 20;
+/// Requests in flight at once (the bulkhead), and how many may wait, and how long.
+const CONCURRENCY: u32 = 24;
+const QUEUE: usize = 24;
+const QUEUE_WAIT: Duration = Duration::from_millis(50);
+/// Attempts per request, and the share of requests the retries may add (plus a floor).
+const ATTEMPTS: u32 = 3;
+const RETRY_RATIO: f64 = 0.2;
+const RETRY_FLOOR: u32 = 10;
+/// Each attempt's time limit.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(400);
+
+// The upstream's script.
+/// Attempts the upstream fails, and answers it gives late, outside the slow spell.
+const ERROR_RATE: f64 = 0.10;
+const LATE_RATE: f64 = 0.02;
 
 fn main() -> ExitCode {
-    if let Some(arg) = std::env::args().nth(1) {
-        if arg == "--help" || arg == "-h" {
+    let settings = match Settings::parse(std::env::args().skip(1)) {
+        Ok(Some(settings)) => settings,
+        Ok(None) => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
         }
-        eprintln!("tour: unexpected argument {arg:?}\n\n{USAGE}");
-        return ExitCode::FAILURE;
+        Err(error) => {
+            eprintln!("tour: {error}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tour: can't start tokio: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(tour(settings)) {
+        Ok(failures) if failures.is_empty() => ExitCode::SUCCESS,
+        Ok(failures) => {
+            eprintln!();
+            for failure in failures {
+                eprintln!("tour: check failed: {failure}");
+            }
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("tour: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The command line.
+struct Settings {
+    run: Duration,
+    seed: u64,
+}
+
+impl Settings {
+    /// `Ok(None)` for `--help`.
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Settings>, String> {
+        let mut settings = Settings {
+            run: Duration::from_secs(DEFAULT_SECONDS),
+            seed: 42,
+        };
+        while let Some(arg) = args.next() {
+            let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+            match arg.as_str() {
+                "-h" | "--help" => return Ok(None),
+                "--seconds" => {
+                    let range = format!(
+                        "a whole number of seconds in [{}, {}]",
+                        SECONDS.start(),
+                        SECONDS.end()
+                    );
+                    let given = value()?;
+                    match given.parse::<u64>() {
+                        Ok(n) if SECONDS.contains(&n) => settings.run = Duration::from_secs(n),
+                        _ => return Err(format!("--seconds must be {range}, got {given:?}")),
+                    }
+                }
+                "--seed" => {
+                    let given = value()?;
+                    settings.seed = given.parse().map_err(|_| {
+                        format!(
+                            "--seed must be a whole number in [0, {}], got {given:?}",
+                            u64::MAX
+                        )
+                    })?;
+                }
+                other => return Err(format!("unexpected argument {other:?}")),
+            }
+        }
+        Ok(Some(settings))
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The script
+// ------------------------------------------------------------------------------------------
+
+/// The parts of the run, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scene {
+    Calm,
+    Surge,
+    Slow,
+    Outage,
+    Recovery,
+}
+
+impl Scene {
+    const ALL: [Scene; 5] = [
+        Scene::Calm,
+        Scene::Surge,
+        Scene::Slow,
+        Scene::Outage,
+        Scene::Recovery,
+    ];
+
+    /// Where the scene starts, as a share of the run.
+    fn starts_at(self) -> f64 {
+        match self {
+            Scene::Calm => 0.0,
+            Scene::Surge => 0.25,
+            Scene::Slow => 0.40,
+            Scene::Outage => 0.55,
+            Scene::Recovery => 0.75,
+        }
     }
 
-    banner();
-    chapter_time();
-    chapter_retry();
-    chapter_breaker();
-    chapter_ratelimit();
-    chapter_bulkhead();
-    chapter_shutdown();
-    chapter_lock();
-    chapter_pool();
-    chapter_reconnect();
-    ExitCode::SUCCESS
+    /// Requests per second the callers send.
+    fn offered(self) -> u32 {
+        match self {
+            Scene::Surge => 400,
+            _ => 150,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Scene::Calm => "calm",
+            Scene::Surge => "surge",
+            Scene::Slow => "slow",
+            Scene::Outage => "outage",
+            Scene::Recovery => "recovery",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
-fn banner() {
-    println!("palisade: resilience patterns for tokio services");
-    println!("=================================================");
-    println!();
-    println!("Each chapter below runs a real demo of one crate. Nothing here waits on wall-clock");
-    println!("time except where a chapter says so, so the tour finishes in seconds.");
-    println!();
+/// The upstream's script: when each scene starts, and the fate of every attempt, all drawn
+/// from the seed.
+struct Script {
+    seed: u64,
+    run: Duration,
+    start: Instant,
 }
 
-/// palisade-core: the clocks every primitive reads.
-fn chapter_time() {
-    println!("Chapter 1 - time (palisade-core)");
-    println!("--------------------------------");
-    println!(
-        "Every time-based decision in palisade (is this rate exceeded? has the breaker cooled"
-    );
-    println!("down? is this connection too old?) reads a Clock that you inject. Three ship:");
-    println!();
+/// How the upstream answers one attempt.
+struct Answer {
+    ok: bool,
+    after: Duration,
+}
 
-    // FastClock: the production default.
-    let calibration = std::time::Instant::now();
-    let fast = FastClock::new();
-    let calibrated_in = calibration.elapsed();
-    println!(
-        "  FastClock (the default) reads the CPU's invariant time-stamp counter where there is"
-    );
-    println!(
-        "  one, calibrated against the OS clock once per process (this time: {}). A read is",
-        human(calibrated_in)
-    );
-    println!("  one counter read, a multiply and a shift: as cheap as quanta's, and well under");
-    println!("  std::time::Instant::now (criterion numbers: docs/benchmarks.md).");
-    let (first, second) = (fast.now(), fast.now());
-    println!(
-        "    two reads in a row: {first:?}, then {second:?} ({} later).",
-        human(second - first)
-    );
-    println!();
+impl Script {
+    fn start_of(&self, scene: Scene) -> Duration {
+        self.run.mul_f64(scene.starts_at())
+    }
 
-    // ManualClock: time that only moves when the test says so.
-    let clock = ManualClock::new();
-    let inside_a_primitive = clock.clone();
-    let before = inside_a_primitive.now();
-    clock.advance(Duration::from_secs(90));
-    clock.advance_to(Instant::ZERO + Duration::from_secs(30)); // the past: no effect
-    println!("  ManualClock moves only when a test moves it, and clones share its time:");
-    println!("    a primitive's clone reads {before:?};");
-    println!(
-        "    after advance(90 s) and then advance_to(30 s), which is in the past, it reads {:?}.",
-        inside_a_primitive.now()
-    );
-    println!();
+    fn end_of(&self, scene: Scene) -> Duration {
+        match Scene::ALL.get(scene.index() + 1) {
+            Some(next) => self.start_of(*next),
+            None => self.run,
+        }
+    }
 
-    // TokioClock: follows tokio's clock, so paused-time tests drive it.
-    let runtime = paused_runtime();
-    let wall = std::time::Instant::now();
-    let slept = runtime.block_on(async {
-        let clock = TokioClock::new();
-        let start = clock.now();
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-        clock.elapsed(start)
+    fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    fn scene_at(&self, elapsed: Duration) -> Scene {
+        Scene::ALL
+            .into_iter()
+            .rev()
+            .find(|scene| elapsed >= self.start_of(*scene))
+            .unwrap_or(Scene::Calm)
+    }
+
+    /// The fate of attempt `attempt` of request `id`: a pure function of the seed, so the same
+    /// seed fails the same attempts whatever the timing.
+    fn answer(&self, id: u64, attempt: u32, scene: Scene) -> Answer {
+        let h = mix(self.seed ^ mix(id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(attempt)));
+        let (fails, late, spread) = (unit(h), unit(mix(h)), unit(mix(mix(h))));
+        let after = if scene == Scene::Slow {
+            ms(150) + ms(200).mul_f64(spread)
+        } else if late < LATE_RATE {
+            ms(500) + ms(400).mul_f64(spread)
+        } else {
+            ms(2) + ms(10).mul_f64(spread)
+        };
+        Answer {
+            ok: fails >= ERROR_RATE,
+            after,
+        }
+    }
+}
+
+/// splitmix64's finalizer: a good 64-bit mix.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// A hash as a number in [0, 1).
+fn unit(h: u64) -> f64 {
+    (h >> 11) as f64 / (1_u64 << 53) as f64
+}
+
+// ------------------------------------------------------------------------------------------
+// The tour
+// ------------------------------------------------------------------------------------------
+
+async fn tour(settings: Settings) -> Result<Vec<String>, BoxError> {
+    let Settings { run, seed } = settings;
+    prologue(run, seed);
+
+    // The coordinator first, so that a Ctrl-C from here on is a graceful stop.
+    let coordinator = Coordinator::builder()
+        .drain_timeout(Duration::from_secs(3))
+        .hook_timeout(Duration::from_secs(1))
+        .deadline(Duration::from_secs(5))
+        .build()?;
+    let shutdown = coordinator.handle();
+
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let script = Arc::new(Script {
+        seed,
+        run,
+        // A moment to set up the client first, so the load starts on time.
+        start: Instant::now() + ms(200),
     });
-    println!("  TokioClock follows tokio's clock. In a paused runtime, as in");
-    println!("  #[tokio::test(start_paused = true)], a one-hour sleep returns at once:");
-    println!(
-        "    the clock saw {} pass in {} of wall time.",
-        human(slept),
-        human(wall.elapsed())
-    );
-    println!();
-}
+    let (say, lines) = Narration::new(script.start);
+    let upstream = Arc::new(UpstreamStats::new(run));
+    let upstream_task = tokio::spawn(serve_upstream(
+        listener,
+        script.clone(),
+        upstream.clone(),
+        say.clone(),
+    ));
 
-/// palisade-retry: a flaky call that succeeds on retry, and a budget that stops a retry storm.
-fn chapter_retry() {
-    println!("Chapter 2 - retry (palisade-retry)");
-    println!("----------------------------------");
-    println!(
-        "A flaky upstream fails twice, then answers. The retry loop (which by default retries"
-    );
-    println!(
-        "every error) backs off exponentially from 100 ms with full jitter, a random delay in"
-    );
-    println!("[0, 100 ms x 2^n]; the seed is fixed here, so every run tells the same story:");
-    println!();
-
-    let runtime = paused_runtime();
+    // The client: every layer, in the order Stack gives them.
+    let client = Client::new(&shutdown, addr, run, &say)?;
     let policy = RetryPolicy::builder()
+        .max_attempts(ATTEMPTS)
         .backoff(
-            Backoff::exponential(Duration::from_millis(100))
-                .max_delay(Duration::from_secs(2))
+            Backoff::exponential(ms(25))
+                .max_delay(ms(250))
                 .jitter(Jitter::Full),
         )
-        .max_attempts(5)
-        .seed(7)
-        .build()
-        .expect("a valid policy");
-    runtime.block_on(async {
-        let start = tokio::time::Instant::now();
-        let calls = AtomicU32::new(0);
-        let answer = retry(|| async {
-            let n = calls.fetch_add(1, Ordering::Relaxed) + 1;
-            let at = start.elapsed();
-            if n <= 2 {
-                println!(
-                    "    t = {:>3} ms  attempt {n}: connection reset",
-                    at.as_millis()
-                );
-                Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
-            } else {
-                println!("    t = {:>3} ms  attempt {n}: 200 OK", at.as_millis());
-                Ok("200 OK")
-            }
-        })
-        .with(&policy)
-        .await;
-        println!(
-            "  The caller saw one answer, {:?}, after {} (virtual time).",
-            answer.expect("the third attempt succeeds"),
-            human(start.elapsed())
-        );
+        .build()?;
+    let retries = client.tally.clone();
+    let retry = RetryLayer::new(policy)
+        .when(should_retry)
+        .budget(client.budget.clone())
+        .on_retry(move |_: &RetryEvent<'_, u32, BoxError>| {
+            retries.retries.fetch_add(1, Ordering::Relaxed);
+        });
+    let service = Stack::new()
+        .shutdown(shutdown.layer())
+        .rate_limit(RateLimitLayer::new(client.limiter.clone()))
+        .bulkhead(BulkheadLayer::new(client.bulkhead.clone()))
+        .retry(retry)
+        .breaker(CircuitBreakerLayer::new(client.breaker.clone()).classify(breaker_verdict))
+        // Per attempt, inside the breaker, so that a timed-out attempt counts as a failure.
+        .timeout(TimeoutLayer::new(ATTEMPT_TIMEOUT))
+        .layer(Upstream {
+            pool: client.pool.clone(),
+            tally: client.tally.clone(),
+        });
+
+    let feed = client.follow_feed(addr, &shutdown, &say)?;
+    // The pool's count when the outage begins, to tell the connections made after it.
+    let created_before_outage = Arc::new(AtomicU64::new(0));
+    let (snapshot, pool) = (created_before_outage.clone(), client.pool.clone());
+    let outage = script.start + script.start_of(Scene::Outage);
+    tokio::spawn(async move {
+        tokio::time::sleep_until(outage).await;
+        snapshot.store(pool.metrics().created, Ordering::Relaxed);
     });
-    println!();
-
-    println!("Now the upstream is down hard, and 200 clients call it at once. Without a budget,");
-    println!("each one retries 3 times: the dead upstream takes 4x the load. A shared TpsBudget");
-    println!("(each request earns 0.2 of a retry) keeps the extra load to about a fifth:");
-    println!();
-    let storm = |budget: Option<Arc<TpsBudget>>| {
-        runtime.block_on(async {
-            let calls = Arc::new(AtomicU32::new(0));
-            let clients: Vec<_> = (0..200)
-                .map(|_| {
-                    let (calls, budget) = (calls.clone(), budget.clone());
-                    let policy = RetryPolicy::builder()
-                        .backoff(Backoff::constant(Duration::from_millis(50)))
-                        .max_attempts(4)
-                        .build()
-                        .expect("a valid policy");
-                    tokio::spawn(async move {
-                        let call = retry(|| async {
-                            calls.fetch_add(1, Ordering::Relaxed);
-                            Err::<(), _>("503 Service Unavailable")
-                        })
-                        .with(policy);
-                        match budget {
-                            Some(budget) => call.budget(budget).await,
-                            None => call.await,
-                        }
-                    })
-                })
-                .collect();
-            for client in clients {
-                let outcome = client.await.expect("the client task ran");
-                assert_eq!(
-                    outcome,
-                    Err("503 Service Unavailable"),
-                    "the real error comes back"
-                );
-            }
-            calls.load(Ordering::Relaxed)
-        })
-    };
-    let unbudgeted = storm(None);
-    let budget = TpsBudget::builder()
-        .min_per_sec(0)
-        .retry_ratio(0.2)
-        .build()
-        .expect("a valid budget");
-    let budgeted = storm(Some(Arc::new(budget)));
-    println!("    without a budget: {unbudgeted:>4} calls reach the upstream (200 requests)");
-    println!("    with a budget:    {budgeted:>4} calls reach the upstream (200 requests)");
-    println!("  Every client still got the real error, \"503 Service Unavailable\", never a");
-    println!("  made-up \"retries exhausted\".");
-    println!();
-}
-
-/// palisade-breaker: a dependency goes down; the breaker opens, rejects fast, probes, and closes
-/// once it has recovered.
-fn chapter_breaker() {
-    println!("Chapter 3 - circuit breaker (palisade-breaker)");
-    println!("----------------------------------------------");
-    println!("A client sends a request every 100 ms. The upstream answers in 5 ms, until it goes");
-    println!("down at t = 2 s: then each call hangs 1 s before it fails, until it recovers at");
-    println!(
-        "t = 8 s. The breaker trips at a 50 % failure rate over the last 10 calls, stays open"
-    );
-    println!("2 s (doubling on each re-opening), then lets 3 probes through and closes when 2 of");
-    println!("them succeed. Its transitions:");
-    println!();
-
-    let runtime = paused_runtime();
-    runtime.block_on(async {
-        let start = tokio::time::Instant::now();
-        let log = move |t: &Transition| {
-            let why = match t.to {
-                State::Open => format!(
-                    "{}: {} of {} calls failed; open for {}",
-                    t.reason,
-                    t.window.failures,
-                    t.window.calls,
-                    human(t.open_for.unwrap_or_default())
-                ),
-                _ => t.reason.to_string(),
-            };
-            println!(
-                "    t = {:>4.1} s  {:>9} -> {:<9}  {why}",
-                start.elapsed().as_secs_f64(),
-                t.from.to_string(),
-                t.to.to_string()
-            );
-        };
-        let breaker = Arc::new(
-            CircuitBreaker::builder()
-                .name("upstream")
-                .failure_rate(50.0)
-                .minimum_calls(10)
-                .window(SlidingWindow::count(10))
-                .open_duration(OpenDuration::exponential(
-                    Duration::from_secs(2),
-                    Duration::from_secs(30),
-                ))
-                .half_open_probes(3)
-                .half_open_success_ratio(0.6)
-                .on_transition(log)
-                .clock(TokioClock::new())
-                .build()
-                .expect("a valid breaker"),
-        );
-
-        let down = |at: Duration| at >= Duration::from_secs(2) && at < Duration::from_secs(8);
-        let mut requests = Vec::new();
-        for n in 0..120_u64 {
-            tokio::time::sleep_until(start + Duration::from_millis(100 * n)).await;
-            let breaker = Arc::clone(&breaker);
-            requests.push(tokio::spawn(async move {
-                let call = async {
-                    if down(start.elapsed()) {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        Err("503 Service Unavailable")
-                    } else {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                        Ok("200 OK")
-                    }
-                };
-                let began = tokio::time::Instant::now();
-                let result = breaker.call(call).await;
-                (result, began.elapsed())
-            }));
-        }
-        let (mut ok, mut failed, mut rejected, mut waited) = (0, 0, 0, Duration::ZERO);
-        for request in requests {
-            let (result, took) = request.await.expect("the request task ran");
-            match result {
-                Ok(_) => ok += 1,
-                Err(CallError::Inner(_)) => {
-                    failed += 1;
-                    waited += took;
-                }
-                Err(CallError::Rejected(_)) => rejected += 1,
-            }
-        }
-        println!();
-        println!("  120 requests over 12 s (virtual time): {ok} answered, {failed} failed after");
-        println!(
-            "  hanging on the dead upstream ({} of waiting in all), and {rejected} were rejected",
-            human(waited)
-        );
-        println!("  at once, without touching it, while the breaker was open.");
-    });
-    println!();
-}
-
-/// palisade-ratelimit: per-client limits on a server, fair waiting on a client.
-fn chapter_ratelimit() {
-    println!("Chapter 4 - rate limiting (palisade-ratelimit)");
-    println!("----------------------------------------------");
-    println!("A server gives each client 10 requests per second with a burst of 20, in one keyed");
-    println!("limiter (one atomic word per client, at most 10,000 clients tracked). Over 5 s of");
-    println!("virtual time, a polite client sends 8 requests a second, a greedy one 50, and a");
-    println!("bursty one 40 at once every 2 s:");
-    println!();
-
-    let runtime = paused_runtime();
-    runtime.block_on(async {
-        let limiter = KeyedRateLimiter::builder(Quota::per_second(10).burst(20))
-            .max_keys(10_000)
-            .clock(TokioClock::new())
-            .build()
-            .expect("a valid limiter");
-        let start = tokio::time::Instant::now();
-        // (client, requests at each tick of 25 ms): polite every 5th tick, greedy 1-2 per
-        // tick, bursty 40 at once every 80th tick.
-        let mut tally = [("polite", 0u32, 0u32), ("greedy", 0, 0), ("bursty", 0, 0)];
-        let mut first_refusal = None;
-        for tick in 0..200u32 {
-            tokio::time::sleep_until(start + Duration::from_millis(25 * u64::from(tick))).await;
-            let sends = [
-                u32::from(tick % 5 == 0),
-                1 + u32::from(tick % 4 == 0),
-                if tick % 80 == 0 { 40 } else { 0 },
-            ];
-            for (i, n) in sends.into_iter().enumerate() {
-                for _ in 0..n {
-                    let decision = limiter.check(tally[i].0);
-                    if decision.is_allowed() {
-                        tally[i].1 += 1;
-                    } else {
-                        tally[i].2 += 1;
-                        first_refusal.get_or_insert((tally[i].0, decision));
-                    }
-                }
-            }
-        }
-        println!("    client   sent  admitted  refused");
-        for (name, ok, no) in tally {
-            println!("    {name:<7} {:>5}  {ok:>8}  {no:>7}", ok + no);
-        }
-        if let Some((name, d)) = first_refusal {
-            println!();
-            println!(
-                "  The first refusal ({name}) said: 429, Retry-After {}, RateLimit-Limit {},",
-                human(d.retry_after().unwrap_or_default()),
-                d.limit()
-            );
-            println!(
-                "  RateLimit-Remaining {}. Nobody got more than 20 + 10/s, and the polite client",
-                d.remaining()
-            );
-            println!("  was never refused: one client's flood doesn't spend another's budget.");
-        }
-    });
-    println!();
-
-    println!("On the client side, five tasks share a limit of 2 requests per second (burst 1) and");
-    println!(
-        "wait for it with until_ready. There is no polling: each reserves its place and sleeps"
-    );
-    println!("until exactly then, in arrival order. Task 2 gives up after 0.6 s (its future is");
-    println!("dropped), which hands its place back:");
-    println!();
-    runtime.block_on(async {
-        let limiter = Arc::new(
-            RateLimiter::builder(Quota::per_second(2).burst(1))
-                .clock(TokioClock::new())
-                .build()
-                .expect("a valid limiter"),
-        );
-        let start = tokio::time::Instant::now();
-        let mut tasks = Vec::new();
-        for task in 0..5u32 {
-            let limiter = Arc::clone(&limiter);
-            tasks.push(tokio::spawn(async move {
-                let wait = limiter.until_ready();
-                if task == 2 {
-                    match tokio::time::timeout(Duration::from_millis(600), wait).await {
-                        Ok(()) => println!(
-                            "    task {task} ran at t = {:.1} s",
-                            start.elapsed().as_secs_f64()
-                        ),
-                        Err(_) => println!(
-                            "    task {task} gave up at t = {:.1} s",
-                            start.elapsed().as_secs_f64()
-                        ),
-                    }
-                } else {
-                    wait.await;
-                    println!(
-                        "    task {task} ran at t = {:.1} s",
-                        start.elapsed().as_secs_f64()
-                    );
-                }
-            }));
-            tokio::task::yield_now().await;
-        }
-        for task in tasks {
-            task.await.expect("the task ran");
-        }
-        let next = limiter.peek().retry_after().unwrap_or_default();
-        let when = if next.is_zero() {
-            "at once".to_string()
-        } else {
-            format!("after {}", human(next))
-        };
-        println!();
-        println!(
-            "  Tasks 3 and 4 kept their places, and the cell task 2 gave back is free: a caller"
-        );
-        println!("  arriving as task 4 runs is admitted {when}, not 0.5 s later.");
-    });
-    println!();
-}
-
-/// palisade-bulkhead: a slow dependency held to 8 calls in flight, FIFO against LIFO, and an
-/// adaptive limit.
-fn chapter_bulkhead() {
-    println!("Chapter 5 - bulkhead (palisade-bulkhead)");
-    println!("----------------------------------------");
-    println!("A service sends a request every 4 ms to a dependency that answers in 20 ms, except");
-    println!("that calls starting between t = 0.5 s and 1.0 s take 400 ms. Every fourth request");
-    println!("is an optional prefetch that never waits (try_acquire). 2 s of virtual time, first");
-    println!("without a bulkhead, then behind Bulkhead::builder(8).max_queued(8).max_wait(50 ms):");
-    println!();
-    let runtime = paused_runtime();
-    let bulkhead = Bulkhead::builder(8)
-        .max_queued(8)
-        .max_wait(ms(50))
-        .build()
-        .expect("a valid bulkhead");
-    let slow = slow_between(500, 1000);
-    let without = runtime.block_on(run(None::<Bulkhead>, 500, ms(4), true, slow));
-    let with = runtime.block_on(run(Some(bulkhead.clone()), 500, ms(4), true, slow));
-    let served = |r: &Run| r.calls.iter().filter(|c| c.is_ok()).count();
-    let refused = |r: &Run| r.calls.len() - served(r);
-    let row =
-        |what: &str, a: &dyn Display, b: &dyn Display| println!("    {what:<22}{a:>8}{b:>19}");
-    row("", &"without", &"with the bulkhead");
-    row("in flight at the peak", &without.peak.0, &with.peak.0);
-    row("queued at the peak", &"-", &with.peak.1);
-    row("answered", &served(&without), &served(&with));
-    row("refused", &refused(&without), &refused(&with));
-    let m = bulkhead.metrics();
-    let (f, q, t) = (m.rejected_full, m.rejected_queue_full, m.rejected_timed_out);
-    let slowest = with.calls.iter().filter_map(|c| c.err()).max();
-    let slowest = human(slowest.unwrap_or_default());
-    let tied = (with.peak.0 as usize + with.peak.1, without.peak.0);
-    println!();
-    println!("  Refusals by reason, from metrics():");
-    println!(
-        "    rejected_full {f} (the prefetches), rejected_queue_full {q}, rejected_timed_out {t}"
-    );
-    println!("  None took longer than {slowest}: nobody hangs on the slow dependency, and the");
-    println!(
-        "  service's other work keeps its workers ({} tasks tied up at most, not {}).",
-        tied.0, tied.1
-    );
-    println!();
-
-    println!("Under a lasting overload, the queue's order decides who waits. A limit of 4 in");
-    println!("front of a 100 ms call, a request every 10 ms for 2 s (2.5x what it can serve), at");
-    println!("most 64 queued for at most 300 ms each. How long the served requests had waited:");
-    println!();
-    for (name, discipline) in [("FIFO", Discipline::Fifo), ("LIFO", Discipline::Lifo)] {
-        let bulkhead = Bulkhead::builder(4)
-            .max_queued(64)
-            .max_wait(ms(300))
-            .discipline(discipline)
-            .build()
-            .expect("a valid bulkhead");
-        let r = runtime.block_on(run(Some(bulkhead), 200, ms(10), false, |_| ms(100)));
-        let mut waits: Vec<_> = r.calls.into_iter().filter_map(Result::ok).collect();
-        waits.sort();
-        let (median, longest) = (human(waits[waits.len() / 2]), human(waits[waits.len() - 1]));
-        let served = waits.len();
-        println!("    {name}: {served} served, median wait {median:>8}, longest {longest:>8}");
-    }
-    println!();
-    println!("  Both serve what the dependency can take. FIFO serves everyone late; LIFO serves");
-    println!("  most at once, and max_wait sheds the oldest, whose callers have likely given up.");
-    println!();
-
-    println!(
-        "An adaptive bulkhead finds its limit itself. Aimd starts at 10, grows while the load"
-    );
-    println!("uses the limit, and cuts it by 10 % (at most once per window) for calls slower than");
-    println!("100 ms. Now the dependency is slow for calls starting from t = 0.5 s to 2.0 s:");
-    println!();
-    let aimd = Aimd::builder().initial_limit(10).timeout(ms(100)).build();
-    let bulkhead = Bulkhead::adaptive(aimd.expect("a valid algorithm"))
-        .max_queued(8)
-        .max_wait(ms(50))
-        .clock(TokioClock::new())
-        .build()
-        .expect("a valid bulkhead");
-    let r = runtime.block_on(run(
-        Some(bulkhead),
-        751,
-        ms(4),
-        false,
-        slow_between(500, 2000),
+    let narrator = tokio::spawn(narrate(
+        lines,
+        Live {
+            script: script.clone(),
+            tally: client.tally.clone(),
+            upstream: upstream.clone(),
+            breaker: client.breaker.clone(),
+            pool: client.pool.clone(),
+            feed: feed.clone(),
+        },
     ));
-    let (mut at, mut limit) = (String::from("    t (s)"), String::from("    limit"));
-    for (i, l) in r.limits.iter().enumerate().step_by(125) {
-        at += &format!("{:>6.1}", (ms(4) * i as u32).as_secs_f64());
-        limit += &format!("{l:>6}");
+    let load = tokio::spawn(send_load(
+        service,
+        script.clone(),
+        client.tally.clone(),
+        say.clone(),
+        shutdown.listener("load generator").stop_accepting(),
+    ));
+    let (stopper, start) = (shutdown.clone(), script.start);
+    let story = say.clone();
+    let timer = tokio::spawn(async move {
+        tokio::time::sleep_until(start + run).await;
+        story.scene(
+            "shutdown",
+            "the run is over: stop sending, let what is in flight finish",
+        );
+        stopper.trigger();
+    });
+    let observer = shutdown.clone();
+    let drain_story = say.clone();
+    tokio::spawn(async move {
+        observer.wait_for(Phase::Draining).await;
+        let in_flight = observer.metrics().requests_in_flight;
+        drain_story.event(
+            "shutdown",
+            format!("draining: new requests are refused, {in_flight} in flight may finish"),
+        );
+    });
+
+    let report = coordinator.run().await;
+    timer.abort();
+    // Every request has ended by now (the drain waited for them), unless one hangs: a bug the
+    // checks below report.
+    let sent = match tokio::time::timeout(Duration::from_secs(5), load).await {
+        Ok(sent) => sent?,
+        Err(_) => return Err("requests still running 5 s after the shutdown".into()),
+    };
+    say.stop();
+    narrator.await?;
+    let stopped_early = report.trigger != Trigger::Requested;
+    upstream_task.abort();
+
+    let run_report = RunReport {
+        script: &script,
+        client: &client,
+        upstream: &upstream,
+        feed: &feed,
+        sent,
+        created_before_outage: created_before_outage.load(Ordering::Relaxed),
+    };
+    run_report.scenes();
+    run_report.chapters();
+    chapter_lock();
+    run_report.table();
+    chapter_shutdown(&report, client.tally.total(|s| get(&s.draining)));
+    let failures = run_report.checks(&report, stopped_early);
+    if failures.is_empty() {
+        println!(
+            "Every check the tour makes passed: no request lost, no more than {CONCURRENCY} attempts"
+        );
+        println!("in flight, no permit or connection left behind, and a clean shutdown.");
     }
-    println!("{at}\n{limit}");
-    let lowest = r.limits.iter().min().copied().unwrap_or_default();
-    let last = r.limits.last().copied().unwrap_or_default();
+    Ok(failures)
+}
+
+fn prologue(run: Duration, seed: u64) {
+    println!("palisade tour: resilience patterns for tokio services");
+    println!("=====================================================");
+    println!();
+    println!("An upstream service on 127.0.0.1 is about to have a bad day, following a script");
+    println!(
+        "drawn from seed {seed} (`--seed` picks another; the same seed tells the same story)."
+    );
+    println!(
+        "A client calls it {} times a second through palisade's layers:",
+        Scene::Calm.offered()
+    );
+    println!();
+    println!("  request");
+    println!("    │ shutdown    once the client stops: refuses new requests, waits for the rest");
+    println!(
+        "    │ rate limit  {RATE} requests a second, burst {BURST} (GCRA); refuses the excess at once"
+    );
+    println!(
+        "    │ bulkhead    {CONCURRENCY} at once, {QUEUE} more may wait {} ms; refuses the rest at once",
+        QUEUE_WAIT.as_millis()
+    );
+    println!(
+        "    │ retry       {ATTEMPTS} attempts, backoff from 25 ms, a budget of {:.0}% + {RETRY_FLOOR}/s",
+        RETRY_RATIO * 100.0
+    );
+    println!("    │ breaker     opens when half of the last 40 attempts failed");
+    println!(
+        "    │ timeout     {} ms per attempt",
+        ATTEMPT_TIMEOUT.as_millis()
+    );
+    println!("    ▼ pool        up to {CONCURRENCY} TCP connections to the upstream");
+    println!();
+    println!("They are composed by palisade::Stack, which nests them in this order whatever order");
+    println!("the code adds them in (docs/layer-order.md says why this order).");
     println!();
     println!(
-        "  The limit learns from calls as they finish: it sank to {lowest} while the dependency"
+        "The client also follows the upstream's tick feed on a reconnecting stream. The script,\nover {}:",
+        human(run)
     );
-    println!("  was slow and was back at {last} once it answered in 20 ms again. metrics().limit");
-    println!("  reads it; each change is a tracing debug event.");
+    let at = |share: f64| format!("{:>5.1} s", run.mul_f64(share).as_secs_f64());
+    println!(
+        "  {}  calm      {:.0}% of attempts fail, {:.0}% of answers come 0.5-0.9 s late",
+        at(0.0),
+        ERROR_RATE * 100.0,
+        LATE_RATE * 100.0
+    );
+    println!(
+        "  {}  surge     the callers send {} requests a second",
+        at(Scene::Surge.starts_at()),
+        Scene::Surge.offered()
+    );
+    println!(
+        "  {}  slow      every answer takes 150-350 ms",
+        at(Scene::Slow.starts_at())
+    );
+    println!(
+        "  {}  outage    the upstream closes its port and cuts every connection",
+        at(Scene::Outage.starts_at())
+    );
+    println!(
+        "  {}  recovery  it comes back on the same port",
+        at(Scene::Recovery.starts_at())
+    );
+    println!("  {}  shutdown  the client stops gracefully", at(1.0));
+    println!();
+    println!("The run (the last line is live; Ctrl-C stops early, gracefully):");
     println!();
 }
 
-/// A dependency that answers in 20 ms, or in 400 ms when a call starts between `from` and `to`
-/// (milliseconds from the start of the run).
-fn slow_between(from: u64, to: u64) -> impl Fn(Duration) -> Duration + Copy + Send + 'static {
-    move |t| {
-        ms(if (ms(from)..ms(to)).contains(&t) {
-            400
+// ------------------------------------------------------------------------------------------
+// The upstream: a line protocol over TCP, faults from the script
+// ------------------------------------------------------------------------------------------
+
+/// What the upstream saw.
+struct UpstreamStats {
+    /// Attempts that arrived, per 100 ms since the start.
+    arrivals: Vec<AtomicU32>,
+    /// Attempts that arrived, and those it failed, per scene.
+    attempts: [AtomicU64; 5],
+    failed: [AtomicU64; 5],
+    /// Connections open now.
+    connections: AtomicU64,
+}
+
+const BUCKET: Duration = Duration::from_millis(100);
+
+impl UpstreamStats {
+    fn new(run: Duration) -> UpstreamStats {
+        let buckets = (run + Duration::from_secs(10)).as_millis() / BUCKET.as_millis();
+        UpstreamStats {
+            arrivals: (0..buckets).map(|_| AtomicU32::new(0)).collect(),
+            attempts: Default::default(),
+            failed: Default::default(),
+            connections: AtomicU64::new(0),
+        }
+    }
+
+    fn bucket(&self, elapsed: Duration) -> usize {
+        let index = (elapsed.as_millis() / BUCKET.as_millis()) as usize;
+        index.min(self.arrivals.len() - 1)
+    }
+
+    fn arrive(&self, elapsed: Duration, scene: Scene) {
+        self.attempts[scene.index()].fetch_add(1, Ordering::Relaxed);
+        self.arrivals[self.bucket(elapsed)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Arrivals in the second before `elapsed`.
+    fn last_second(&self, elapsed: Duration) -> u32 {
+        let end = self.bucket(elapsed);
+        (end.saturating_sub(9)..=end)
+            .map(|i| self.arrivals[i].load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// The most arrivals in any one second between `from` and `to` (in the whole span if it is
+    /// shorter than a second).
+    fn peak_second(&self, from: Duration, to: Duration) -> u32 {
+        let (first, end) = (self.bucket(from), self.bucket(to));
+        let sum = |range: std::ops::Range<usize>| -> u32 {
+            range
+                .map(|i| self.arrivals[i].load(Ordering::Relaxed))
+                .sum()
+        };
+        if end - first <= 10 {
+            return sum(first..end);
+        }
+        (first..=end - 10)
+            .map(|i| sum(i..i + 10))
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn attempts_in(&self, scenes: &[Scene]) -> u64 {
+        scenes
+            .iter()
+            .map(|s| self.attempts[s.index()].load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn failed_in(&self, scenes: &[Scene]) -> u64 {
+        scenes
+            .iter()
+            .map(|s| self.failed[s.index()].load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// Runs the upstream for the whole tour: serves, goes down for the outage (its port closed,
+/// its connections cut), comes back on the same port.
+async fn serve_upstream(
+    listener: TcpListener,
+    script: Arc<Script>,
+    stats: Arc<UpstreamStats>,
+    say: Narration,
+) -> io::Result<()> {
+    let addr = listener.local_addr()?;
+    // Every connection watches this: a new value cuts it.
+    let (cut, _) = watch::channel(0_u64);
+    say.scene(
+        Scene::Calm.name(),
+        format!(
+            "{} requests/s; the upstream fails {:.0}% of attempts and answers {:.0}% late",
+            Scene::Calm.offered(),
+            ERROR_RATE * 100.0,
+            LATE_RATE * 100.0
+        ),
+    );
+    let outage = script.start + script.start_of(Scene::Outage);
+    accept_until(&listener, outage, &script, &stats, &cut).await;
+    drop(listener);
+    let live = stats.connections.load(Ordering::Relaxed);
+    cut.send_modify(|epoch| *epoch += 1);
+    say.scene(
+        Scene::Outage.name(),
+        format!("the upstream closes its port and cuts its {live} connections"),
+    );
+
+    tokio::time::sleep_until(script.start + script.start_of(Scene::Recovery)).await;
+    let listener = TcpListener::bind(addr).await?;
+    say.scene(
+        Scene::Recovery.name(),
+        format!("the upstream is back on {addr}, answering as in the calm"),
+    );
+    accept_until(
+        &listener,
+        Instant::now() + Duration::from_secs(3600),
+        &script,
+        &stats,
+        &cut,
+    )
+    .await;
+    Ok(())
+}
+
+async fn accept_until(
+    listener: &TcpListener,
+    until: Instant,
+    script: &Arc<Script>,
+    stats: &Arc<UpstreamStats>,
+    cut: &watch::Sender<u64>,
+) {
+    let deadline = tokio::time::sleep_until(until);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let (script, stats) = (script.clone(), stats.clone());
+                let cut = cut.subscribe();
+                tokio::spawn(async move {
+                    stats.connections.fetch_add(1, Ordering::Relaxed);
+                    upstream_connection(stream, script, &stats, cut).await;
+                    stats.connections.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+        }
+    }
+}
+
+/// One connection: `REQ id attempt` gets `OK id` or `ERR id` when the script says and as late
+/// as it says; `WATCH` gets a `tick n` every 100 ms.
+async fn upstream_connection(
+    stream: TcpStream,
+    script: Arc<Script>,
+    stats: &UpstreamStats,
+    mut cut: watch::Receiver<u64>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    loop {
+        let line = tokio::select! {
+            _ = cut.changed() => return,
+            line = lines.next_line() => match line {
+                Ok(Some(line)) => line,
+                _ => return,
+            },
+        };
+        let reply = if line == "WATCH" {
+            for tick in 1_u64.. {
+                tokio::select! {
+                    _ = cut.changed() => return,
+                    () = tokio::time::sleep(BUCKET) => {}
+                }
+                if write
+                    .write_all(format!("tick {tick}\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            return;
+        } else if let Some((id, attempt)) = parse_request(&line) {
+            let elapsed = script.elapsed();
+            let scene = script.scene_at(elapsed);
+            stats.arrive(elapsed, scene);
+            let answer = script.answer(id, attempt, scene);
+            tokio::select! {
+                _ = cut.changed() => return,
+                () = tokio::time::sleep(answer.after) => {}
+            }
+            if answer.ok {
+                format!("OK {id}\n")
+            } else {
+                stats.failed[scene.index()].fetch_add(1, Ordering::Relaxed);
+                format!("ERR {id}\n")
+            }
         } else {
-            20
+            return;
+        };
+        if write.write_all(reply.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn parse_request(line: &str) -> Option<(u64, u32)> {
+    let mut words = line.strip_prefix("REQ ")?.split(' ');
+    let id = words.next()?.parse().ok()?;
+    let attempt = words.next()?.parse().ok()?;
+    Some((id, attempt))
+}
+
+// ------------------------------------------------------------------------------------------
+// The client
+// ------------------------------------------------------------------------------------------
+
+/// One request: its id, and the attempts made so far (shared by the retry's clones).
+#[derive(Clone)]
+struct Job {
+    id: u64,
+    attempts: Arc<AtomicU32>,
+}
+
+/// The client's parts, kept to read their counters after the run.
+struct Client {
+    limiter: Arc<RateLimiter>,
+    bulkhead: Bulkhead,
+    budget: Arc<CountedBudget>,
+    breaker: Arc<CircuitBreaker>,
+    pool: Pool<LineManager>,
+    tally: Arc<Tally>,
+    trips: Arc<AtomicU32>,
+    transitions: Arc<Mutex<Vec<String>>>,
+}
+
+impl Client {
+    fn new(
+        shutdown: &Shutdown,
+        addr: SocketAddr,
+        run: Duration,
+        say: &Narration,
+    ) -> Result<Client, BoxError> {
+        let limiter = Arc::new(RateLimiter::new(Quota::per_second(RATE).burst(BURST))?);
+        let bulkhead = Bulkhead::builder(CONCURRENCY)
+            .max_queued(QUEUE)
+            .max_wait(QUEUE_WAIT)
+            .build()?;
+        let budget = Arc::new(CountedBudget {
+            inner: TpsBudget::builder()
+                .retry_ratio(RETRY_RATIO)
+                .min_per_sec(RETRY_FLOOR)
+                // Deposits last a second: retries track the last second's traffic, so a calm
+                // spell can't bank retries for the next outage.
+                .ttl(Duration::from_secs(1))
+                .build()?,
+            denied: AtomicU64::new(0),
+        });
+
+        let trips = Arc::new(AtomicU32::new(0));
+        let transitions = Arc::new(Mutex::named("breaker transitions", Vec::new()));
+        let (counted, log, story) = (trips.clone(), transitions.clone(), say.clone());
+        let breaker = CircuitBreaker::builder()
+            .name("upstream")
+            .failure_rate(50.0)
+            .minimum_calls(20)
+            .window(SlidingWindow::count(40))
+            .open_duration(OpenDuration::exponential(open_for(run), open_for(run) * 4))
+            .half_open_probes(3)
+            .on_transition(move |t: &Transition| {
+                let what = describe_transition(t);
+                if t.to == State::Open {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                }
+                log.lock()
+                    .push(format!("{:>5.1} s  {what}", story.elapsed().as_secs_f64()));
+                story.event("breaker", what);
+            })
+            .build()?;
+
+        let pool = Pool::builder(LineManager { addr })
+            .max_size(CONCURRENCY as usize)
+            // Short waits: an attempt that can't get a connection fails fast, so a dead upstream
+            // shows up as failures the breaker counts, not as attempts piling up.
+            .acquire_timeout(ms(50))
+            .connect_timeout(ms(100))
+            .build()?;
+        let closing = pool.clone();
+        shutdown.on_cleanup("close the connection pool", async move {
+            closing.close(Duration::from_secs(1)).await
+        });
+
+        Ok(Client {
+            limiter,
+            bulkhead,
+            budget,
+            breaker: Arc::new(breaker),
+            pool,
+            tally: Arc::new(Tally::default()),
+            trips,
+            transitions,
+        })
+    }
+
+    /// Follows the upstream's tick feed on a reconnecting stream, until the shutdown.
+    fn follow_feed(
+        &self,
+        addr: SocketAddr,
+        shutdown: &Shutdown,
+        say: &Narration,
+    ) -> Result<Arc<Feed>, BoxError> {
+        let backoff = Backoff::exponential(ms(50))
+            .multiplier(1.6)
+            .max_delay(ms(500))
+            .jitter(Jitter::Proportional(0.2))
+            .build()?;
+        let stream = ReconnectingStream::builder(move || TcpStream::connect(addr))
+            .backoff(backoff)
+            .connect_timeout(ms(200))
+            // Every new connection subscribes again before anyone reads from it.
+            .on_connect(|mut conn: TcpStream| async move {
+                conn.write_all(b"WATCH\n").await?;
+                Ok::<_, io::Error>(conn)
+            })
+            .build()?;
+        let feed = Arc::new(Feed {
+            state: stream.state(),
+            ticks: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+        });
+
+        let (watched, story) = (feed.clone(), say.clone());
+        let mut state = stream.state();
+        tokio::spawn(async move {
+            let mut failed_attempts = 0;
+            while state.changed().await.is_ok() {
+                let now = state.borrow_and_update().clone();
+                match now {
+                    ConnectionState::Connected { generation: 1, .. } => {
+                        story.event("feed", "connected and subscribed to the upstream's ticks");
+                    }
+                    ConnectionState::Connected { generation, .. } => {
+                        watched.reconnects.store(generation - 1, Ordering::Relaxed);
+                        story.event(
+                            "feed",
+                            format!("reconnected after {failed_attempts} failed attempts; on_connect subscribed again"),
+                        );
+                        failed_attempts = 0;
+                    }
+                    ConnectionState::Disconnected {
+                        cause, attempts, ..
+                    } => {
+                        if attempts == 0 {
+                            story.event(
+                                "feed",
+                                format!("{cause}: reconnecting, backing off from 50 ms"),
+                            );
+                        }
+                        failed_attempts = attempts;
+                    }
+                    ConnectionState::Closed(_) => break,
+                    _ => {}
+                }
+            }
+        });
+
+        let scope = shutdown.scope("feed");
+        let stopped = scope.stopped();
+        let reader = feed.clone();
+        scope.spawn(async move {
+            let mut stream = BufReader::new(stream);
+            let mut line = String::new();
+            tokio::pin!(stopped);
+            loop {
+                line.clear();
+                tokio::select! {
+                    () = &mut stopped => break,
+                    read = stream.read_line(&mut line) => match read {
+                        Ok(_) if line.starts_with("tick ") => {
+                            reader.ticks.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // The one error a lost connection costs; the next read reconnects.
+                        _ => {
+                            reader.lost.fetch_add(1, Ordering::Relaxed);
+                        }
+                    },
+                }
+            }
+            stream.get_mut().close();
+        })?;
+        Ok(feed)
+    }
+}
+
+/// What the feed saw.
+struct Feed {
+    state: watch::Receiver<ConnectionState>,
+    ticks: AtomicU64,
+    reconnects: AtomicU64,
+    lost: AtomicU64,
+}
+
+fn describe_transition(t: &Transition) -> String {
+    match t.to {
+        State::Open => format!(
+            "{} -> open: {} ({} of {} {} failed); open for {}",
+            t.from,
+            t.reason,
+            t.window.failures,
+            t.window.calls,
+            if t.from == State::HalfOpen {
+                "probes"
+            } else {
+                "attempts"
+            },
+            human(t.open_for.unwrap_or_default())
+        ),
+        State::HalfOpen => "open -> half-open: lets 3 probe attempts through".to_string(),
+        State::Closed => format!("half-open -> closed: {}", t.reason),
+        other => format!("{} -> {other}: {}", t.from, t.reason),
+    }
+}
+
+/// Retry what another attempt may fix: the upstream's errors, broken connections, timeouts.
+/// Not our own refusals: an open breaker says "not now", and waiting it out here would hold
+/// the request's bulkhead slot.
+fn should_retry(result: &Result<u32, BoxError>) -> Decision {
+    match result {
+        Err(error) if is_upstream_failure(error) => Decision::Retry,
+        _ => Decision::DontRetry,
+    }
+}
+
+/// The breaker counts the upstream's failures, and nothing else.
+fn breaker_verdict(result: &Result<u32, BoxError>) -> Verdict {
+    match result {
+        Err(error) if is_upstream_failure(error) => Verdict::Failure,
+        _ => Verdict::Success,
+    }
+}
+
+fn is_upstream_failure(error: &BoxError) -> bool {
+    error.is::<UpstreamFailed>()
+        || error.is::<Elapsed>()
+        || error.is::<io::Error>()
+        || error.is::<palisade::pool::Error<io::Error>>()
+}
+
+/// The upstream answered `ERR`.
+#[derive(Debug)]
+struct UpstreamFailed;
+
+impl Display for UpstreamFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the upstream answered ERR")
+    }
+}
+
+impl std::error::Error for UpstreamFailed {}
+
+/// A budget that counts the retries it refused (palisade-retry's `TpsBudget` inside).
+#[derive(Debug)]
+struct CountedBudget {
+    inner: TpsBudget,
+    denied: AtomicU64,
+}
+
+impl RetryBudget for CountedBudget {
+    fn deposit(&self) {
+        self.inner.deposit();
+    }
+
+    fn withdraw(&self) -> bool {
+        let allowed = self.inner.withdraw();
+        if !allowed {
+            self.denied.fetch_add(1, Ordering::Relaxed);
+        }
+        allowed
+    }
+
+    fn record(&self, retryable: bool) {
+        self.inner.record(retryable);
+    }
+}
+
+/// Opens TCP connections to the upstream for the pool.
+struct LineManager {
+    addr: SocketAddr,
+}
+
+impl Manager for LineManager {
+    type Connection = BufReader<TcpStream>;
+    type Error = io::Error;
+
+    async fn connect(&self) -> io::Result<Self::Connection> {
+        let stream = TcpStream::connect(self.addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(BufReader::new(stream))
+    }
+
+    /// Checked when a connection comes back and before it is handed out: one the upstream
+    /// closed (the outage cut it) is discarded instead of failing the next request.
+    fn is_broken(&self, conn: &mut Self::Connection) -> bool {
+        let mut byte = [0_u8];
+        !conn.buffer().is_empty()
+            || !matches!(conn.get_ref().try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+/// The innermost service: one attempt, `REQ id attempt` on a pooled connection.
+#[derive(Clone)]
+struct Upstream {
+    pool: Pool<LineManager>,
+    tally: Arc<Tally>,
+}
+
+impl Service<Job> for Upstream {
+    /// The attempt that succeeded, from 1.
+    type Response = u32;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<u32, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // The pool's wait is part of the call, bounded by its acquire_timeout.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, job: Job) -> Self::Future {
+        let (pool, tally) = (self.pool.clone(), self.tally.clone());
+        Box::pin(async move {
+            let attempt = job.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+            let _in_flight = tally.attempt_started();
+            let mut conn = pool.get().await.inspect_err(|_| {
+                tally.pool_refused.fetch_add(1, Ordering::Relaxed);
+            })?;
+            // Until the answer is read, the connection's state is unknown: if this attempt is
+            // dropped (its timeout), the tainted connection is closed, not reused.
+            Pooled::taint(&mut conn);
+            let request = format!("REQ {} {attempt}\n", job.id);
+            conn.get_mut().write_all(request.as_bytes()).await?;
+            let mut reply = String::new();
+            if conn.read_line(&mut reply).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the upstream closed the connection",
+                )
+                .into());
+            }
+            Pooled::untaint(&mut conn);
+            if reply.starts_with("OK ") {
+                Ok(attempt)
+            } else {
+                Err(UpstreamFailed.into())
+            }
         })
     }
 }
 
-fn ms(millis: u64) -> Duration {
-    Duration::from_millis(millis)
+// ------------------------------------------------------------------------------------------
+// The load and its tally
+// ------------------------------------------------------------------------------------------
+
+/// How one request ended.
+enum End {
+    Ok { attempts: u32 },
+    RateLimited,
+    Overloaded,
+    BreakerOpen,
+    Draining,
+    Failed(BoxError),
 }
 
-/// What one run of a bulkhead scene saw.
-struct Run {
-    /// Per request: `Ok(time waited for a permit)` or `Err(time until the refusal)`.
-    calls: Vec<Result<Duration, Duration>>,
-    /// The most calls in the dependency at once, and the most callers queued.
-    peak: (u32, usize),
-    /// The bulkhead's limit as each request arrived.
-    limits: Vec<u32>,
-}
-
-/// `requests` requests, one every `every`, to a dependency whose calls take `latency(t)` when
-/// they start at `t`, behind `bulkhead` if there is one. With `prefetch`, every fourth request
-/// is an optional prefetch that never waits.
-async fn run<C: Clock>(
-    bulkhead: Option<Bulkhead<C>>,
-    requests: u32,
-    every: Duration,
-    prefetch: bool,
-    latency: impl Fn(Duration) -> Duration + Copy + Send + 'static,
-) -> Run {
-    let start = tokio::time::Instant::now();
-    let (in_flight, peak) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
-    let (mut tasks, mut peak_queued, mut limits) = (Vec::new(), 0, Vec::new());
-    for n in 0..requests {
-        tokio::time::sleep_until(start + every * n).await;
-        if let Some(m) = bulkhead.as_ref().map(Bulkhead::metrics) {
-            peak_queued = peak_queued.max(m.queued);
-            limits.push(m.limit);
+impl End {
+    fn of(result: Result<u32, BoxError>) -> End {
+        match result {
+            Ok(attempts) => End::Ok { attempts },
+            Err(e) if e.is::<RateLimited>() => End::RateLimited,
+            Err(e) if e.is::<Overloaded>() => End::Overloaded,
+            Err(e) if e.is::<BreakerOpen>() => End::BreakerOpen,
+            Err(e) if e.is::<Draining>() => End::Draining,
+            Err(e) => End::Failed(e),
         }
-        let (bulkhead, in_flight, peak) = (bulkhead.clone(), in_flight.clone(), peak.clone());
-        tasks.push(tokio::spawn(async move {
-            let asked = tokio::time::Instant::now();
-            let permit = match &bulkhead {
-                None => Ok(None),
-                Some(b) if prefetch && n % 4 == 3 => b.try_acquire().map(Some),
-                Some(b) => b.acquire().await.map(Some),
-            };
-            let waited = asked.elapsed();
-            let Ok(_permit) = permit else {
-                return Err(waited);
-            };
-            let now = in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-            peak.fetch_max(now, Ordering::Relaxed);
-            tokio::time::sleep(latency(start.elapsed())).await;
-            in_flight.fetch_sub(1, Ordering::Relaxed);
-            Ok(waited)
-        }));
-    }
-    let mut calls = Vec::new();
-    for task in tasks {
-        calls.push(task.await.expect("the request task ran"));
-    }
-    let peak = (peak.load(Ordering::Relaxed), peak_queued);
-    Run {
-        calls,
-        peak,
-        limits,
     }
 }
 
-/// palisade-shutdown: one SIGTERM, five phases, a report.
-fn chapter_shutdown() {
-    println!("Chapter 6 - graceful shutdown (palisade-shutdown)");
-    println!("-------------------------------------------------");
-    println!("A service is asked to stop at t = 1 s (in production: SIGTERM; here: trigger()).");
-    println!("Clients send a request every 500 ms, each takes 3 s. A `writer` subsystem has an");
-    println!("`ingest` subsystem nested in it; one task ignores every stop signal; three cleanup");
-    println!("hooks, the `cache` one hangs. readiness_delay 2 s, drain_timeout 5 s, hook_timeout");
-    println!("1 s, deadline 10 s. Each line is printed as it happens (paused time):");
-    println!();
-    paused_runtime().block_on(async {
-        let coordinator = Coordinator::builder()
-            .signals([])
-            .readiness_delay(ms(2000))
-            .drain_timeout(ms(5000))
-            .hook_timeout(ms(1000))
-            .deadline(ms(10_000))
-            .build()
-            .expect("valid shutdown knobs");
-        let shutdown = coordinator.handle();
-        let start = tokio::time::Instant::now();
-        let at = move || human(start.elapsed());
+/// Per scene, how requests ended.
+#[derive(Default)]
+struct SceneTally {
+    sent: AtomicU64,
+    ok: AtomicU64,
+    ok_retried: AtomicU64,
+    rate_limited: AtomicU64,
+    overloaded: AtomicU64,
+    breaker_open: AtomicU64,
+    draining: AtomicU64,
+    failed: AtomicU64,
+}
 
-        let observer = shutdown.clone();
-        tokio::spawn(async move {
-            for phase in &Phase::ALL[1..] {
-                observer.wait_for(*phase).await;
-                let ready = if observer.is_ready() {
-                    "ready"
-                } else {
-                    "not ready"
+impl SceneTally {
+    fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    fn refused(&self) -> u64 {
+        [
+            &self.rate_limited,
+            &self.overloaded,
+            &self.breaker_open,
+            &self.draining,
+        ]
+        .into_iter()
+        .map(Self::get)
+        .sum()
+    }
+
+    fn ended(&self) -> u64 {
+        Self::get(&self.ok) + self.refused() + Self::get(&self.failed)
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    scenes: [SceneTally; 5],
+    retries: AtomicU64,
+    /// Attempts started, in progress now, and the most in progress at once.
+    attempts: AtomicU64,
+    in_flight: AtomicU32,
+    peak_in_flight: AtomicU32,
+    /// Attempts that got no connection from the pool in time.
+    pool_refused: AtomicU64,
+    /// The first refusal of each kind in each scene is told.
+    told: [[AtomicBool; 3]; 5],
+}
+
+impl Tally {
+    fn attempt_started(self: &Arc<Self>) -> InFlight {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak_in_flight.fetch_max(now, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    fn total(&self, field: impl Fn(&SceneTally) -> u64) -> u64 {
+        self.scenes.iter().map(field).sum()
+    }
+
+    fn record(&self, scene: Scene, id: u64, end: End, say: &Narration) {
+        let tally = &self.scenes[scene.index()];
+        let (counter, first) = match end {
+            End::Ok { attempts } => {
+                if attempts > 1 {
+                    tally.ok_retried.fetch_add(1, Ordering::Relaxed);
+                }
+                (&tally.ok, None)
+            }
+            End::RateLimited => (
+                &tally.rate_limited,
+                Some((
+                    0,
+                    "rate limit",
+                    format!("over {RATE}/s: the excess is refused at once, with a retry-after"),
+                )),
+            ),
+            End::Overloaded => (
+                &tally.overloaded,
+                Some((
+                    1,
+                    "bulkhead",
+                    format!(
+                        "{CONCURRENCY} in flight and the queue full: refusing what can't start within {} ms",
+                        QUEUE_WAIT.as_millis()
+                    ),
+                )),
+            ),
+            End::BreakerOpen => (&tally.breaker_open, None),
+            End::Draining => (&tally.draining, None),
+            End::Failed(error) => (
+                &tally.failed,
+                Some((
+                    2,
+                    "retry",
+                    format!(
+                        "request {id} failed for good (no attempt left, or no budget): {error}"
+                    ),
+                )),
+            ),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some((kind, who, what)) = first
+            && !self.told[scene.index()][kind].swap(true, Ordering::Relaxed)
+        {
+            say.event(who, what);
+        }
+    }
+}
+
+/// One attempt in progress (see [`Tally::attempt_started`]).
+struct InFlight(Arc<Tally>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Sends requests at each scene's rate, open loop (a slow answer doesn't slow the callers),
+/// until the shutdown stops it; then waits for every request to end. Returns how many it sent.
+async fn send_load<S>(
+    service: S,
+    script: Arc<Script>,
+    tally: Arc<Tally>,
+    say: Narration,
+    stop: impl Future<Output = ()>,
+) -> u64
+where
+    S: Service<Job, Response = u32, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    tokio::pin!(stop);
+    let mut requests = tokio::task::JoinSet::new();
+    let mut next = Duration::ZERO;
+    let mut id = 0;
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            () = tokio::time::sleep_until(script.start + next) => {}
+        }
+        while requests.try_join_next().is_some() {}
+        let scene = script.scene_at(next);
+        next += Duration::from_secs(1) / scene.offered();
+        id += 1;
+        tally.scenes[scene.index()]
+            .sent
+            .fetch_add(1, Ordering::Relaxed);
+        let job = Job {
+            id,
+            attempts: Arc::new(AtomicU32::new(0)),
+        };
+        let call = service.clone().oneshot(job);
+        let (tally, say) = (tally.clone(), say.clone());
+        requests.spawn(async move { tally.record(scene, id, End::of(call.await), &say) });
+    }
+    // The drain waits for the requests in flight; this waits for them to be counted too.
+    while requests.join_next().await.is_some() {}
+    id
+}
+
+// ------------------------------------------------------------------------------------------
+// Narration: events above, a live line below
+// ------------------------------------------------------------------------------------------
+
+enum Line {
+    Scene(String),
+    Event(String),
+    Stop,
+}
+
+/// Tells what happens, with the time since the start.
+#[derive(Clone)]
+struct Narration {
+    lines: mpsc::UnboundedSender<Line>,
+    start: Instant,
+}
+
+impl Narration {
+    fn new(start: Instant) -> (Narration, mpsc::UnboundedReceiver<Line>) {
+        let (lines, receiver) = mpsc::unbounded_channel();
+        (Narration { lines, start }, receiver)
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    fn scene(&self, name: &str, what: impl Display) {
+        let at = self.elapsed().as_secs_f64();
+        let _ = self
+            .lines
+            .send(Line::Scene(format!("{at:>6.1} s  == {name}: {what}")));
+    }
+
+    fn event(&self, who: &str, what: impl Display) {
+        let at = self.elapsed().as_secs_f64();
+        let _ = self
+            .lines
+            .send(Line::Event(format!("{at:>6.1} s     {who:<10} {what}")));
+    }
+
+    fn stop(&self) {
+        let _ = self.lines.send(Line::Stop);
+    }
+}
+
+/// What the live line reads.
+struct Live {
+    script: Arc<Script>,
+    tally: Arc<Tally>,
+    upstream: Arc<UpstreamStats>,
+    breaker: Arc<CircuitBreaker>,
+    pool: Pool<LineManager>,
+    feed: Arc<Feed>,
+}
+
+impl Live {
+    fn line(&self) -> String {
+        let elapsed = self.script.elapsed();
+        let scene = if elapsed >= self.script.run {
+            "shutdown"
+        } else {
+            self.script.scene_at(elapsed).name()
+        };
+        let t = &self.tally;
+        let feed = match &*self.feed.state.borrow() {
+            ConnectionState::Connected { .. } => "up",
+            ConnectionState::Closed(_) => "closed",
+            _ => "down",
+        };
+        format!(
+            "{:>6.1} s  {scene:<8}  ok {}/{}  refused {}  failed {}  | upstream {}/s  breaker {}  pool {}  feed {feed}",
+            elapsed.as_secs_f64(),
+            t.total(|s| SceneTally::get(&s.ok)),
+            t.total(|s| SceneTally::get(&s.sent)),
+            t.total(SceneTally::refused),
+            t.total(|s| SceneTally::get(&s.failed)),
+            self.upstream.last_second(elapsed),
+            self.breaker.state(),
+            self.pool.metrics().size,
+        )
+    }
+}
+
+/// Prints the scenes and events as they come, and the live line: redrawn in place ten times a
+/// second on a terminal, once a second otherwise (a log).
+async fn narrate(mut lines: mpsc::UnboundedReceiver<Line>, live: Live) {
+    let tty = io::stdout().is_terminal();
+    let mut tick = tokio::time::interval(if tty { ms(100) } else { Duration::from_secs(1) });
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut out = io::stdout();
+    loop {
+        tokio::select! {
+            line = lines.recv() => {
+                let text = match line {
+                    Some(Line::Scene(text) | Line::Event(text)) => text,
+                    Some(Line::Stop) | None => break,
                 };
-                println!(
-                    "    t = {:>6}  phase {:<15} ({ready})",
-                    at(),
-                    phase.as_str()
-                );
-            }
-        });
-
-        // Requests through the tower layer: counted in flight, refused once draining.
-        let mut service = tower_layer::Layer::layer(
-            &shutdown.layer(),
-            tower::service_fn(|n: u32| async move {
-                tokio::time::sleep(ms(3000)).await;
-                Ok::<u32, std::convert::Infallible>(n)
-            }),
-        );
-        let clients = tokio::spawn(async move {
-            let (mut answered, mut refused) = (Vec::new(), 0);
-            for n in 0..12 {
-                let call = tower_service::Service::call(&mut service, n);
-                answered.push(tokio::spawn(call));
-                tokio::time::sleep(ms(500)).await;
-            }
-            let mut ok = 0;
-            for call in answered {
-                match call.await.expect("the request task ran") {
-                    Ok(_) => ok += 1,
-                    Err(error) if error.is::<Draining>() => refused += 1,
-                    Err(error) => println!("    unexpected error: {error}"),
+                if tty {
+                    let _ = write!(out, "\r\x1b[2K{text}\n{}", live.line());
+                } else {
+                    let _ = writeln!(out, "{text}");
                 }
             }
-            (ok, refused)
-        });
-
-        let writer = shutdown.scope("writer");
-        let ingest = writer.scope("ingest");
-        for (scope, name, flush) in [
-            (ingest.clone(), "ingest", 800),
-            (writer.clone(), "writer", 400),
-        ] {
-            let me = scope.clone();
-            scope
-                .spawn(async move {
-                    me.stopped().await;
-                    println!(
-                        "    t = {:>6}  {name} told to stop, flushing for {}",
-                        at(),
-                        human(ms(flush))
-                    );
-                    tokio::time::sleep(ms(flush)).await;
-                })
-                .expect("the scope is running");
+            _ = tick.tick() => {
+                if tty {
+                    let _ = write!(out, "\r\x1b[2K{}", live.line());
+                } else {
+                    let _ = writeln!(out, "{}", live.line());
+                }
+            }
         }
-        shutdown
-            .spawn(std::future::pending::<()>())
-            .expect("the root scope is running");
-        shutdown.on_cleanup("database", async {});
-        shutdown.on_cleanup("cache", std::future::pending::<()>());
-        shutdown.on_cleanup("metrics", async {});
+        let _ = out.flush();
+    }
+    if tty {
+        let _ = write!(out, "\r\x1b[2K");
+    }
+    let _ = writeln!(out, "{}", live.line());
+    let _ = writeln!(out);
+    let _ = out.flush();
+}
 
-        let trigger = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(ms(1000)).await;
-            trigger.trigger();
-        });
-        let report = coordinator.run().await;
-        let (ok, refused) = clients.await.expect("the clients ran");
-        println!();
-        println!("  The report run() returned, as its Display prints it for the log (times count");
-        println!("  from the trigger):");
-        for line in report.to_string().lines() {
-            println!("    {line}");
-        }
-        println!();
-        println!("  Requests: {ok} answered, {refused} refused with Draining (a 503 with");
+// ------------------------------------------------------------------------------------------
+// After the run: the scenes, a chapter per crate, the table, the checks
+// ------------------------------------------------------------------------------------------
+
+/// The scenes in which the upstream was up.
+const SERVING: [Scene; 4] = [Scene::Calm, Scene::Surge, Scene::Slow, Scene::Recovery];
+
+struct RunReport<'a> {
+    script: &'a Script,
+    client: &'a Client,
+    upstream: &'a UpstreamStats,
+    feed: &'a Feed,
+    /// Requests the load generator sent.
+    sent: u64,
+    /// Connections the pool had created when the outage began.
+    created_before_outage: u64,
+}
+
+fn get(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+fn heading(title: &str) {
+    println!("{title}");
+    println!("{}", "-".repeat(title.chars().count()));
+}
+
+impl RunReport<'_> {
+    fn tally(&self) -> &Tally {
+        &self.client.tally
+    }
+
+    /// Requests sent, refused and ok in `scenes`.
+    fn requests_in(&self, scenes: &[Scene]) -> (u64, u64, u64) {
+        let tally = self.tally();
+        scenes.iter().fold((0, 0, 0), |(sent, refused, ok), scene| {
+            let t = &tally.scenes[scene.index()];
+            (sent + get(&t.sent), refused + t.refused(), ok + get(&t.ok))
+        })
+    }
+
+    fn scenes(&self) {
+        heading("Scene by scene");
         println!(
-            "  `Connection: close` in axum, so clients retry elsewhere). Readiness went off at"
+            "Each request is counted in the scene it was sent in. A refused request got a fast"
         );
-        println!("  the trigger while the service kept serving for 2 s, so the load balancer had");
-        println!("  time to stop routing here. Ingest stopped before the writer it feeds, the");
-        println!("  hung hook cost its own 1 s timeout and no more, and the task that ignored");
-        println!("  every signal was aborted at the 10 s deadline, its future dropped.");
-    });
+        println!("answer from a layer (the rate limit, the bulkhead, the open breaker); \"ok\" is");
+        println!("the share of the others that succeeded. The upstream's columns are what it saw.");
+        println!();
+        println!(
+            "  scene     seconds       sent  refused      ok  |  upstream: attempts  failed  most in 1 s"
+        );
+        for scene in Scene::ALL {
+            let (from, to) = (self.script.start_of(scene), self.script.end_of(scene));
+            let (sent, refused, ok) = self.requests_in(&[scene]);
+            if sent == 0 {
+                continue;
+            }
+            let attempts = self.upstream.attempts_in(&[scene]);
+            let failed = self.upstream.failed_in(&[scene]);
+            println!(
+                "  {:<9} {:<11} {sent:>6} {refused:>8} {:>7}  |  {attempts:>18} {:>7} {:>12}",
+                scene.name(),
+                format!("{:.1}-{:.1} s", from.as_secs_f64(), to.as_secs_f64()),
+                percent(ok, sent - refused),
+                percent(failed, attempts),
+                self.upstream.peak_second(from, to),
+            );
+        }
+        let (sent, refused, ok) = self.requests_in(&SERVING);
+        let (attempts, failed) = (
+            self.upstream.attempts_in(&SERVING),
+            self.upstream.failed_in(&SERVING),
+        );
+        println!();
+        println!(
+            "While it was up, the upstream failed {} of the {attempts} attempts it saw; the callers",
+            percent(failed, attempts)
+        );
+        println!(
+            "saw {} of the {} requests the layers let through succeed. And it never saw more than",
+            percent(ok, sent - refused),
+            sent - refused
+        );
+        println!(
+            "{} attempts in a second, though the callers sent up to {} requests a second and each",
+            self.upstream.peak_second(Duration::ZERO, self.script.run),
+            Scene::Surge.offered()
+        );
+        println!(
+            "may take {ATTEMPTS} attempts: the rate limit ({RATE}/s, burst {BURST}) and the retry budget ({:.0}%",
+            RETRY_RATIO * 100.0
+        );
+        println!(
+            "+ {RETRY_FLOOR}/s) keep it under about ({RATE} + {BURST}) x {:.1} + {RETRY_FLOOR} = {:.0} a second.",
+            1.0 + RETRY_RATIO,
+            f64::from(RATE + BURST) * (1.0 + RETRY_RATIO) + f64::from(RETRY_FLOOR)
+        );
+        println!();
+    }
+
+    fn chapters(&self) {
+        let t = self.tally();
+        chapter_time();
+
+        heading("Chapter 2 - rate limiting (palisade-ratelimit)");
+        let surge = &t.scenes[Scene::Surge.index()];
+        let surge_for = self.script.end_of(Scene::Surge) - self.script.start_of(Scene::Surge);
+        let admitted = get(&surge.sent) - get(&surge.rate_limited);
+        println!(
+            "A GCRA limiter, one atomic word: {RATE} requests a second with a burst of {BURST}. In the"
+        );
+        println!(
+            "surge the callers sent {} requests in {}: it let {admitted} through ({:.0} a second)",
+            get(&surge.sent),
+            human(surge_for),
+            admitted as f64 / surge_for.as_secs_f64()
+        );
+        println!(
+            "and refused {} at once, each with the time it would fit (a retry-after). A check",
+            get(&surge.rate_limited),
+        );
+        println!(
+            "costs {} of CPU{}. It sits outside the retry, so retries never spend the quota.",
+            human(rate_limit_check_cost()),
+            if cfg!(debug_assertions) {
+                " in this debug build"
+            } else {
+                ""
+            }
+        );
+        println!("The crate also has keyed limiters (one limit per client IP, bounded memory: see");
+        println!("examples/axum_service.rs), sliding windows, fair async waiting and refunds.");
+        println!();
+
+        heading("Chapter 3 - bulkhead (palisade-bulkhead)");
+        let bulkhead = self.client.bulkhead.metrics();
+        let slow = &t.scenes[Scene::Slow.index()];
+        println!(
+            "At most {CONCURRENCY} requests at once; {QUEUE} more may wait, {} ms at most. When the",
+            QUEUE_WAIT.as_millis()
+        );
+        println!(
+            "upstream slowed down, a request held its slot for 150-350 ms and the slots ran out:"
+        );
+        println!(
+            "{} requests of the slow scene were refused at once instead of queueing behind",
+            get(&slow.overloaded)
+        );
+        println!(
+            "the slow ones ({} with the queue full, {} that waited the {} ms out). Attempts in",
+            bulkhead.rejected_queue_full,
+            bulkhead.rejected_timed_out,
+            QUEUE_WAIT.as_millis()
+        );
+        println!(
+            "flight never passed {} (limit {CONCURRENCY}): a slow upstream can't take every task",
+            get_u32(&t.peak_in_flight)
+        );
+        println!("and connection of the service with it. A request keeps its one slot across its");
+        println!("retries, so retries don't multiply the concurrency.");
+        println!();
+
+        heading("Chapter 4 - retry (palisade-retry)");
+        let ok_retried = t.total(|s| get(&s.ok_retried));
+        println!(
+            "Up to {ATTEMPTS} attempts, backing off from 25 ms with full jitter, and a budget shared by"
+        );
+        println!(
+            "every request: retries may add {:.0}% to the last second's requests, plus {RETRY_FLOOR} a second.",
+            RETRY_RATIO * 100.0
+        );
+        println!(
+            "It retried {} times, and {ok_retried} requests succeeded only because it did. It retries",
+            get(&t.retries)
+        );
+        println!(
+            "only what another attempt may fix: an ERR, a broken connection, a timeout, never an"
+        );
+        println!(
+            "open breaker's refusal. The budget refused {} retries, most when the outage began:",
+            get(&self.client.budget.denied)
+        );
+        println!(
+            "those callers got the real error at once, and the dead upstream got no retry storm."
+        );
+        println!();
+
+        heading("Chapter 5 - circuit breaker (palisade-breaker)");
+        let breaker = self.client.breaker.metrics();
+        println!(
+            "Trips when half of the last 40 attempts failed (20 at least), stays open {}, then",
+            human(open_for(self.script.run))
+        );
+        println!(
+            "twice that, up to {} while the probes keep failing, and closes when they succeed. Its",
+            human(open_for(self.script.run) * 4)
+        );
+        println!("transitions in this run:");
+        for line in self.client.transitions.lock().iter() {
+            println!("  {line}");
+        }
+        println!(
+            "While open it refused {} attempts in microseconds, without touching the upstream.",
+            breaker.rejections
+        );
+        println!(
+            "It sits inside the retry and outside the timeout: it counts every attempt, and a"
+        );
+        println!("timed-out attempt is a failure.");
+        println!();
+
+        heading("Chapter 6 - connection pool (palisade-pool)");
+        let pool = self.client.pool.metrics();
+        println!(
+            "Up to {CONCURRENCY} TCP connections, {} created: {} before the outage, {} after it.",
+            pool.created,
+            self.created_before_outage,
+            pool.created - self.created_before_outage
+        );
+        println!(
+            "{} were dropped tainted: an attempt ended mid-request (a late answer cut by the",
+            pool.discarded(Discard::Tainted)
+        );
+        println!(
+            "timeout, a connection cut by the outage), so the connection's state was unknown."
+        );
+        println!(
+            "The manager's is_broken check caught {} closed while idle, before it went out. {}",
+            pool.discarded(Discard::Broken),
+            pool.connect_failures
+        );
+        println!(
+            "connects failed while the upstream was down. At the end: {} in use, {} leaked; the shutdown's",
+            pool.in_use, pool.leaks
+        );
+        println!(
+            "cleanup hook closed the last {}.",
+            pool.discarded(Discard::Closed)
+        );
+        println!();
+
+        heading("Chapter 7 - reconnecting stream (palisade-reconnect)");
+        println!(
+            "The tick feed's ReconnectingStream read {} ticks. The outage cost its reader {} error,",
+            get(&self.feed.ticks),
+            get(&self.feed.lost)
+        );
+        println!(
+            "then it reconnected {} time(s), backing off from 50 ms (x 1.6, up to 500 ms, +/- 20%),",
+            get(&self.feed.reconnects)
+        );
+        println!(
+            "and its on_connect hook subscribed again before the reader saw the new connection."
+        );
+        println!();
+    }
+
+    fn table(&self) {
+        let t = self.tally();
+        heading("Layer by layer");
+        let requests = self.sent;
+        let draining = t.total(|s| get(&s.draining));
+        let limited = t.total(|s| get(&s.rate_limited));
+        let overloaded = t.total(|s| get(&s.overloaded));
+        let entered_retry = requests - draining - limited - overloaded;
+        let attempts = get(&t.attempts);
+        let pool = self.client.pool.metrics();
+        let dash = "-".to_string();
+        println!("  layer        admitted   retried  rejected   tripped  reconnected");
+        let row = |layer: &str, cells: [String; 5]| {
+            println!(
+                "  {layer:<10} {:>10} {:>9} {:>9} {:>9} {:>12}",
+                cells[0], cells[1], cells[2], cells[3], cells[4]
+            );
+        };
+        row(
+            "shutdown",
+            [
+                (requests - draining).to_string(),
+                dash.clone(),
+                draining.to_string(),
+                dash.clone(),
+                dash.clone(),
+            ],
+        );
+        row(
+            "rate limit",
+            [
+                (requests - draining - limited).to_string(),
+                dash.clone(),
+                limited.to_string(),
+                dash.clone(),
+                dash.clone(),
+            ],
+        );
+        row(
+            "bulkhead",
+            [
+                entered_retry.to_string(),
+                dash.clone(),
+                overloaded.to_string(),
+                dash.clone(),
+                dash.clone(),
+            ],
+        );
+        row(
+            "retry",
+            [
+                entered_retry.to_string(),
+                get(&t.retries).to_string(),
+                get(&self.client.budget.denied).to_string(),
+                dash.clone(),
+                dash.clone(),
+            ],
+        );
+        row(
+            "breaker",
+            [
+                attempts.to_string(),
+                dash.clone(),
+                self.client.breaker.metrics().rejections.to_string(),
+                get_u32(&self.client.trips).to_string(),
+                dash.clone(),
+            ],
+        );
+        row(
+            "pool",
+            [
+                (attempts - get(&t.pool_refused)).to_string(),
+                dash.clone(),
+                get(&t.pool_refused).to_string(),
+                dash.clone(),
+                (pool.created - self.created_before_outage).to_string(),
+            ],
+        );
+        row(
+            "feed",
+            [
+                dash.clone(),
+                dash.clone(),
+                dash.clone(),
+                dash.clone(),
+                get(&self.feed.reconnects).to_string(),
+            ],
+        );
+        println!();
+        println!(
+            "Requests for the first three rows, attempts for the breaker and the pool. The retry's"
+        );
+        println!("rejections are retries its budget refused; the pool's, attempts that got no");
+        println!("connection in time; its reconnections, connections opened after the outage.");
+        println!();
+    }
+
+    /// What the tour claims, checked: the failures, empty if every check passed.
+    fn checks(&self, report: &ShutdownReport, stopped_early: bool) -> Vec<String> {
+        let t = self.tally();
+        let mut failures = Vec::new();
+        let mut check = |ok: bool, claim: String| {
+            if !ok {
+                failures.push(claim);
+            }
+        };
+        let (counted, ended) = (t.total(|s| get(&s.sent)), t.total(SceneTally::ended));
+        check(
+            counted == self.sent && ended == self.sent,
+            format!(
+                "every request ends: {} sent, {counted} counted, {ended} ended",
+                self.sent
+            ),
+        );
+        let peak = get_u32(&t.peak_in_flight);
+        check(
+            peak <= CONCURRENCY,
+            format!("at most {CONCURRENCY} attempts in flight, the bulkhead's limit: {peak} were"),
+        );
+        let bulkhead = self.client.bulkhead.metrics();
+        check(
+            bulkhead.in_flight == 0 && bulkhead.queued == 0,
+            format!(
+                "no bulkhead permit left: {} out, {} queued",
+                bulkhead.in_flight, bulkhead.queued
+            ),
+        );
+        let pool = self.client.pool.metrics();
+        check(
+            pool.in_use == 0 && pool.leaks == 0 && pool.size == 0,
+            format!(
+                "every connection back and closed: {} in use, {} leaked, {} open",
+                pool.in_use, pool.leaks, pool.size
+            ),
+        );
+        check(report.is_clean(), format!("a clean shutdown: {report}"));
+        if !stopped_early {
+            let scene = |s: Scene| &t.scenes[s.index()];
+            check(
+                get(&scene(Scene::Surge).rate_limited) > 0,
+                "the rate limit refuses part of the surge".to_string(),
+            );
+            check(
+                get(&scene(Scene::Slow).overloaded) > 0,
+                "the bulkhead sheds load while the upstream is slow".to_string(),
+            );
+            check(
+                get_u32(&self.client.trips) > 0 && self.client.breaker.state() == State::Closed,
+                format!(
+                    "the breaker trips in the outage and closes after it: {} trips, now {}",
+                    get_u32(&self.client.trips),
+                    self.client.breaker.state()
+                ),
+            );
+            check(
+                get(&self.feed.reconnects) > 0,
+                "the feed reconnects after the outage".to_string(),
+            );
+        }
+        failures
+    }
+}
+
+/// How long the breaker stays open at first: a twelfth of the run (1 s in the default run), so
+/// that it probes once during the outage whatever the run's length, and twice that before it
+/// probes again.
+fn open_for(run: Duration) -> Duration {
+    run / 12
+}
+
+fn get_u32(counter: &AtomicU32) -> u32 {
+    counter.load(Ordering::Relaxed)
+}
+
+/// What one `check` costs on this machine, on a limiter of its own.
+fn rate_limit_check_cost() -> Duration {
+    let limiter = RateLimiter::new(Quota::per_second(1_000_000_000)).expect("a valid quota");
+    let rounds = 1_000_000;
+    let started = std::time::Instant::now();
+    for _ in 0..rounds {
+        std::hint::black_box(limiter.check());
+    }
+    started.elapsed() / rounds
+}
+
+/// palisade-core: the clock every layer above read.
+fn chapter_time() {
+    heading("Chapter 1 - time (palisade-core)");
+    let fast = FastClock::new();
+    let rounds = 1_000_000;
+    let started = std::time::Instant::now();
+    for _ in 0..rounds {
+        std::hint::black_box(fast.now());
+    }
+    let fast_read = started.elapsed() / rounds;
+    let started = std::time::Instant::now();
+    for _ in 0..rounds {
+        std::hint::black_box(std::time::Instant::now());
+    }
+    let std_read = started.elapsed() / rounds;
+    // A runtime of its own, on a thread of its own: the tour's runtime keeps real time.
+    let (slept, took) = std::thread::spawn(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("a current-thread runtime builds");
+        let wall = std::time::Instant::now();
+        let slept = runtime.block_on(async {
+            let clock = TokioClock::new();
+            let start = clock.now();
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            clock.elapsed(start)
+        });
+        (slept, wall.elapsed())
+    })
+    .join()
+    .expect("the paused runtime ran");
+    println!("Every layer above read the time from a FastClock: the CPU's time-stamp counter,");
+    println!(
+        "calibrated once against the OS clock. A read took {} here (std's Instant::now: {}){}",
+        human(fast_read),
+        human(std_read),
+        if cfg!(debug_assertions) { ";" } else { "." }
+    );
+    if cfg!(debug_assertions) {
+        println!("this is a debug build: docs/benchmarks.md has criterion's release numbers.");
+    }
+    println!(
+        "Each layer takes its clock as a parameter, so tests drive them with a ManualClock or"
+    );
+    println!("tokio's paused clock: under a paused runtime (#[tokio::test(start_paused = true)]),");
+    println!(
+        "a one-hour sleep just now took {} of wall time, and TokioClock saw {} pass.",
+        human(took),
+        human(slept)
+    );
     println!();
 }
 
-/// palisade-lock: an ABBA bug caught on the first run, the fix, and the compile-time levels.
+/// palisade-lock: an ABBA bug caught on its first run, and the fix.
 fn chapter_lock() {
-    println!("Chapter 7 - deadlock-safe locks (palisade-lock)");
-    println!("-----------------------------------------------");
+    heading("Chapter 8 - deadlock-safe locks (palisade-lock)");
     println!(
-        "`transfer` locks the accounts, then the audit log. `reconcile`, written months later,"
+        "Not in the request path, but in most services: `transfer` locks the accounts, then the"
     );
-    println!("locks the audit log, then the accounts. Run at the same moment on two threads they");
-    println!("deadlock, once in a while, in production. Here they run one after the other, so");
-    println!("nothing can deadlock in this run; the detector still sees the two orders:");
-    println!();
+    println!(
+        "audit log; `reconcile`, written later, locks the log, then the accounts. Run at once on"
+    );
+    println!("two threads they deadlock, now and then. Run here one after the other, so nothing");
+    println!("can deadlock, the runtime detector still sees the two orders:");
     if !detect::is_enabled() {
         println!(
             "  (detection is compiled out of this release build: run the tour in a debug build,"
         );
-        println!("   `cargo run --example tour`, or with the `lock-detect-release` feature)");
-        println!();
+        println!("   or with the `lock-detect-release` feature)");
     }
     let reports: Arc<std::sync::Mutex<Vec<Report>>> = Arc::default();
     let sink = reports.clone();
-    // In a test suite the default mode (a panic at the bad acquisition) is what you want;
-    // the tour collects the reports to print them.
+    // A test suite wants the default mode, a panic at the bad acquisition; the tour prints.
     detect::set_mode(Mode::callback(move |r| {
-        sink.lock().expect("not poisoned").push(r.clone())
+        sink.lock().expect("not poisoned").push(r.clone());
     }));
-
     let accounts = Arc::new(Mutex::named("accounts", vec![100_i64, 0]));
     let audit = Arc::new(Mutex::named("audit", Vec::<String>::new()));
-    let transfer = {
+    {
         let (accounts, audit) = (accounts.clone(), audit.clone());
         std::thread::spawn(move || {
             let mut acc = accounts.lock();
@@ -776,38 +1920,29 @@ fn chapter_lock() {
             acc[1] += 30;
             log.push("moved 30".into());
         })
-    };
-    transfer.join().expect("transfer runs");
-    println!(
-        "  transfer  ran: accounts, then audit    -> reports so far: {}",
-        reports.lock().expect("not poisoned").len()
-    );
-    let reconcile = {
+        .join()
+        .expect("transfer runs");
+    }
+    {
         let (accounts, audit) = (accounts.clone(), audit.clone());
         std::thread::spawn(move || {
             let log = audit.lock();
             let acc = accounts.lock();
-            acc.iter().sum::<i64>() == 100 && log.len() == 1
+            assert_eq!(acc.iter().sum::<i64>() + log.len() as i64, 101);
         })
-    };
-    let balanced = reconcile.join().expect("reconcile runs");
-    let found = reports.lock().expect("not poisoned").clone();
-    println!(
-        "  reconcile ran: audit, then accounts    -> reports so far: {} (books balanced: {balanced})",
-        found.len()
-    );
-    for report in &found {
-        println!();
+        .join()
+        .expect("reconcile runs");
+    }
+    for report in reports.lock().expect("not poisoned").iter() {
         for line in report.to_string().lines() {
             println!("    {line}");
         }
     }
-    println!();
-    println!("The fix: take both with `lock_all`, which picks one global order whatever the");
-    println!("argument order and never blocks while holding half the set. 2 threads x 10,000");
-    println!("transfers, each naming the accounts in the opposite order:");
-    let a = Arc::new(Mutex::named("account", 1_000_i64));
-    let b = Arc::new(Mutex::named("account", 1_000_i64));
+    let before = reports.lock().expect("not poisoned").len();
+    let (a, b) = (
+        Arc::new(Mutex::named("account", 1_000_i64)),
+        Arc::new(Mutex::named("account", 1_000_i64)),
+    );
     let threads: Vec<_> = [false, true]
         .into_iter()
         .map(|swap| {
@@ -822,363 +1957,76 @@ fn chapter_lock() {
             })
         })
         .collect();
-    for t in threads {
-        t.join().expect("transfers run");
+    for thread in threads {
+        thread.join().expect("transfers run");
     }
     let total = {
         let (a, b) = lock_all((&*a, &*b));
         *a + *b
     };
+    println!("The fix is `lock_all`, which takes a set in one global order whatever the argument");
     println!(
-        "  done, no deadlock; total still {total}; new reports: {}",
-        reports.lock().expect("not poisoned").len() - found.len()
+        "order: 2 threads x 10,000 transfers in opposite directions, no deadlock, total still"
     );
-    println!();
-    println!("Lock levels make the order a type: with `lock_levels! {{ Accounts, Audit }}`,");
-    println!("locking `Accounts` from a context that holds `Audit` does not compile:");
     println!(
-        "    error[E0277]: `Accounts` cannot be locked while holding `Audit`: lock levels are"
+        "{total}, {} new reports. `lock_levels!` makes an order a type instead: the wrong order",
+        reports.lock().expect("not poisoned").len() - before
     );
-    println!("                  taken in the order `lock_levels!` declares them");
+    println!("does not compile (examples/lock_ordering.rs shows the error).");
     println!();
 }
 
-/// An in-memory backend for the pool chapter: connects take `connect_ms` of (paused) time and
-/// fail while `down` is set.
-#[derive(Clone, Default)]
-struct TourBackend {
-    down: Arc<std::sync::atomic::AtomicBool>,
-    attempts: Arc<AtomicU32>,
-    connect_ms: u64,
+/// palisade-shutdown: how the run ended.
+fn chapter_shutdown(report: &ShutdownReport, draining: u64) {
+    heading("Chapter 9 - graceful shutdown (palisade-shutdown)");
+    match &report.trigger {
+        Trigger::Signal(signal) => {
+            println!(
+                "You sent {signal} (Ctrl-C), and the coordinator, which listens for SIGINT and"
+            );
+            println!(
+                "SIGTERM, began the graceful stop. The load generator, registered as a listener, stopped"
+            );
+        }
+        _ => {
+            println!(
+                "At the end of the run the tour called trigger() (a service gets SIGTERM or Ctrl-C,"
+            );
+            println!(
+                "which this tour catches too). The load generator, registered as a listener, stopped"
+            );
+        }
+    }
+    println!(
+        "sending; the ShutdownLayer, outermost in the stack, let the requests in flight finish"
+    );
+    println!(
+        "and refused {draining} that came after; the feed's task stopped; the cleanup hook closed"
+    );
+    println!("the pool. The report coordinator.run() returned, as it prints for a log:");
+    println!();
+    for line in report.to_string().lines() {
+        println!("    {line}");
+    }
+    println!();
 }
 
-#[derive(Debug)]
-struct TourConn(u32);
-
-impl Manager for TourBackend {
-    type Connection = TourConn;
-    type Error = std::io::Error;
-
-    async fn connect(&self) -> std::io::Result<TourConn> {
-        let n = self.attempts.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(ms(self.connect_ms)).await;
-        if self.down.load(Ordering::SeqCst) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionRefused,
-                "connection refused",
-            ));
-        }
-        Ok(TourConn(n))
+fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        "-".to_string()
+    } else {
+        format!("{:.1}%", part as f64 * 100.0 / whole as f64)
     }
 }
 
-/// palisade-pool: fair hand-off, few connects in a spike, fast failure with a cause, jitter.
-fn chapter_pool() {
-    println!("Chapter 8 - connection pool (palisade-pool)");
-    println!("-------------------------------------------");
-    println!("A backend takes 50 ms to accept a connection. 50 requests arrive at once, each");
-    println!("needs a connection for 5 ms. Pool::builder(backend).max_size(50):");
-    println!();
-    paused_runtime().block_on(async {
-        let backend = TourBackend {
-            connect_ms: 50,
-            ..TourBackend::default()
-        };
-        let pool = Pool::builder(backend.clone())
-            .max_size(50)
-            .acquire_timeout(ms(1000))
-            .clock(TokioClock::new())
-            .build()
-            .expect("valid pool knobs");
-        let start = tokio::time::Instant::now();
-        let callers: Vec<_> = (0..50)
-            .map(|_| {
-                let pool = pool.clone();
-                tokio::spawn(async move {
-                    let conn = pool.get().await.expect("served within 1 s");
-                    let waited = start.elapsed();
-                    tokio::time::sleep(ms(5)).await;
-                    drop(conn);
-                    waited
-                })
-            })
-            .collect();
-        let mut waits = Vec::new();
-        for caller in callers {
-            waits.push(caller.await.expect("caller ran"));
-        }
-        waits.sort();
-        let m = pool.metrics();
-        println!("    served              50 of 50, in arrival order (a returned connection goes");
-        println!("                        to the longest waiter, never to a newcomer)");
-        println!(
-            "    connections opened  {} (max_concurrent_connects = 2; a connection comes",
-            m.created
-        );
-        println!("                        back every 5 ms, long before a new one would be ready)");
-        println!(
-            "    wait, first / last  {} / {}",
-            human(waits[0]),
-            human(waits[49])
-        );
-        println!();
-
-        println!(
-            "The backend goes down. A get() with acquire_timeout 1 s while the pool is empty:"
-        );
-        let _ = pool.close(ms(100)).await;
-        backend.down.store(true, Ordering::SeqCst);
-        let before = backend.attempts.load(Ordering::SeqCst);
-        let pool = Pool::builder(backend.clone())
-            .max_size(4)
-            .acquire_timeout(ms(1000))
-            .clock(TokioClock::new())
-            .build()
-            .expect("valid pool knobs");
-        let start = tokio::time::Instant::now();
-        match pool.get().await {
-            Err(e @ PoolError::Unavailable { .. }) => {
-                println!("    after {}: {e}", human(start.elapsed()));
-            }
-            other => println!("    unexpected: {:?}", other.map(|c| c.0)),
-        }
-        let attempts = backend.attempts.load(Ordering::SeqCst) - before;
-        println!(
-            "    connect attempts in that second: {attempts} (100 ms backoff, doubling, +/- 20 %),"
-        );
-        println!("    not one per caller or per millisecond");
-        backend.down.store(false, Ordering::SeqCst);
-        let conn = pool.get().await.expect("the backend is back");
-        println!(
-            "    back up: the next get() connects ({} after the outage)",
-            human(start.elapsed())
-        );
-        drop(conn);
-        println!();
-
-        println!("A request future is cancelled between writing a query and reading its answer.");
-        println!("Its connection was tainted for that span, so it is closed, not reused:");
-        let mut conn = pool.get().await.expect("a connection");
-        let id = conn.0;
-        Pooled::taint(&mut conn);
-        let request = tokio::spawn(async move {
-            let _conn = conn;
-            tokio::time::sleep(ms(10_000)).await; // waiting for an answer that never comes
-        });
-        tokio::time::sleep(ms(100)).await;
-        request.abort();
-        let _ = request.await;
-        let next = pool.get().await.expect("a connection");
-        println!(
-            "    cancelled request had connection #{id}; the next caller gets #{}",
-            next.0
-        );
-        drop(next);
-        println!();
-
-        println!("20 connections opened together with max_lifetime 60 s, max_lifetime_jitter 0.2:");
-        let pool = Pool::builder(TourBackend::default())
-            .max_size(20)
-            .max_lifetime(Some(ms(60_000)))
-            .max_lifetime_jitter(0.2)
-            .idle_timeout(None)
-            .clock(TokioClock::new())
-            .build()
-            .expect("valid pool knobs");
-        let mut conns = Vec::new();
-        for _ in 0..20 {
-            conns.push(pool.get().await.expect("a connection"));
-        }
-        drop(conns);
-        let start = tokio::time::Instant::now();
-        let mut expiries = Vec::new();
-        while pool.metrics().idle > 0 {
-            tokio::time::sleep(ms(500)).await;
-            pool.maintain().await;
-            let gone = 20 - pool.metrics().idle;
-            while expiries.len() < gone {
-                expiries.push(start.elapsed());
-            }
-        }
-        println!(
-            "    they expire between {} and {}, not all at once: the pool reconnects",
-            human(expiries[0]),
-            human(expiries[19])
-        );
-        println!("    gradually instead of in one burst against the backend");
-    });
-    println!();
+fn ms(millis: u64) -> Duration {
+    Duration::from_millis(millis)
 }
 
-/// palisade-reconnect: a stream that survives a server restart.
-fn chapter_reconnect() {
-    println!("Chapter 9 - reconnecting connections (palisade-reconnect)");
-    println!("--------------------------------------------------------");
-    println!("A line-echo server on 127.0.0.1 and a client on a ReconnectingStream, with a");
-    println!("fast backoff for the demo (50 ms, x 1.6, +/- 20 %). This chapter runs on real");
-    println!("sockets and real time: about half a second.");
-    println!();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a current-thread runtime builds");
-    rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a loopback port");
-        let addr = listener.local_addr().expect("bound");
-        let server = tokio::spawn(echo_server(listener));
-        let attempts = Arc::new(AtomicU32::new(0));
-        let counted = attempts.clone();
-        let backoff = Backoff::exponential(ms(50))
-            .multiplier(1.6)
-            .max_delay(ms(1000))
-            .jitter(Jitter::Proportional(0.2))
-            .build()
-            .expect("valid backoff");
-        let stream = ReconnectingStream::builder(move || {
-            counted.fetch_add(1, Ordering::SeqCst);
-            tokio::net::TcpStream::connect(addr)
-        })
-        .backoff(backoff)
-        .build()
-        .expect("valid knobs");
-        let mut state = stream.state();
-        let watcher = tokio::spawn(async move {
-            let mut seen = Vec::new();
-            while state.changed().await.is_ok() {
-                seen.push(describe(&state.borrow_and_update()));
-            }
-            seen
-        });
-        let mut stream = tokio::io::BufReader::new(stream);
-        for i in 1..=3 {
-            let reply = echo(&mut stream, i).await.expect("the server is up");
-            println!("    request {i}: {reply}");
-        }
-
-        println!("  The server dies (its listener and connections close):");
-        server.abort();
-        let _ = server.await;
-        match echo(&mut stream, 4).await {
-            Err(e) => {
-                let lost = e.get_ref().and_then(|e| e.downcast_ref::<ConnectionLost>());
-                let generation = lost.map_or(0, ConnectionLost::generation);
-                println!("    request 4: error: {e}");
-                println!(
-                    "               the one error the caller sees, for connection {generation}"
-                );
-            }
-            Ok(reply) => println!("    request 4: unexpected reply {reply}"),
-        }
-
-        println!("  The server comes back 300 ms later. Meanwhile request 5 is sent:");
-        let before = attempts.load(Ordering::SeqCst);
-        let restart = tokio::spawn(async move {
-            tokio::time::sleep(ms(300)).await;
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .expect("the port is free again");
-            echo_server(listener).await;
-        });
-        let start = std::time::Instant::now();
-        let reply = echo(&mut stream, 5).await.expect("reconnected");
-        println!(
-            "    request 5: {reply} after {} ({} connect attempts, refused until the server was",
-            human(start.elapsed()),
-            attempts.load(Ordering::SeqCst) - before
-        );
-        println!("               back; the request waited instead of failing)");
-        let reply = echo(&mut stream, 6).await.expect("still connected");
-        println!("    request 6: {reply}");
-        drop(stream);
-        restart.abort();
-        let seen = watcher.await.expect("the watcher ran");
-        println!("  The states a watcher saw on stream.state() (a watch channel: a reader that");
-        println!("  falls behind sees the latest state, not every step):");
-        for s in seen {
-            println!("    {s}");
-        }
-    });
-    println!();
-}
-
-/// One state, for the tour.
-fn describe(state: &ConnectionState) -> String {
-    match state {
-        ConnectionState::Connecting { attempt } => format!("connecting, attempt {attempt}"),
-        ConnectionState::Connected { generation, .. } => {
-            format!("connected, connection {generation}")
-        }
-        ConnectionState::Disconnected {
-            cause,
-            next_attempt_at,
-            ..
-        } => format!(
-            "disconnected: {cause}; next attempt in {}",
-            human(next_attempt_at.saturating_duration_since(tokio::time::Instant::now()))
-        ),
-        ConnectionState::Closed(reason) => format!("closed: {reason}"),
-        other => other.name().to_owned(),
-    }
-}
-
-/// Sends `request <i>` as a line and reads the echoed line.
-async fn echo<S>(stream: &mut tokio::io::BufReader<S>, i: u32) -> std::io::Result<String>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    stream
-        .get_mut()
-        .write_all(format!("request {i}\n").as_bytes())
-        .await?;
-    let mut line = String::new();
-    if stream.read_line(&mut line).await? == 0 {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok(format!("echo \"{}\"", line.trim_end()))
-}
-
-/// Echoes lines on every connection until aborted (which closes them all).
-async fn echo_server(listener: tokio::net::TcpListener) {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        let Ok((socket, _)) = listener.accept().await else {
-            continue;
-        };
-        connections.spawn(async move {
-            let (read, mut write) = socket.into_split();
-            let mut lines = tokio::io::BufReader::new(read).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if write
-                    .write_all(format!("{line}\n").as_bytes())
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        });
-    }
-}
-
-/// A current-thread runtime with tokio's clock paused: sleeps complete at once, in order.
-fn paused_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("a current-thread runtime builds")
-}
-
-/// A duration rounded for reading: `3.2 ms`, `1 h`.
+/// A duration rounded for reading: `3.2 ms`, `1.5 s`.
 fn human(d: Duration) -> String {
     let secs = d.as_secs_f64();
-    if secs >= 3600.0 {
-        format!("{:.0} h", secs / 3600.0)
-    } else if secs >= 1.0 {
+    if secs >= 1.0 {
         format!("{secs:.1} s")
     } else if secs >= 1e-3 {
         format!("{:.1} ms", secs * 1e3)
