@@ -40,15 +40,15 @@ use palisade::breaker::{
 use palisade::bulkhead::{Bulkhead, BulkheadLayer, Rejected as Overloaded};
 use palisade::lock::detect::{self, Mode, Report};
 use palisade::lock::{Mutex, lock_all};
-use palisade::pool::{Discard, Manager, Pool, Pooled};
+use palisade::pool::{Discard, Error as PoolError, Manager, Pool, Pooled};
 use palisade::ratelimit::{Quota, RateLimitLayer, RateLimited, RateLimiter};
-use palisade::reconnect::{ConnectionState, ReconnectingStream};
+use palisade::reconnect::{ConnectionLost, ConnectionState, ReconnectingStream};
 use palisade::retry::{
     Backoff, Decision, Jitter, RetryBudget, RetryEvent, RetryLayer, RetryPolicy, TpsBudget,
 };
 use palisade::shutdown::{Coordinator, Draining, Phase, Shutdown, ShutdownReport, Trigger};
 use palisade::{Clock, FastClock, TokioClock};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -77,7 +77,7 @@ const RATE: u32 = 200;
 const BURST: u32 = 20;
 /// Requests in flight at once (the bulkhead), and how many may wait, and how long.
 const CONCURRENCY: u32 = 24;
-const QUEUE: usize = 24;
+const QUEUE: usize = 8;
 const QUEUE_WAIT: Duration = Duration::from_millis(50);
 /// Attempts per request, and the share of requests the retries may add (plus a floor).
 const ATTEMPTS: u32 = 3;
@@ -362,7 +362,8 @@ async fn tour(settings: Settings) -> Result<Vec<String>, BoxError> {
 
     let feed = client.follow_feed(addr, &shutdown, &say)?;
     // The pool's count when the outage begins, to tell the connections made after it.
-    let created_before_outage = Arc::new(AtomicU64::new(0));
+    // (All of them, if the run stops before the outage.)
+    let created_before_outage = Arc::new(AtomicU64::new(u64::MAX));
     let (snapshot, pool) = (created_before_outage.clone(), client.pool.clone());
     let outage = script.start + script.start_of(Scene::Outage);
     tokio::spawn(async move {
@@ -419,7 +420,11 @@ async fn tour(settings: Settings) -> Result<Vec<String>, BoxError> {
     say.stop();
     narrator.await?;
     let stopped_early = report.trigger != Trigger::Requested;
-    upstream_task.abort();
+    if upstream_task.is_finished()
+        && let Ok(Err(error)) = upstream_task.await
+    {
+        return Err(format!("the upstream failed: {error}").into());
+    }
 
     let run_report = RunReport {
         script: &script,
@@ -529,7 +534,11 @@ struct UpstreamStats {
     connections: AtomicU64,
 }
 
-const BUCKET: Duration = Duration::from_millis(100);
+/// Arrivals are counted in buckets this wide, so that scene edges fall on them closely.
+const BUCKET: Duration = Duration::from_millis(10);
+const BUCKETS_PER_SECOND: usize = 100;
+/// How often the upstream sends its feed a tick.
+const TICK: Duration = Duration::from_millis(100);
 
 impl UpstreamStats {
     fn new(run: Duration) -> UpstreamStats {
@@ -555,7 +564,7 @@ impl UpstreamStats {
     /// Arrivals in the second before `elapsed`.
     fn last_second(&self, elapsed: Duration) -> u32 {
         let end = self.bucket(elapsed);
-        (end.saturating_sub(9)..=end)
+        (end.saturating_sub(BUCKETS_PER_SECOND - 1)..=end)
             .map(|i| self.arrivals[i].load(Ordering::Relaxed))
             .sum()
     }
@@ -569,11 +578,11 @@ impl UpstreamStats {
                 .map(|i| self.arrivals[i].load(Ordering::Relaxed))
                 .sum()
         };
-        if end - first <= 10 {
+        if end - first <= BUCKETS_PER_SECOND {
             return sum(first..end);
         }
-        (first..=end - 10)
-            .map(|i| sum(i..i + 10))
+        (first..=end - BUCKETS_PER_SECOND)
+            .map(|i| sum(i..i + BUCKETS_PER_SECOND))
             .max()
             .unwrap_or(0)
     }
@@ -689,7 +698,7 @@ async fn upstream_connection(
             for tick in 1_u64.. {
                 tokio::select! {
                     _ = cut.changed() => return,
-                    () = tokio::time::sleep(BUCKET) => {}
+                    () = tokio::time::sleep(TICK) => {}
                 }
                 if write
                     .write_all(format!("tick {tick}\n").as_bytes())
@@ -751,6 +760,8 @@ struct Client {
     pool: Pool<LineManager>,
     tally: Arc<Tally>,
     trips: Arc<AtomicU32>,
+    /// When the breaker last closed, in milliseconds since the start.
+    closed_at: Arc<AtomicU64>,
     transitions: Arc<Mutex<Vec<String>>>,
 }
 
@@ -779,18 +790,27 @@ impl Client {
 
         let trips = Arc::new(AtomicU32::new(0));
         let transitions = Arc::new(Mutex::named("breaker transitions", Vec::new()));
+        let closed_at = Arc::new(AtomicU64::new(0));
         let (counted, log, story) = (trips.clone(), transitions.clone(), say.clone());
+        let closed = closed_at.clone();
         let breaker = CircuitBreaker::builder()
             .name("upstream")
             .failure_rate(50.0)
             .minimum_calls(20)
             .window(SlidingWindow::count(40))
-            .open_duration(OpenDuration::exponential(open_for(run), open_for(run) * 4))
+            .open_duration(OpenDuration::exponential(open_for(run), open_for(run) * 2))
             .half_open_probes(3)
             .on_transition(move |t: &Transition| {
                 let what = describe_transition(t);
-                if t.to == State::Open {
-                    counted.fetch_add(1, Ordering::Relaxed);
+                match t.to {
+                    State::Open => {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    State::Closed => {
+                        let at = story.elapsed().as_millis() as u64;
+                        closed.store(at, Ordering::Relaxed);
+                    }
+                    _ => {}
                 }
                 log.lock()
                     .push(format!("{:>5.1} s  {what}", story.elapsed().as_secs_f64()));
@@ -804,6 +824,8 @@ impl Client {
             // shows up as failures the breaker counts, not as attempts piling up.
             .acquire_timeout(ms(50))
             .connect_timeout(ms(100))
+            // A connection out longer than this is reported (and counted) as a suspected leak.
+            .leak_detection(Some(Duration::from_secs(2)))
             .build()?;
         let closing = pool.clone();
         shutdown.on_cleanup("close the connection pool", async move {
@@ -818,6 +840,7 @@ impl Client {
             pool,
             tally: Arc::new(Tally::default()),
             trips,
+            closed_at,
             transitions,
         })
     }
@@ -837,6 +860,9 @@ impl Client {
         let stream = ReconnectingStream::builder(move || TcpStream::connect(addr))
             .backoff(backoff)
             .connect_timeout(ms(200))
+            // Ticks come every 100 ms: a connection silent for 500 ms is dead, even if no one
+            // closed it.
+            .idle_timeout(ms(500))
             // Every new connection subscribes again before anyone reads from it.
             .on_connect(|mut conn: TcpStream| async move {
                 conn.write_all(b"WATCH\n").await?;
@@ -853,31 +879,36 @@ impl Client {
         let (watched, story) = (feed.clone(), say.clone());
         let mut state = stream.state();
         tokio::spawn(async move {
-            let mut failed_attempts = 0;
+            let (mut up, mut attempt) = (false, 0);
             while state.changed().await.is_ok() {
                 let now = state.borrow_and_update().clone();
                 match now {
                     ConnectionState::Connected { generation: 1, .. } => {
+                        up = true;
                         story.event("feed", "connected and subscribed to the upstream's ticks");
                     }
                     ConnectionState::Connected { generation, .. } => {
+                        up = true;
                         watched.reconnects.store(generation - 1, Ordering::Relaxed);
                         story.event(
                             "feed",
-                            format!("reconnected after {failed_attempts} failed attempts; on_connect subscribed again"),
+                            format!(
+                                "reconnected on attempt {attempt}; on_connect subscribed again"
+                            ),
                         );
-                        failed_attempts = 0;
                     }
-                    ConnectionState::Disconnected {
-                        cause, attempts, ..
-                    } => {
-                        if attempts == 0 {
-                            story.event(
-                                "feed",
-                                format!("{cause}: reconnecting, backing off from 50 ms"),
-                            );
+                    // A watch keeps only the latest state: the first one seen after the
+                    // connection went down may already be a reconnect attempt.
+                    ConnectionState::Disconnected { cause, .. } if up => {
+                        up = false;
+                        story.event("feed", format!("{cause}: reconnecting with backoff"));
+                    }
+                    ConnectionState::Connecting { attempt: n } => {
+                        attempt = n;
+                        if up {
+                            up = false;
+                            story.event("feed", "connection lost: reconnecting with backoff");
                         }
-                        failed_attempts = attempts;
                     }
                     ConnectionState::Closed(_) => break,
                     _ => {}
@@ -897,13 +928,18 @@ impl Client {
                 tokio::select! {
                     () = &mut stopped => break,
                     read = stream.read_line(&mut line) => match read {
-                        Ok(_) if line.starts_with("tick ") => {
-                            reader.ticks.fetch_add(1, Ordering::Relaxed);
+                        Ok(0) => break,
+                        Ok(_) => {
+                            if line.starts_with("tick ") {
+                                reader.ticks.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                         // The one error a lost connection costs; the next read reconnects.
-                        _ => {
+                        Err(e) if e.get_ref().is_some_and(|e| e.is::<ConnectionLost>()) => {
                             reader.lost.fetch_add(1, Ordering::Relaxed);
                         }
+                        // Closed, or out of attempts: nothing more will come.
+                        Err(_) => break,
                     },
                 }
             }
@@ -960,11 +996,19 @@ fn breaker_verdict(result: &Result<u32, BoxError>) -> Verdict {
     }
 }
 
+/// The upstream's failures: an `ERR`, a connection that broke, an attempt that timed out, a
+/// pool that couldn't connect. Not a full pool (`Exhausted`: our own load) nor a closed one (our
+/// own shutdown). Retrying a request that may have reached the upstream assumes it is
+/// idempotent, as this one (a read) is; `examples/tcp_client.rs` shows how to tell "not sent"
+/// from "interrupted" when it isn't.
 fn is_upstream_failure(error: &BoxError) -> bool {
+    if let Some(pool) = error.downcast_ref::<PoolError<io::Error>>() {
+        return matches!(pool, PoolError::Unavailable { .. });
+    }
     error.is::<UpstreamFailed>()
         || error.is::<Elapsed>()
         || error.is::<io::Error>()
-        || error.is::<palisade::pool::Error<io::Error>>()
+        || error.is::<BadReply>()
 }
 
 /// The upstream answered `ERR`.
@@ -978,6 +1022,21 @@ impl Display for UpstreamFailed {
 }
 
 impl std::error::Error for UpstreamFailed {}
+
+/// The upstream's reply was not an answer to this request.
+#[derive(Debug)]
+struct BadReply(String);
+
+impl Display for BadReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unexpected reply from the upstream: {:?}", self.0)
+    }
+}
+
+impl std::error::Error for BadReply {}
+
+/// The longest reply line read: a peer that sends more is not this upstream.
+const MAX_REPLY: u64 = 64;
 
 /// A budget that counts the retries it refused (palisade-retry's `TpsBudget` inside).
 #[derive(Debug)]
@@ -1060,18 +1119,29 @@ impl Service<Job> for Upstream {
             let request = format!("REQ {} {attempt}\n", job.id);
             conn.get_mut().write_all(request.as_bytes()).await?;
             let mut reply = String::new();
-            if conn.read_line(&mut reply).await? == 0 {
+            if (&mut *conn).take(MAX_REPLY).read_line(&mut reply).await? == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the upstream closed the connection",
                 )
                 .into());
             }
-            Pooled::untaint(&mut conn);
-            if reply.starts_with("OK ") {
-                Ok(attempt)
-            } else {
-                Err(UpstreamFailed.into())
+            // Only a whole answer to this request leaves the connection fit for the next one;
+            // anything else keeps it tainted, and the pool closes it.
+            let answer = match reply.strip_suffix('\n').and_then(|r| r.split_once(' ')) {
+                Some((verdict, id)) if id == job.id.to_string() => verdict,
+                _ => return Err(BadReply(reply).into()),
+            };
+            match answer {
+                "OK" => {
+                    Pooled::untaint(&mut conn);
+                    Ok(attempt)
+                }
+                "ERR" => {
+                    Pooled::untaint(&mut conn);
+                    Err(UpstreamFailed.into())
+                }
+                _ => Err(BadReply(reply).into()),
             }
         })
     }
@@ -1088,18 +1158,20 @@ enum End {
     Overloaded,
     BreakerOpen,
     Draining,
-    Failed(BoxError),
+    Failed { error: BoxError, attempts: u32 },
 }
 
 impl End {
-    fn of(result: Result<u32, BoxError>) -> End {
+    /// `attempts`: how many attempts the request made. A request refused by the open breaker
+    /// after an attempt had already failed is a failure, not a fast refusal.
+    fn of(result: Result<u32, BoxError>, attempts: u32) -> End {
         match result {
             Ok(attempts) => End::Ok { attempts },
             Err(e) if e.is::<RateLimited>() => End::RateLimited,
             Err(e) if e.is::<Overloaded>() => End::Overloaded,
-            Err(e) if e.is::<BreakerOpen>() => End::BreakerOpen,
+            Err(e) if e.is::<BreakerOpen>() && attempts == 0 => End::BreakerOpen,
             Err(e) if e.is::<Draining>() => End::Draining,
-            Err(e) => End::Failed(e),
+            Err(e) => End::Failed { error: e, attempts },
         }
     }
 }
@@ -1167,6 +1239,7 @@ impl Tally {
 
     fn record(&self, scene: Scene, id: u64, end: End, say: &Narration) {
         let tally = &self.scenes[scene.index()];
+        let per_scene = matches!(end, End::Failed { .. });
         let (counter, first) = match end {
             End::Ok { attempts } => {
                 if attempts > 1 {
@@ -1188,27 +1261,33 @@ impl Tally {
                     1,
                     "bulkhead",
                     format!(
-                        "{CONCURRENCY} in flight and the queue full: refusing what can't start within {} ms",
+                        "all {CONCURRENCY} slots busy: a request waits up to {} ms, then is refused",
                         QUEUE_WAIT.as_millis()
                     ),
                 )),
             ),
             End::BreakerOpen => (&tally.breaker_open, None),
             End::Draining => (&tally.draining, None),
-            End::Failed(error) => (
+            End::Failed { error, attempts } => (
                 &tally.failed,
                 Some((
                     2,
                     "retry",
-                    format!(
-                        "request {id} failed for good (no attempt left, or no budget): {error}"
-                    ),
+                    if error.is::<BreakerOpen>() {
+                        format!("request {id} failed, then the breaker refused its retry")
+                    } else if attempts < ATTEMPTS {
+                        format!("request {id} failed, no retry budget left: {error}")
+                    } else {
+                        format!("request {id} failed {attempts} times: {error}")
+                    },
                 )),
             ),
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        // The first refusal of each kind is told once; the first failure once per scene.
+        let once = if per_scene { scene.index() } else { 0 };
         if let Some((kind, who, what)) = first
-            && !self.told[scene.index()][kind].swap(true, Ordering::Relaxed)
+            && !self.told[once][kind].swap(true, Ordering::Relaxed)
         {
             say.event(who, what);
         }
@@ -1257,9 +1336,13 @@ where
             id,
             attempts: Arc::new(AtomicU32::new(0)),
         };
+        let attempts = job.attempts.clone();
         let call = service.clone().oneshot(job);
         let (tally, say) = (tally.clone(), say.clone());
-        requests.spawn(async move { tally.record(scene, id, End::of(call.await), &say) });
+        requests.spawn(async move {
+            let end = End::of(call.await, attempts.load(Ordering::Relaxed));
+            tally.record(scene, id, end, &say);
+        });
     }
     // The drain waits for the requests in flight; this waits for them to be counted too.
     while requests.join_next().await.is_some() {}
@@ -1271,8 +1354,7 @@ where
 // ------------------------------------------------------------------------------------------
 
 enum Line {
-    Scene(String),
-    Event(String),
+    Text(String),
     Stop,
 }
 
@@ -1297,14 +1379,14 @@ impl Narration {
         let at = self.elapsed().as_secs_f64();
         let _ = self
             .lines
-            .send(Line::Scene(format!("{at:>6.1} s  == {name}: {what}")));
+            .send(Line::Text(format!("{at:>6.1} s  == {name} == {what}")));
     }
 
     fn event(&self, who: &str, what: impl Display) {
         let at = self.elapsed().as_secs_f64();
         let _ = self
             .lines
-            .send(Line::Event(format!("{at:>6.1} s     {who:<10} {what}")));
+            .send(Line::Text(format!("{at:>6.1} s     {who:<11}{what}")));
     }
 
     fn stop(&self) {
@@ -1323,7 +1405,8 @@ struct Live {
 }
 
 impl Live {
-    fn line(&self) -> String {
+    /// Two lines: the requests, then the layers.
+    fn lines(&self) -> (String, String) {
         let elapsed = self.script.elapsed();
         let scene = if elapsed >= self.script.run {
             "shutdown"
@@ -1336,55 +1419,60 @@ impl Live {
             ConnectionState::Closed(_) => "closed",
             _ => "down",
         };
-        format!(
-            "{:>6.1} s  {scene:<8}  ok {}/{}  refused {}  failed {}  | upstream {}/s  breaker {}  pool {}  feed {feed}",
+        let requests = format!(
+            "{:>6.1} s  {scene:<8}  requests {}: {} ok, {} refused, {} failed",
             elapsed.as_secs_f64(),
-            t.total(|s| SceneTally::get(&s.ok)),
             t.total(|s| SceneTally::get(&s.sent)),
+            t.total(|s| SceneTally::get(&s.ok)),
             t.total(SceneTally::refused),
             t.total(|s| SceneTally::get(&s.failed)),
+        );
+        let layers = format!(
+            "upstream {} attempts/s | breaker {} | pool {} open | feed {feed}",
             self.upstream.last_second(elapsed),
             self.breaker.state(),
             self.pool.metrics().size,
-        )
+        );
+        (requests, layers)
     }
 }
 
-/// Prints the scenes and events as they come, and the live line: redrawn in place ten times a
-/// second on a terminal, once a second otherwise (a log).
+/// Prints the scenes and events as they come, and the live lines: redrawn in place ten times a
+/// second on a terminal, once a second otherwise (a log, where they make one line).
 async fn narrate(mut lines: mpsc::UnboundedReceiver<Line>, live: Live) {
+    // Back to the start of the live lines, both erased.
+    const ERASE: &str = "\r\x1b[2K\x1b[1A\x1b[2K";
     let tty = io::stdout().is_terminal();
     let mut tick = tokio::time::interval(if tty { ms(100) } else { Duration::from_secs(1) });
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut out = io::stdout();
+    let mut drawn = false;
     loop {
-        tokio::select! {
-            line = lines.recv() => {
-                let text = match line {
-                    Some(Line::Scene(text) | Line::Event(text)) => text,
-                    Some(Line::Stop) | None => break,
-                };
-                if tty {
-                    let _ = write!(out, "\r\x1b[2K{text}\n{}", live.line());
-                } else {
-                    let _ = writeln!(out, "{text}");
-                }
-            }
-            _ = tick.tick() => {
-                if tty {
-                    let _ = write!(out, "\r\x1b[2K{}", live.line());
-                } else {
-                    let _ = writeln!(out, "{}", live.line());
-                }
-            }
+        let text = tokio::select! {
+            line = lines.recv() => match line {
+                Some(Line::Text(text)) => Some(text),
+                Some(Line::Stop) | None => break,
+            },
+            _ = tick.tick() => None,
+        };
+        let (requests, layers) = live.lines();
+        if tty {
+            let erase = if drawn { ERASE } else { "" };
+            let text = text.map(|text| text + "\n").unwrap_or_default();
+            let _ = write!(out, "{erase}{text}{requests}\n           {layers}");
+            drawn = true;
+        } else if let Some(text) = text {
+            let _ = writeln!(out, "{text}");
+        } else {
+            let _ = writeln!(out, "{requests}\n           {layers}");
         }
         let _ = out.flush();
     }
-    if tty {
-        let _ = write!(out, "\r\x1b[2K");
+    let (requests, layers) = live.lines();
+    if tty && drawn {
+        let _ = write!(out, "{ERASE}");
     }
-    let _ = writeln!(out, "{}", live.line());
-    let _ = writeln!(out);
+    let _ = writeln!(out, "{requests}\n           {layers}\n");
     let _ = out.flush();
 }
 
@@ -1468,21 +1556,33 @@ impl RunReport<'_> {
             percent(failed, attempts)
         );
         println!(
-            "saw {} of the {} requests the layers let through succeed. And it never saw more than",
+            "saw {} of the {} requests the layers let through succeed. Of all {} requests sent",
             percent(ok, sent - refused),
-            sent - refused
+            sent - refused,
+            self.sent
+        );
+        let all_ok = self.tally().total(|s| get(&s.ok));
+        let all_failed = self.tally().total(|s| get(&s.failed));
+        println!(
+            "(the outage included), {} succeeded, {} were refused at once and {} failed.",
+            percent(all_ok, self.sent),
+            percent(self.sent - all_ok - all_failed, self.sent),
+            percent(all_failed, self.sent)
         );
         println!(
-            "{} attempts in a second, though the callers sent up to {} requests a second and each",
+            "And the upstream never saw more than {} attempts in a second, though the callers",
             self.upstream.peak_second(Duration::ZERO, self.script.run),
+        );
+        println!(
+            "sent up to {} requests a second and each may take {ATTEMPTS} attempts: the rate limit",
             Scene::Surge.offered()
         );
         println!(
-            "may take {ATTEMPTS} attempts: the rate limit ({RATE}/s, burst {BURST}) and the retry budget ({:.0}%",
+            "({RATE}/s, burst {BURST}) and the retry budget ({:.0}% + {RETRY_FLOOR}/s) hold it to roughly",
             RETRY_RATIO * 100.0
         );
         println!(
-            "+ {RETRY_FLOOR}/s) keep it under about ({RATE} + {BURST}) x {:.1} + {RETRY_FLOOR} = {:.0} a second.",
+            "({RATE} + {BURST}) x {:.1} + {RETRY_FLOOR} = {:.0} a second.",
             1.0 + RETRY_RATIO,
             f64::from(RATE + BURST) * (1.0 + RETRY_RATIO) + f64::from(RETRY_FLOOR)
         );
@@ -1501,15 +1601,16 @@ impl RunReport<'_> {
             "A GCRA limiter, one atomic word: {RATE} requests a second with a burst of {BURST}. In the"
         );
         println!(
-            "surge the callers sent {} requests in {}: it let {admitted} through ({:.0} a second)",
+            "surge the callers sent {} requests in {}: it let {admitted} through ({:.0} a second:",
             get(&surge.sent),
             human(surge_for),
             admitted as f64 / surge_for.as_secs_f64()
         );
         println!(
-            "and refused {} at once, each with the time it would fit (a retry-after). A check",
+            "the rate and the burst of {BURST}) and refused {} at once, each with the time it would",
             get(&surge.rate_limited),
         );
+        println!("fit (a retry-after). A check");
         println!(
             "costs {} of CPU{}. It sits outside the retry, so retries never spend the quota.",
             human(rate_limit_check_cost()),
@@ -1534,11 +1635,11 @@ impl RunReport<'_> {
             "upstream slowed down, a request held its slot for 150-350 ms and the slots ran out:"
         );
         println!(
-            "{} requests of the slow scene were refused at once instead of queueing behind",
+            "{} requests of the slow scene were refused fast instead of queueing behind the",
             get(&slow.overloaded)
         );
         println!(
-            "the slow ones ({} with the queue full, {} that waited the {} ms out). Attempts in",
+            "slow ones ({} at once with the queue full, {} after waiting the {} ms out). Attempts in",
             bulkhead.rejected_queue_full,
             bulkhead.rejected_timed_out,
             QUEUE_WAIT.as_millis()
@@ -1568,24 +1669,23 @@ impl RunReport<'_> {
             "only what another attempt may fix: an ERR, a broken connection, a timeout, never an"
         );
         println!(
-            "open breaker's refusal. The budget refused {} retries, most when the outage began:",
+            "open breaker's refusal. The budget refused {} retries: those callers got the real",
             get(&self.client.budget.denied)
         );
-        println!(
-            "those callers got the real error at once, and the dead upstream got no retry storm."
-        );
+        println!("error at once, and a failing upstream never gets a retry storm.");
         println!();
 
         heading("Chapter 5 - circuit breaker (palisade-breaker)");
         let breaker = self.client.breaker.metrics();
         println!(
-            "Trips when half of the last 40 attempts failed (20 at least), stays open {}, then",
+            "Trips when half of about the last 40 attempts failed (20 at least), stays open {},",
             human(open_for(self.script.run))
         );
         println!(
-            "twice that, up to {} while the probes keep failing, and closes when they succeed. Its",
-            human(open_for(self.script.run) * 4)
+            "then {} each time its 3 probes fail (2 failures re-open it), and closes when 2 of",
+            human(open_for(self.script.run) * 2)
         );
+        println!("them succeed. Its");
         println!("transitions in this run:");
         for line in self.client.transitions.lock().iter() {
             println!("  {line}");
@@ -1602,11 +1702,11 @@ impl RunReport<'_> {
 
         heading("Chapter 6 - connection pool (palisade-pool)");
         let pool = self.client.pool.metrics();
+        let after_outage = pool.created - self.created_before_outage.min(pool.created);
         println!(
-            "Up to {CONCURRENCY} TCP connections, {} created: {} before the outage, {} after it.",
+            "Up to {CONCURRENCY} TCP connections, {} created: {} before the outage, {after_outage} after it.",
             pool.created,
-            self.created_before_outage,
-            pool.created - self.created_before_outage
+            pool.created - after_outage,
         );
         println!(
             "{} were dropped tainted: an attempt ended mid-request (a late answer cut by the",
@@ -1637,7 +1737,7 @@ impl RunReport<'_> {
             get(&self.feed.lost)
         );
         println!(
-            "then it reconnected {} time(s), backing off from 50 ms (x 1.6, up to 500 ms, +/- 20%),",
+            "then it reconnected ({} in all), backing off from 50 ms (x 1.6, up to 500 ms, +/- 20%),",
             get(&self.feed.reconnects)
         );
         println!(
@@ -1721,7 +1821,7 @@ impl RunReport<'_> {
                 dash.clone(),
                 get(&t.pool_refused).to_string(),
                 dash.clone(),
-                (pool.created - self.created_before_outage).to_string(),
+                (pool.created - self.created_before_outage.min(pool.created)).to_string(),
             ],
         );
         row(
@@ -1792,12 +1892,14 @@ impl RunReport<'_> {
                 get(&scene(Scene::Slow).overloaded) > 0,
                 "the bulkhead sheds load while the upstream is slow".to_string(),
             );
+            let recovery = self.script.start_of(Scene::Recovery);
+            let closed_at = Duration::from_millis(get(&self.client.closed_at));
             check(
-                get_u32(&self.client.trips) > 0 && self.client.breaker.state() == State::Closed,
+                get_u32(&self.client.trips) > 0 && closed_at >= recovery,
                 format!(
-                    "the breaker trips in the outage and closes after it: {} trips, now {}",
+                    "the breaker trips in the outage and closes after it: {} trips, last closed at {}",
                     get_u32(&self.client.trips),
-                    self.client.breaker.state()
+                    human(closed_at)
                 ),
             );
             check(
@@ -1865,14 +1967,15 @@ fn chapter_time() {
     .join()
     .expect("the paused runtime ran");
     println!("Every layer above read the time from a FastClock: the CPU's time-stamp counter,");
-    println!(
-        "calibrated once against the OS clock. A read took {} here (std's Instant::now: {}){}",
-        human(fast_read),
-        human(std_read),
-        if cfg!(debug_assertions) { ";" } else { "." }
-    );
     if cfg!(debug_assertions) {
-        println!("this is a debug build: docs/benchmarks.md has criterion's release numbers.");
+        println!("calibrated once against the OS clock (docs/benchmarks.md compares it with std's");
+        println!("Instant::now; this debug build would only time its own overhead).");
+    } else {
+        println!(
+            "calibrated once against the OS clock. A read took {} here (std's Instant::now: {}).",
+            human(fast_read),
+            human(std_read),
+        );
     }
     println!(
         "Each layer takes its clock as a parameter, so tests drive them with a ManualClock or"
