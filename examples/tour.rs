@@ -824,6 +824,16 @@ impl Client {
             // shows up as failures the breaker counts, not as attempts piling up.
             .acquire_timeout(ms(50))
             .connect_timeout(ms(100))
+            // While the upstream is down, the pool retries connects on this schedule (never in a
+            // storm); capped at 500 ms, it finds the upstream back within half a second. (The
+            // default grows to 10 s: the breaker's probes would fail on the pool's wait.)
+            .connect_backoff(
+                Backoff::exponential(ms(50))
+                    .multiplier(1.6)
+                    .max_delay(ms(500))
+                    .jitter(Jitter::Proportional(0.2))
+                    .build()?,
+            )
             // A connection out longer than this is reported (and counted) as a suspected leak.
             .leak_detection(Some(Duration::from_secs(2)))
             .build()?;
