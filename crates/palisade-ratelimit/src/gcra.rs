@@ -10,8 +10,8 @@ use std::cmp;
 use palisade_core::sync::Mutex;
 use palisade_core::sync::atomic::{AtomicU64, Ordering};
 
+use crate::algorithm::Algorithm;
 use crate::algorithm::private::{Core, Op};
-use crate::algorithm::{Algorithm, update_word};
 use crate::decision::{Decision, Outcome};
 use crate::error::{ConfigError, InsufficientCapacity};
 use crate::quota::Quota;
@@ -63,9 +63,10 @@ impl Params {
     }
 }
 
-/// One GCRA step: the decision and, when the state changes, the new TAT.
+/// One GCRA step: the decision and the TAT the state moves to if the step takes the cells
+/// (see [`takes`]).
 #[inline]
-pub(crate) fn step(p: Params, tat: u64, now: u64, cost: u64, op: Op) -> (Decision, Option<u64>) {
+pub(crate) fn step(p: Params, tat: u64, now: u64, cost: u64, op: Op) -> (Decision, u64) {
     let start = cmp::max(tat, now);
     let new_tat = start + cost;
     let ahead = new_tat - now;
@@ -85,17 +86,54 @@ pub(crate) fn step(p: Params, tat: u64, now: u64, cost: u64, op: Op) -> (Decisio
         reset_after: start - now,
         retry_after: wait,
     };
-    match op {
-        Op::Check if ahead <= p.tau => (allowed(p.tau - ahead, 0), Some(new_tat)),
-        Op::Peek if ahead <= p.tau => (allowed(p.tau - ahead, 0), None),
-        Op::Check | Op::Peek => (limited(ahead - p.tau), None),
+    let decision = match op {
+        Op::Check | Op::Peek if ahead <= p.tau => allowed(p.tau - ahead, 0),
+        Op::Check | Op::Peek => limited(ahead - p.tau),
         Op::Reserve { max_wait } => {
             let wait = ahead.saturating_sub(p.tau);
             if wait <= max_wait && new_tat <= TAT_MASK {
-                (allowed(p.tau.saturating_sub(ahead), wait), Some(new_tat))
+                allowed(p.tau.saturating_sub(ahead), wait)
             } else {
-                (limited(wait), None)
+                limited(wait)
             }
+        }
+    };
+    (decision, new_tat)
+}
+
+/// Whether a step that decided `decision` takes the cells: every allowed check or reservation
+/// does, a peek never.
+#[inline]
+pub(crate) fn takes(decision: &Decision, op: Op) -> bool {
+    decision.is_allowed() && op != Op::Peek
+}
+
+/// Steps the TAT in the low [`TAT_BITS`] of `state` (the bits above are kept) until the
+/// compare-exchange lands or the step takes nothing. `params` names the quota a word is kept
+/// under.
+///
+/// Written out rather than through [`update_word`](crate::algorithm::update_word)'s closure: the compiler then keeps the new
+/// word in a register on the way to the compare-exchange.
+#[inline(always)]
+fn run(
+    state: &AtomicU64,
+    now: u64,
+    n: u32,
+    op: Op,
+    params: impl Fn(u64) -> Params,
+) -> Result<Decision, InsufficientCapacity> {
+    // Acquire: a direct limiter's step reads the quota slot its word names.
+    let mut word = state.load(Ordering::Acquire);
+    loop {
+        let p = params(word);
+        let (decision, tat) = step(p, word & TAT_MASK, now, p.cost(n)?, op);
+        if !takes(&decision, op) {
+            return Ok(decision);
+        }
+        let new = (word & !TAT_MASK) | tat;
+        match state.compare_exchange_weak(word, new, Ordering::Relaxed, Ordering::Acquire) {
+            Ok(_) => return Ok(decision),
+            Err(actual) => word = actual,
         }
     }
 }
@@ -161,8 +199,7 @@ impl Core for Quota {
         op: Op,
     ) -> Result<Decision, InsufficientCapacity> {
         let p = Params::of(self);
-        let cost = p.cost(n)?;
-        update_word(state, |tat| Ok(step(p, tat, now, cost, op)))
+        run(state, now, n, op, |_| p)
     }
 
     fn refund(&self, state: &AtomicU64, now: u64, n: u32) {
@@ -238,9 +275,19 @@ impl Core for Quota {
 /// quota its TAT is kept under: its compare-exchange fails if the word changed generation after
 /// it was loaded. (A slot is rewritten only 16 changes later, so a check would have to be
 /// stalled across 16 quota changes, and find the same TAT after them, to mix two quotas.)
+///
+/// The newest quota is also kept in `interval` and `tau`, each tagged with its generation in the
+/// same high 4 bits as the word. A check loads them beside the word, not after it: when both
+/// tags match the word's generation they are that generation's numbers, and the slot is read
+/// only when they don't (while a change is under way). Reading the slot after the word would put
+/// two dependent loads before every compare-exchange.
 #[derive(Debug)]
 pub struct GcraDirect {
     word: AtomicU64,
+    /// The newest generation's `T`, tagged with that generation.
+    interval: AtomicU64,
+    /// The newest generation's `τ`, tagged with that generation.
+    tau: AtomicU64,
     slots: [Slot; GENERATIONS],
     /// Serialises quota changes (checks never take it).
     writer: Mutex<()>,
@@ -258,14 +305,31 @@ impl GcraDirect {
             interval: AtomicU64::new(quota.interval_ns),
             tau: AtomicU64::new(0),
         });
+        let p = Params::of(&quota);
         let direct = GcraDirect {
             word: AtomicU64::new(0),
+            interval: AtomicU64::new(p.interval),
+            tau: AtomicU64::new(p.tau),
             slots,
             writer: Mutex::new(()),
         };
-        let p = Params::of(&quota);
         direct.slots[0].tau.store(p.tau, Ordering::Relaxed);
         direct
+    }
+
+    /// The quota `word` is kept under: `tagged` (the newest quota's tagged `T` and `τ`, loaded
+    /// beside the word) when both tags name the word's generation, else the generation's slot.
+    #[inline]
+    fn params_tagged(&self, word: u64, tagged: (u64, u64)) -> Params {
+        let (interval, tau) = tagged;
+        if ((word ^ interval) | (word ^ tau)) >> TAT_BITS == 0 {
+            Params {
+                interval: interval & TAT_MASK,
+                tau: tau & TAT_MASK,
+            }
+        } else {
+            self.params(word)
+        }
     }
 
     #[inline]
@@ -284,11 +348,15 @@ impl GcraDirect {
 
     #[inline]
     fn step(&self, now: u64, n: u32, op: Op) -> Result<Decision, InsufficientCapacity> {
+        // Loaded before the word, so they don't wait for it; a stale pair only sends the check
+        // to the slot.
+        let tagged = (
+            self.interval.load(Ordering::Relaxed),
+            self.tau.load(Ordering::Relaxed),
+        );
         // The slot of the generation a word names was written before the word named it.
-        update_word(&self.word, |word| {
-            let p = self.params(word);
-            let (decision, tat) = step(p, word & TAT_MASK, now, p.cost(n)?, op);
-            Ok((decision, tat.map(|tat| (word & !TAT_MASK) | tat)))
+        run(&self.word, now, n, op, |word| {
+            self.params_tagged(word, tagged)
         })
     }
 
@@ -318,6 +386,9 @@ impl GcraDirect {
             .interval
             .store(to.interval, Ordering::Relaxed);
         self.slots[next].tau.store(to.tau, Ordering::Relaxed);
+        let tag = (next as u64) << TAT_BITS;
+        self.interval.store(tag | to.interval, Ordering::Relaxed);
+        self.tau.store(tag | to.tau, Ordering::Relaxed);
         let from = self.params(word);
         // Release: a check that loads the new generation sees its slot.
         let _ = self
