@@ -83,7 +83,8 @@ pub(crate) mod private {
 /// Steps a one-word state until its compare-exchange lands or the step writes nothing.
 ///
 /// `step` maps the word it is given to a decision and, if the state changes, the new word.
-/// Loads are `Acquire` so that a direct GCRA limiter's step sees the quota slot its word names.
+/// Loads are `Acquire`, so a step sees whatever was written before the word it is given. (GCRA
+/// has its own copy of this loop, `gcra::run`, written out for speed.)
 #[inline]
 pub(crate) fn update_word<E>(
     state: &AtomicU64,

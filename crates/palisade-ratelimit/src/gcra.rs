@@ -112,8 +112,8 @@ pub(crate) fn takes(decision: &Decision, op: Op) -> bool {
 /// compare-exchange lands or the step takes nothing. `params` names the quota a word is kept
 /// under.
 ///
-/// Written out rather than through [`update_word`](crate::algorithm::update_word)'s closure: the compiler then keeps the new
-/// word in a register on the way to the compare-exchange.
+/// Written out rather than through [`update_word`](crate::algorithm::update_word)'s closure:
+/// the compiler then keeps the new word in a register on the way to the compare-exchange.
 #[inline(always)]
 fn run(
     state: &AtomicU64,
@@ -277,10 +277,14 @@ impl Core for Quota {
 /// stalled across 16 quota changes, and find the same TAT after them, to mix two quotas.)
 ///
 /// The newest quota is also kept in `interval` and `tau`, each tagged with its generation in the
-/// same high 4 bits as the word. A check loads them beside the word, not after it: when both
-/// tags match the word's generation they are that generation's numbers, and the slot is read
-/// only when they don't (while a change is under way). Reading the slot after the word would put
-/// two dependent loads before every compare-exchange.
+/// same high 4 bits as the word. A check loads them after the word (so they are at least as new
+/// as the change that gave the word its generation, which wrote them first), again on every
+/// retry, and uses them when both tags match the word's generation; the slot is read only when
+/// they don't (while a change is under way). Their addresses don't depend on the word, so the
+/// CPU loads them alongside it; reading the slot the word names would put a load that waits for
+/// the word before every compare-exchange. The same 16-change caveat holds: a check stalled
+/// across 16 changes could read the pair of a later generation with the same tag, and its
+/// compare-exchange then lands only if it finds the same word.
 #[derive(Debug)]
 pub struct GcraDirect {
     word: AtomicU64,
@@ -317,11 +321,13 @@ impl GcraDirect {
         direct
     }
 
-    /// The quota `word` is kept under: `tagged` (the newest quota's tagged `T` and `τ`, loaded
-    /// beside the word) when both tags name the word's generation, else the generation's slot.
+    /// The quota `word` is kept under: the newest quota's tagged `T` and `τ` when both tags name
+    /// the word's generation, else the generation's slot. `word` must have been loaded with
+    /// `Acquire` before this call.
     #[inline]
-    fn params_tagged(&self, word: u64, tagged: (u64, u64)) -> Params {
-        let (interval, tau) = tagged;
+    fn params_tagged(&self, word: u64) -> Params {
+        let interval = self.interval.load(Ordering::Relaxed);
+        let tau = self.tau.load(Ordering::Relaxed);
         if ((word ^ interval) | (word ^ tau)) >> TAT_BITS == 0 {
             Params {
                 interval: interval & TAT_MASK,
@@ -348,16 +354,9 @@ impl GcraDirect {
 
     #[inline]
     fn step(&self, now: u64, n: u32, op: Op) -> Result<Decision, InsufficientCapacity> {
-        // Loaded before the word, so they don't wait for it; a stale pair only sends the check
-        // to the slot.
-        let tagged = (
-            self.interval.load(Ordering::Relaxed),
-            self.tau.load(Ordering::Relaxed),
-        );
-        // The slot of the generation a word names was written before the word named it.
-        run(&self.word, now, n, op, |word| {
-            self.params_tagged(word, tagged)
-        })
+        // The pair and the slot of the generation a word names were written before the word
+        // named it, and `run` loads the word with `Acquire`.
+        run(&self.word, now, n, op, |word| self.params_tagged(word))
     }
 
     /// A refund, or with `end` the undoing of a reservation that ended there.
