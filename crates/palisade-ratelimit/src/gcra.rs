@@ -398,3 +398,52 @@ impl GcraDirect {
             });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The longest quota there is: one cell per 2⁵² ns, burst 1.
+    const LONGEST: Params = Params {
+        interval: MAX_TAU,
+        tau: MAX_TAU,
+    };
+
+    #[test]
+    fn a_reservation_that_would_leave_the_tats_60_bits_is_refused_and_takes_nothing() {
+        let reserve = Op::Reserve { max_wait: u64::MAX };
+        // The last reservation that still fits the 60 bits is taken...
+        let tat = TAT_MASK - MAX_TAU;
+        let (decision, new_tat) = step(LONGEST, tat, 0, MAX_TAU, reserve);
+        assert!(takes(&decision, reserve));
+        assert_eq!(new_tat, TAT_MASK);
+        // ...and the next one is refused, so the bits above (a direct limiter's generation)
+        // are never written into.
+        let (decision, _) = step(LONGEST, TAT_MASK, 0, MAX_TAU, reserve);
+        assert!(!decision.is_allowed());
+        assert!(!takes(&decision, reserve));
+    }
+
+    #[test]
+    fn a_refused_reservation_on_a_direct_limiter_keeps_its_generation() {
+        let direct = GcraDirect::new(
+            Quota::with_interval(std::time::Duration::from_nanos(MAX_TAU)).burst(1),
+        );
+        // One quota change, so the word's generation bits are not all zero.
+        direct.set(
+            Quota::with_interval(std::time::Duration::from_nanos(MAX_TAU)).burst(1),
+            0,
+        );
+        let generation = direct.word.load(Ordering::Relaxed) >> TAT_BITS;
+        assert_eq!(generation, 1);
+        let reserve = Op::Reserve { max_wait: u64::MAX };
+        let mut taken = 0u64;
+        while direct.step(0, 1, reserve).unwrap().is_allowed() {
+            taken += 1;
+            assert!(taken <= 1 << (TAT_BITS - 52), "reservations never stopped");
+        }
+        // The 60 bits hold at most 2⁶⁰ − 1 ns, 255 steps of 2⁵².
+        assert_eq!(taken, (1 << (TAT_BITS - 52)) - 1);
+        assert_eq!(direct.word.load(Ordering::Relaxed) >> TAT_BITS, generation);
+    }
+}
