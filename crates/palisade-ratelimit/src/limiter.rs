@@ -115,10 +115,23 @@ pub(crate) fn check_jitter(jitter: Duration) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Nanoseconds since `base`, saturating at [`MAX_NOW`] (18 years).
+/// Nanoseconds since `base`, saturating at 0 (a reading behind `base`, from a core whose
+/// counter trails) and at [`MAX_NOW`] (18 years).
+///
+/// Both ends are one predicted branch to a cold path, not selects: a select puts two more
+/// instructions between the clock and the compare-exchange on every check (measured about
+/// 0.3 ns on the direct check). A reading behind `base` wraps past [`MAX_NOW`] and takes the
+/// cold path, unless it is more than 2⁶⁴ − 2⁵⁹ ns behind (no clock that keeps
+/// [`Clock`]'s contract is); the result is at most [`MAX_NOW`] either way.
 #[inline]
 pub(crate) fn since(clock: &impl Clock, base: u64) -> u64 {
-    clock.now().as_nanos().saturating_sub(base).min(MAX_NOW)
+    let now = clock.now().as_nanos();
+    let t = now.wrapping_sub(base);
+    if t > MAX_NOW {
+        std::hint::cold_path();
+        return if now < base { 0 } else { MAX_NOW };
+    }
+    t
 }
 
 impl<A: Algorithm, C: Clock> RateLimiter<A, C> {
@@ -312,5 +325,36 @@ impl<A: Algorithm, C: Clock> fmt::Debug for Reservation<'_, A, C> {
             .field("wait", &self.wait)
             .field("armed", &self.armed)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use palisade_core::Instant;
+
+    use super::*;
+
+    /// A clock frozen at one reading.
+    #[derive(Clone, Debug)]
+    struct At(u64);
+
+    impl Clock for At {
+        fn now(&self) -> Instant {
+            Instant::from_nanos(self.0)
+        }
+    }
+
+    #[test]
+    fn since_counts_from_the_base_and_saturates_at_both_ends() {
+        let base = 1_000;
+        assert_eq!(since(&At(1_500), base), 500);
+        assert_eq!(since(&At(base), base), 0);
+        // A reading behind the base (another core's counter) is the base, never a wrap.
+        assert_eq!(since(&At(999), base), 0);
+        assert_eq!(since(&At(0), base), 0);
+        assert_eq!(since(&At(base + MAX_NOW), base), MAX_NOW);
+        assert_eq!(since(&At(base + MAX_NOW + 1), base), MAX_NOW);
+        assert_eq!(since(&At(u64::MAX), base), MAX_NOW);
+        assert_eq!(since(&At(u64::MAX), 0), MAX_NOW);
     }
 }

@@ -1,12 +1,13 @@
 //! The GCRA `RateLimiter` over its public API, driven by a manual clock: quotas and their
 //! validation, exact bursts and spacing, the numbers a `Decision` reports, `check_n`, `peek`,
-//! `refund`, runtime quota changes, and the `Send + Sync` of the public types.
+//! `refund`, runtime quota changes, a clock that reads behind the limiter's creation or past
+//! its 18 years, and the `Send + Sync` of the public types.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use palisade_core::{FastClock, ManualClock};
+use palisade_core::{Clock, FastClock, Instant, ManualClock};
 use palisade_ratelimit::{
     ConfigError, Decision, InsufficientCapacity, KeyedMetrics, KeyedRateLimiter,
     KeyedRateLimiterBuilder, MAX_REPLENISH, MultiGcra, Quota, RateLimited, RateLimiter,
@@ -474,6 +475,57 @@ fn a_limiter_can_start_on_a_clock_that_is_not_at_zero() {
     assert_eq!(refused(l.check()).retry_after(), Some(ms(500)));
     clock.advance(ms(500));
     allowed(l.check());
+}
+
+/// A clock set by hand to any reading, earlier ones included: a core whose counter trails the
+/// one that created the limiter (which `FastClock`'s contract allows by a few nanoseconds).
+#[derive(Clone, Debug, Default)]
+struct SetClock(Arc<AtomicU64>);
+
+impl SetClock {
+    fn set(&self, nanos: u64) {
+        self.0.store(nanos, Ordering::Relaxed);
+    }
+}
+
+impl Clock for SetClock {
+    fn now(&self) -> Instant {
+        Instant::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+}
+
+#[test]
+fn a_reading_behind_the_limiters_creation_counts_as_its_creation() {
+    let clock = SetClock::default();
+    clock.set(1_000_000);
+    let l = RateLimiter::builder(Quota::per_second(2))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    clock.set(999_990);
+    assert_eq!(allowed(l.check()).remaining(), 1);
+    clock.set(1_000_000);
+    assert_eq!(allowed(l.check()).remaining(), 0);
+    assert_eq!(refused(l.check()).retry_after(), Some(ms(500)));
+}
+
+#[test]
+fn a_limiter_stops_its_clock_after_18_years_and_keeps_working() {
+    // 2^59 ns is about 18.3 years; 40 years would not fit the state word's 60 bits of TAT.
+    let (l, clock) = limiter(Quota::per_second(2));
+    assert_eq!(allowed(l.check_n(2).unwrap()).remaining(), 0);
+    clock.advance(Duration::from_secs(40 * 365 * 86_400));
+    // Long past the 2 cells' replenishment: full again.
+    assert_eq!(allowed(l.check_n(2).unwrap()).remaining(), 0);
+    let d = refused(l.check());
+    assert_eq!(d.retry_after(), Some(ms(500)));
+    // Time has stopped: nothing refills, and the state (its quota generation included) is
+    // intact for a quota change, which carries the used cells over.
+    clock.advance(Duration::from_secs(1));
+    refused(l.check());
+    l.set_quota(Quota::per_second(2).burst(3)).unwrap();
+    assert_eq!(allowed(l.check()).remaining(), 0);
+    refused(l.check());
 }
 
 #[test]
