@@ -119,10 +119,10 @@ pub(crate) fn check_jitter(jitter: Duration) -> Result<(), ConfigError> {
 /// counter trails) and at [`MAX_NOW`] (18 years).
 ///
 /// Both ends are one predicted branch to a cold path, not selects: a select puts two more
-/// instructions between the clock and the compare-exchange on every check (measured about
-/// 0.3 ns on the direct check). A reading behind `base` wraps past [`MAX_NOW`] and takes the
-/// cold path, unless it is more than 2⁶⁴ − 2⁵⁹ ns behind (no clock that keeps
-/// [`Clock`]'s contract is); the result is at most [`MAX_NOW`] either way.
+/// instructions between the clock and the compare-exchange on every check (the branch measured
+/// about 0.5 ns faster on the direct check, in interleaved runs). A reading behind `base` wraps
+/// past [`MAX_NOW`] and takes the cold path, unless it is at least 2⁶⁴ − 2⁵⁹ ns behind (no
+/// clock that keeps [`Clock`]'s contract is); the result is at most [`MAX_NOW`] either way.
 #[inline]
 pub(crate) fn since(clock: &impl Clock, base: u64) -> u64 {
     let now = clock.now().as_nanos();
@@ -356,5 +356,7 @@ mod tests {
         assert_eq!(since(&At(base + MAX_NOW + 1), base), MAX_NOW);
         assert_eq!(since(&At(u64::MAX), base), MAX_NOW);
         assert_eq!(since(&At(u64::MAX), 0), MAX_NOW);
+        // Outside any clock's contract (566 years back), still within the limiter's range.
+        assert!(since(&At(0), u64::MAX) <= MAX_NOW);
     }
 }

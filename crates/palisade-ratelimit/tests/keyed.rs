@@ -1,6 +1,6 @@
 //! `KeyedRateLimiter` over its public API, on a manual clock: independent keys, the hard cap on
 //! keys and what a full table does (idle keys first, then `WhenFull`), `evict_idle`, `remove`,
-//! runtime quota changes and borrowed lookups.
+//! runtime quota changes, borrowed lookups, and a clock past the limiter's 18 years.
 //!
 //! Which shard a key lands in depends on the hasher. Tests that depend on it either use one
 //! shard or the `ByValue` hasher below, which puts key `s << 40 | i` in shard `s`.
@@ -526,6 +526,20 @@ fn keyed_refund_never_raises_a_key_above_full() {
     allowed(l.check_n("a", 4).unwrap());
     l.refund("a", 100);
     assert_eq!(allowed(l.check_n("a", 10).unwrap()).remaining(), 0);
+    refused(l.check("a"));
+}
+
+#[test]
+fn a_key_keeps_its_limit_after_the_clock_runs_past_18_years() {
+    // 40 years would not fit a key's 60 bits of TAT: the limiter's time stops at 18.
+    let (l, clock) = one_shard(10, WhenFull::RejectNewKeys);
+    assert_eq!(allowed(l.check_n("a", 10).unwrap()).remaining(), 0);
+    clock.advance(Duration::from_secs(40 * 365 * 86_400));
+    // Long past the cells' replenishment: full again, then limited, and still limited a second
+    // later (time has stopped).
+    assert_eq!(allowed(l.check_n("a", 10).unwrap()).remaining(), 0);
+    refused(l.check("a"));
+    clock.advance(Duration::from_secs(1));
     refused(l.check("a"));
 }
 

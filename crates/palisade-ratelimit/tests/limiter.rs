@@ -1,7 +1,7 @@
-//! The GCRA `RateLimiter` over its public API, driven by a manual clock: quotas and their
-//! validation, exact bursts and spacing, the numbers a `Decision` reports, `check_n`, `peek`,
-//! `refund`, runtime quota changes, a clock that reads behind the limiter's creation or past
-//! its 18 years, and the `Send + Sync` of the public types.
+//! The GCRA `RateLimiter` over its public API, driven by a manual or a hand-set clock: quotas
+//! and their validation, exact bursts and spacing, the numbers a `Decision` reports, `check_n`,
+//! `peek`, `refund`, runtime quota changes, a clock that reads behind the limiter's creation or
+//! past its 18 years, and the `Send + Sync` of the public types.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
