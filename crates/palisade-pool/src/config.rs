@@ -63,20 +63,15 @@ impl fmt::Debug for Spawner {
 }
 
 impl Spawner {
-    /// Starts `task`; false if there is nowhere to run it.
-    pub(crate) fn spawn<F: Future<Output = ()> + Send + 'static>(&self, task: F) -> bool {
+    /// Starts `task`, or drops it unpolled if there is nowhere to run it.
+    pub(crate) fn spawn<F: Future<Output = ()> + Send + 'static>(&self, task: F) {
         match self {
-            Spawner::Tokio => match tokio::runtime::Handle::try_current() {
-                Ok(handle) => {
+            Spawner::Tokio => {
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
                     drop(handle.spawn(task));
-                    true
                 }
-                Err(_) => false,
-            },
-            Spawner::Custom(spawn) => {
-                spawn(Box::pin(task));
-                true
             }
+            Spawner::Custom(spawn) => spawn(Box::pin(task)),
         }
     }
 }

@@ -21,3 +21,6 @@ pub use crate::pool::Pool;
 pub use crate::pooled::Pooled;
 #[cfg(feature = "tower")]
 pub use crate::service::{BoxError, PoolService, ResponseFuture};
+/// The backoff schedules of [`connect_backoff`](PoolBuilder::connect_backoff), from
+/// palisade-retry.
+pub use palisade_retry::{Backoff, Jitter};

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::{Future, poll_fn};
+use std::hash::{BuildHasher, RandomState};
 use std::panic::Location;
 use std::pin::pin;
 use std::task::Poll;
@@ -9,7 +10,6 @@ use std::time::Duration;
 
 use palisade_core::sync::{Arc, Mutex};
 use palisade_core::{Clock, FastClock, Instant};
-use palisade_retry::{Backoff, Jitter};
 use tokio::sync::Notify;
 
 use crate::config::{CheckoutTest, Config, PoolBuilder};
@@ -54,8 +54,8 @@ pub(crate) struct Shared<M: Manager, C> {
     /// Notified when a connect ends and when a connection leaves the pool: what `warm_up` and
     /// `close` wait on.
     changed: Notify,
-    /// Picks each connection's lifetime within the jitter window.
-    lifetime: Option<(Duration, Backoff)>,
+    /// `max_lifetime` and the window below it each connection's lifetime ends in.
+    lifetime: Option<(Duration, Duration)>,
     /// `test_on_checkout` in nanoseconds: validate a connection known good no more recently
     /// than this (`Some(0)`: always; `None`: never).
     validate_after: Option<u64>,
@@ -77,14 +77,9 @@ impl<M: Manager, C: Clock> Pool<M, C> {
             idle_timeout: config.idle_timeout.map(nanos),
         };
         // A lifetime is `max_lifetime - u`, `u` uniform in [0, max_lifetime × jitter].
-        let lifetime = config.max_lifetime.map(|max| {
-            let span = max.mul_f64(config.max_lifetime_jitter);
-            let spread = Backoff::constant(span)
-                .jitter(Jitter::Full)
-                .build()
-                .expect("a constant backoff of at most 30 days is valid");
-            (max, spread)
-        });
+        let lifetime = config
+            .max_lifetime
+            .map(|max| (max, max.mul_f64(config.max_lifetime_jitter)));
         let validate_after = match config.test_on_checkout {
             CheckoutTest::Never => None,
             CheckoutTest::Always => Some(0),
@@ -697,6 +692,11 @@ impl<M: Manager, C: Clock> Shared<M, C> {
                 return Err(Shared::step_failed(this, check, start, *deadline, failure));
             }
         }
+        let fresh = check.live.as_ref().is_some_and(|live| !live.reused);
+        if fresh && (recycle || validate) {
+            // A new connection passed its first check: the backend works.
+            this.state.lock().proven();
+        }
         Ok(())
     }
 
@@ -792,24 +792,24 @@ impl<M: Manager, C: Clock> Shared<M, C> {
         drop(conn);
         tracing::debug!(target: "palisade_pool", reason = reason.as_str(), "connection discarded");
         let failed = failure.as_ref().is_some_and(|(_, fresh)| *fresh);
-        let (connects, failures) = {
+        let (connects, unproven) = {
             let mut state = this.state.lock();
             if let Some((failure, fresh)) = failure {
                 state.record_error(failure, fresh);
             }
-            (state.discard_out(reason, from_check), state.failures())
+            (state.discard_out(reason, from_check), state.unproven())
         };
         if failed {
-            this.back_off(failures);
+            this.back_off(unproven);
         }
         this.changed.notify_waiters();
         Shared::spawn_connects(this, connects);
     }
 
-    /// After the `failures`-th consecutive failure, no connect attempt starts before the
-    /// backoff schedule's (jittered) pause for it.
-    fn back_off(&self, failures: u32) {
-        let nth = failures.clamp(1, 32) as usize - 1;
+    /// After the `unproven`-th failure since a connection last proved the backend works, no
+    /// connect attempt starts before the backoff schedule's (jittered) pause for it.
+    fn back_off(&self, unproven: u32) {
+        let nth = unproven.clamp(1, 32) as usize - 1;
         let pause = self
             .config
             .connect_backoff
@@ -840,27 +840,30 @@ impl<M: Manager, C: Clock> Shared<M, C> {
         Shared::spawn_connects(this, connects);
     }
 
-    /// Starts `n` connect tasks whose slots the state has reserved.
+    /// Starts `n` connect tasks whose slots the state has reserved. With no runtime here (a
+    /// guard dropped after shutdown, a pool built outside one), each slot-owning future is
+    /// dropped unpolled and releases its slot, waking the longest waiter, which starts the
+    /// connect from its own runtime: every one of the `n` slots ends up connecting or free.
     pub(crate) fn spawn_connects(this: &Arc<Self>, n: usize) {
         for _ in 0..n {
-            if !this.config.spawner.spawn(connect(Arc::clone(this))) {
-                // No runtime here (a guard dropped after shutdown, say). The slot-owning
-                // future was dropped unpolled and released its slot, waking the longest
-                // waiter, which starts the connect from its own runtime.
-                return;
-            }
+            this.config.spawner.spawn(connect(Arc::clone(this)));
         }
     }
 
     fn lifetime_end(&self, created: Instant) -> Instant {
-        match &self.lifetime {
+        match self.lifetime {
             None => Instant::MAX,
-            Some((max, spread)) => {
-                let cut = spread.delays().next().unwrap_or_default();
-                created.saturating_add(max.saturating_sub(cut))
-            }
+            Some((max, span)) => created.saturating_add(max.saturating_sub(uniform_up_to(span))),
         }
     }
+}
+
+/// Uniform in `[0, span]`, drawn from std's randomly keyed hasher: a new key per call, as
+/// spreading lifetimes apart needs, without a generator to keep or seed.
+fn uniform_up_to(span: Duration) -> Duration {
+    let random = RandomState::new().hash_one(());
+    let pick = (u128::from(random) * (u128::from(nanos(span)) + 1)) >> 64;
+    Duration::from_nanos(pick as u64)
 }
 
 /// One connect task: attempts until it connects, the need goes away, or the pool closes.
@@ -901,6 +904,7 @@ impl<M: Manager, C: Clock> Drop for Reserved<M, C> {
 
 async fn connect_loop<M: Manager, C: Clock>(slot: &mut Reserved<M, C>) {
     let shared = Arc::clone(&slot.shared);
+    let mut retrying = false;
     loop {
         let pause = {
             let state = shared.state.lock();
@@ -908,8 +912,15 @@ async fn connect_loop<M: Manager, C: Clock>(slot: &mut Reserved<M, C>) {
                 .retry_at()
                 .saturating_duration_since(shared.clock.now())
         };
-        if !pause.is_zero() {
-            tokio::time::sleep(pause).await;
+        if !pause.is_zero() || retrying {
+            if pause.is_zero() {
+                // A backoff with no pause still gives the runtime a turn between attempts: a
+                // connect that fails without ever returning `Pending` would otherwise keep
+                // this task, and its worker, busy forever.
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(pause).await;
+            }
             if shared.state.lock().still_needed() == AfterFailure::GiveUp {
                 slot.armed = false;
                 shared.changed.notify_waiters();
@@ -949,19 +960,20 @@ async fn connect_loop<M: Manager, C: Clock>(slot: &mut Reserved<M, C>) {
             None => Failure::ConnectTimeout(timeout),
         };
         tracing::warn!(target: "palisade_pool", %failure, "connect failed");
-        let (after, failures) = {
+        let (after, unproven) = {
             let mut state = shared.state.lock();
             let after = state.connect_failed(failure);
             if after == AfterFailure::GiveUp {
                 slot.armed = false;
             }
-            (after, state.failures())
+            (after, state.unproven())
         };
-        // The pause for the `failures`-th consecutive failure, jittered.
-        shared.back_off(failures);
+        // The pause for the `unproven`-th failure in a row, jittered.
+        shared.back_off(unproven);
         shared.changed.notify_waiters();
         if after == AfterFailure::GiveUp {
             return;
         }
+        retrying = true;
     }
 }

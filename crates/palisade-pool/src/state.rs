@@ -224,8 +224,15 @@ pub(crate) struct State<T, E> {
     /// Of `size`, those discarded but not yet dropped: a slot is released only once its
     /// connection is closed, so the backend never sees more than `max_size` at once.
     closing: usize,
-    /// Consecutive failed connect attempts (0 once one succeeds).
+    /// Consecutive failed connect attempts and failed checks of fresh connections (0 once a
+    /// connect succeeds): whether a `get()` that times out blames the backend.
     failures: u32,
+    /// The same failures, counted since a connection last proved the backend works (it came
+    /// back after a use, passed a keepalive check, or passed its first check as a new
+    /// connection): the step of the connect backoff schedule. A connect alone does not reset
+    /// it, or a backend that accepts connections and fails every check would be probed at the
+    /// schedule's first step forever.
+    unproven: u32,
     /// No connect attempt starts before this instant: the pool-wide backoff after a failure.
     /// A connect task that starts long after the last failure does not pause at all.
     retry_at: Instant,
@@ -257,6 +264,7 @@ impl<T, E> State<T, E> {
             checking: 0,
             closing: 0,
             failures: 0,
+            unproven: 0,
             retry_at: Instant::ZERO,
             last_error: None,
             closed: false,
@@ -272,6 +280,18 @@ impl<T, E> State<T, E> {
 
     pub(crate) fn failures(&self) -> u32 {
         self.failures
+    }
+
+    /// Failures since a connection last proved the backend works: the step of the connect
+    /// backoff schedule the next pause follows.
+    pub(crate) fn unproven(&self) -> u32 {
+        self.unproven
+    }
+
+    /// A connection passed a check: the backend works, so the next failure backs off from the
+    /// schedule's first step again.
+    pub(crate) fn proven(&mut self) {
+        self.unproven = 0;
     }
 
     /// When the next connect attempt may start.
@@ -472,6 +492,7 @@ impl<T, E> State<T, E> {
         live.reused = true;
         live.since = now;
         live.checked = now;
+        self.proven();
         self.place_one(live, now)
     }
 
@@ -512,6 +533,7 @@ impl<T, E> State<T, E> {
         dropped: &mut Dropped<T>,
     ) -> (Option<Waker>, usize) {
         self.connecting -= 1;
+        // `unproven` stays: this connection has yet to pass a check or come back after a use.
         self.failures = 0;
         self.retry_at = Instant::ZERO;
         self.counters.created += 1;
@@ -524,6 +546,7 @@ impl<T, E> State<T, E> {
     /// task retries after a backoff; otherwise its slot is released.
     pub(crate) fn connect_failed(&mut self, failure: Failure<E>) -> AfterFailure {
         self.failures = self.failures.saturating_add(1);
+        self.unproven = self.unproven.saturating_add(1);
         self.counters.connect_failures += 1;
         self.last_error = Some(StdArc::new(failure));
         self.still_needed()
@@ -573,6 +596,7 @@ impl<T, E> State<T, E> {
     pub(crate) fn record_error(&mut self, failure: Failure<E>, fresh: bool) {
         if fresh {
             self.failures = self.failures.saturating_add(1);
+            self.unproven = self.unproven.saturating_add(1);
         }
         self.last_error = Some(StdArc::new(failure));
     }
@@ -610,6 +634,7 @@ impl<T, E> State<T, E> {
         dropped: &mut Dropped<T>,
     ) -> Option<Waker> {
         self.checking -= 1;
+        self.proven();
         live.checked = now;
         if self.line.waiting > 0 || self.closed || now >= live.expires {
             return self.place(live, now, dropped);

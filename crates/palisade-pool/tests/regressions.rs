@@ -3,7 +3,9 @@
 //! keepalive and `min_idle` opening or churning connections, keepalive holding back idle
 //! connections or defeating `idle_timeout`, waiters stranded by a guard dropped off-runtime,
 //! validation failures causing a connect storm, and the caller's deadline counted against a
-//! healthy connection.
+//! healthy connection; then those of a later audit: a long `max_lifetime` that panicked
+//! `build()`, slots kept by a pool built outside a runtime, a backoff after failed checks that
+//! never grew, and a connect loop that never yielded with a zero backoff.
 
 mod support;
 
@@ -325,4 +327,216 @@ async fn a_deadline_cutting_recycle_is_not_a_backend_failure() {
     let metrics = pool.metrics();
     eprintln!("r10 {r:?}; {metrics}");
     assert_eq!(metrics.discarded(Discard::Invalid), 0, "{metrics}");
+}
+
+/// Bug 11 (fixed): `build()` panicked when `max_lifetime × max_lifetime_jitter` was over 24 hours
+/// (any `max_lifetime` over 10 days with the default jitter): the lifetime window was drawn
+/// through a palisade-retry `Backoff`, whose delays stop at 24 hours, and its error was
+/// `expect`ed.
+#[tokio::test(start_paused = true)]
+async fn a_thirty_day_lifetime_builds_and_spreads_expiries_over_its_window() {
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    let backend = Backend::default();
+    let pool = builder(&backend)
+        .max_size(20)
+        .max_lifetime(Some(30 * DAY))
+        .max_lifetime_jitter(0.5)
+        .idle_timeout(None)
+        .build()
+        .expect("30 days with half of it as jitter is in range");
+    let conns: Vec<_> = {
+        let mut conns = Vec::new();
+        for _ in 0..20 {
+            conns.push(pool.get().await.unwrap());
+        }
+        conns
+    };
+    drop(conns);
+    // Lifetimes lie in [15 days, 30 days]: none ends before the window, all by its end.
+    tokio::time::sleep(15 * DAY - S).await;
+    pool.maintain().await;
+    assert_eq!(pool.metrics().idle, 20);
+    let mut remaining = Vec::new();
+    for _ in 0..15 {
+        tokio::time::sleep(DAY).await;
+        pool.maintain().await;
+        remaining.push(pool.metrics().idle);
+    }
+    assert_eq!(remaining.last(), Some(&0), "{remaining:?}");
+    let steps = remaining.windows(2).filter(|w| w[0] != w[1]).count();
+    assert!(steps >= 5, "expiries spread over the window: {remaining:?}");
+}
+
+/// Bug 12 (fixed): A pool built outside a runtime with `min_idle` ≥ 2 kept all but one of the
+/// slots it reserved for its first connects: the first spawn failed, and `spawn_connects`
+/// returned without releasing the others, so the pool was smaller for good and a second
+/// `get()` timed out as `Exhausted` with a slot free.
+#[test]
+fn a_pool_built_outside_a_runtime_loses_no_slots() {
+    let backend = Backend::default();
+    let pool = builder(&backend)
+        .max_size(3)
+        .min_idle(3)
+        .acquire_timeout(S)
+        .build()
+        .unwrap();
+    let m = pool.metrics();
+    assert_eq!((m.size, m.connecting), (0, 0), "{m}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let a = pool.get().await.unwrap();
+        let b = pool.get().await.unwrap();
+        let c = pool.get().await.unwrap();
+        assert_eq!(pool.metrics().in_use, 3);
+        drop((a, b, c));
+    });
+}
+
+/// Bug 13 (fixed): The backoff after failed checks of fresh connections never grew: every
+/// successful connect reset the failure count, so a backend that accepts connections and fails
+/// every check was probed at the schedule's first step (about 100 ms) forever, about 600
+/// connects a minute where the schedule (100 ms doubling to 10 s, ± 20 %) allows about 13.
+/// The count now survives a connect until a connection proves the backend works.
+#[tokio::test(start_paused = true)]
+async fn failed_checks_of_fresh_connections_back_off_on_a_growing_schedule() {
+    let backend = Backend::default();
+    backend.connect_delay(Duration::from_millis(1));
+    backend.set(&backend.0.validate_fails, true);
+    let pool = builder(&backend)
+        .test_on_checkout(CheckoutTest::Always)
+        .acquire_timeout(S)
+        .build()
+        .unwrap();
+    for _ in 0..60 {
+        assert!(matches!(
+            pool.get().await.expect_err("every check fails"),
+            Error::Unavailable { .. }
+        ));
+    }
+    let connects = backend.connects();
+    assert!((8..=20).contains(&connects), "{connects} connects in 60 s");
+    let times = backend.0.attempt_times.lock().clone();
+    // At the schedule's cap by now: ± 20 % fitted under 10 s is 6.7 to 10 s between attempts.
+    let last_gap = times[times.len() - 1] - times[times.len() - 2];
+    assert!(last_gap >= Duration::from_secs(6), "{times:?}");
+
+    // The backend recovers: a new connection that passes its check proves it (kept out here,
+    // so it does not also come back after a use), and the next failure backs off from the
+    // schedule's first step again: about four connects in a second, not one.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    backend.set(&backend.0.validate_fails, false);
+    let held = pool.get().await.unwrap();
+    backend.set(&backend.0.validate_fails, true);
+    let before = backend.connects();
+    assert!(pool.get().await.is_err());
+    let connects = backend.connects() - before;
+    assert!(
+        connects >= 3,
+        "{connects} connects in 1 s after the backend proved itself"
+    );
+    drop(held);
+}
+
+/// A connector that refuses until another task has run (or 10,000 attempts, so a broken pool
+/// ends the test instead of hanging it); the first attempt queues that task.
+#[derive(Debug, Default)]
+struct RefusesUntilOthersRun {
+    attempts: AtomicUsize,
+    other_ran: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Manager for RefusesUntilOthersRun {
+    type Connection = ();
+    type Error = std::io::Error;
+    async fn connect(&self) -> std::io::Result<()> {
+        let n = self.attempts.fetch_add(1, Ordering::SeqCst);
+        if n == 0 {
+            let other_ran = Arc::clone(&self.other_ran);
+            tokio::spawn(async move { other_ran.store(true, Ordering::SeqCst) });
+        }
+        if self.other_ran.load(Ordering::SeqCst) || n >= 10_000 {
+            return Ok(());
+        }
+        Err(std::io::ErrorKind::ConnectionRefused.into())
+    }
+}
+
+/// Bug 14 (fixed): With a connect backoff of no pause (`Backoff::constant(Duration::ZERO)`,
+/// accepted) and a connect that fails without returning `Pending`, the connect task retried
+/// without ever yielding: on a current-thread runtime no other task ran, not even the caller's
+/// timeout, and on a multi-thread one it kept a worker busy.
+#[tokio::test(start_paused = true)]
+async fn a_connect_backoff_with_no_pause_still_lets_other_tasks_run() {
+    let pool = Pool::builder(RefusesUntilOthersRun::default())
+        .connect_backoff(
+            palisade_pool::Backoff::constant(Duration::ZERO)
+                .build()
+                .unwrap(),
+        )
+        .acquire_timeout(S)
+        .clock(TokioClock::new())
+        .build()
+        .unwrap();
+    pool.get().await.expect("the second attempt connects");
+    assert_eq!(
+        pool.manager().attempts.load(Ordering::SeqCst),
+        2,
+        "one refused attempt, a turn for the other task, then a connect"
+    );
+}
+
+/// Connect attempts a `get()` that needs a new connection makes against a refusing backend
+/// in one second: about four (100, 200, 400 ms pauses) right after the backend proved itself,
+/// one or two if the backoff still stands at a later step of its schedule.
+async fn attempts_in_a_second_after(pool: &Pool<Backend, TokioClock>, backend: &Backend) -> usize {
+    backend.set(&backend.0.down, true);
+    let before = backend.attempts();
+    let started = tokio::time::Instant::now();
+    let timeout = tokio::time::timeout(S, pool.get()).await;
+    assert!(!matches!(timeout, Ok(Ok(_))), "the backend is down");
+    assert!(started.elapsed() <= S);
+    backend.attempts() - before
+}
+
+/// Bug 13, the other ways a backend proves itself: a connection that comes back after a use,
+/// with no check on the way out, resets the backoff; so does one that passes a keepalive check
+/// without ever being checked out.
+#[tokio::test(start_paused = true)]
+async fn a_connection_back_from_a_use_or_through_keepalive_resets_the_backoff() {
+    for proof in ["a return after a use", "a keepalive check"] {
+        let backend = Backend::default();
+        let pool = builder(&backend)
+            .max_size(2)
+            .min_idle(1)
+            .keepalive(Some(Duration::from_secs(30)))
+            .idle_timeout(None)
+            .acquire_timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        // Down for 20 s: the warm-up connect backs off to the schedule's 10 s steps.
+        backend.set(&backend.0.down, true);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(backend.attempts() >= 6, "{}", backend.attempts());
+        backend.set(&backend.0.down, false);
+        pool.warm_up().await.unwrap();
+        let held = match proof {
+            "a return after a use" => {
+                drop(pool.get().await.unwrap());
+                pool.get().await.unwrap()
+            }
+            _ => {
+                tokio::time::sleep(Duration::from_secs(31)).await;
+                pool.maintain().await;
+                assert_eq!(backend.validations(), 1, "the keepalive check ran");
+                pool.get().await.unwrap()
+            }
+        };
+        let attempts = attempts_in_a_second_after(&pool, &backend).await;
+        assert!(attempts >= 3, "after {proof}: {attempts} attempts in 1 s");
+        drop(held);
+    }
 }
