@@ -197,7 +197,7 @@ impl<S: Clone> Clone for Reconnect<S> {
 
 impl<S> Drop for Reconnect<S> {
     fn drop(&mut self) {
-        self.shared.forget(self.wait);
+        self.shared.forget(&mut self.wait);
         self.shared.drop_handle();
     }
 }
@@ -533,14 +533,23 @@ where
         let mut generation = 0u64;
         let mut next_at: Option<Instant> = None;
         let mut last_cause: Option<Cause> = None;
+        // The last attempt failed. If the next is due at once (a zero backoff), the loop yields
+        // before it, so a connector that fails without pending costs one attempt per poll of
+        // this task instead of a loop that never gives the runtime back.
+        let mut failed = false;
         loop {
+            let yield_first = std::mem::take(&mut failed);
             if let Some(at) = next_at.take()
                 && at > Instant::now()
-                && Self::unless_closing(&shared, tokio::time::sleep_until(at))
+            {
+                if Self::unless_closing(&shared, tokio::time::sleep_until(at))
                     .await
                     .is_none()
-            {
-                return CloseReason::Closed;
+                {
+                    return CloseReason::Closed;
+                }
+            } else if yield_first {
+                tokio::task::yield_now().await;
             }
             if shared.core.lock().closing {
                 return CloseReason::Closed;
@@ -602,6 +611,7 @@ where
                     self.disconnected(cause.clone(), at);
                     last_cause = Some(cause);
                     next_at = Some(at);
+                    failed = true;
                 }
                 Err(gave_up) => {
                     return CloseReason::GaveUp {

@@ -44,7 +44,12 @@ pub(crate) struct Core<S> {
     /// Set by `close()` or the last handle's drop; the driver stops at its next step.
     pub(crate) closing: bool,
     driver: Option<Waker>,
+    /// One slot per waiting clone, held until the next drain or the clone's drop.
     waiters: Vec<Waker>,
+    /// Slots of `waiters` freed by dropped clones, reused before `waiters` grows: without them
+    /// a clone per request, pending on a saturated connection that stays up, would grow
+    /// `waiters` by one slot per request until the next change of connection.
+    free: Vec<usize>,
     /// Bumped whenever `waiters` is drained, so a clone knows whether its slot is still there.
     epoch: u64,
 }
@@ -80,8 +85,10 @@ pub(crate) struct Shared<S> {
     pub(crate) reporter: Reporter,
 }
 
-/// Where a clone waits: its waker's slot in `Core::waiters` in a given epoch.
-#[derive(Debug, Clone, Copy, Default)]
+/// Where a clone waits: its waker's slot in `Core::waiters` in a given epoch. A slot belongs to
+/// one clone from `wait` until the next drain (a new epoch) or the clone's `forget`, which
+/// hands it to the next clone that waits.
+#[derive(Debug, Default)]
 pub(crate) struct WaitSlot(Option<(u64, usize)>);
 
 impl<S> Shared<S> {
@@ -97,6 +104,7 @@ impl<S> Shared<S> {
                 closing: false,
                 driver: None,
                 waiters: Vec::new(),
+                free: Vec::new(),
                 epoch: 0,
             }),
             publishing: Mutex::new(()),
@@ -146,8 +154,17 @@ impl<S> Shared<S> {
                 }
             }
             _ => {
-                slot.0 = Some((core.epoch, core.waiters.len()));
-                core.waiters.push(waker.clone());
+                let index = match core.free.pop() {
+                    Some(index) => {
+                        core.waiters[index] = waker.clone();
+                        index
+                    }
+                    None => {
+                        core.waiters.push(waker.clone());
+                        core.waiters.len() - 1
+                    }
+                };
+                slot.0 = Some((core.epoch, index));
             }
         }
     }
@@ -155,6 +172,7 @@ impl<S> Shared<S> {
     /// Wakes every waiting clone (after unlocking).
     fn drain_waiters(core: &mut Core<S>) -> Vec<Waker> {
         core.epoch += 1;
+        core.free.clear();
         std::mem::take(&mut core.waiters)
     }
 
@@ -181,12 +199,14 @@ impl<S> Shared<S> {
     }
 
     /// Forgets a dropped clone's waker (so a task that is gone is not kept alive until the
-    /// next state change).
-    pub(crate) fn forget(&self, slot: WaitSlot) {
-        if let WaitSlot(Some((epoch, index))) = slot {
+    /// next state change) and frees its slot for the next clone that waits. Only a slot of the
+    /// current epoch is freed: an older one was drained with its epoch.
+    pub(crate) fn forget(&self, slot: &mut WaitSlot) {
+        if let Some((epoch, index)) = slot.0.take() {
             let mut core = self.core.lock();
             if core.epoch == epoch {
                 core.waiters[index] = Waker::noop().clone();
+                core.free.push(index);
             }
         }
     }

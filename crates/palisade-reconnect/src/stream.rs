@@ -267,8 +267,14 @@ impl<T> ReconnectingStream<T> {
     }
 
     /// The reconnect state machine, out of line so the connected path inlines.
+    ///
+    /// It starts at most one attempt per call: when an attempt started here has already failed
+    /// and the next one is due at once (a zero backoff, a connector that fails without pending),
+    /// it wakes the task and returns `Pending`, so the runtime runs its other tasks and timers
+    /// between attempts instead of this poll spinning.
     #[inline(never)]
     fn poll_connect_slow(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut attempted = false;
         loop {
             match &mut self.link {
                 Link::Up(_) => return Poll::Ready(Ok(())),
@@ -284,6 +290,12 @@ impl<T> ReconnectingStream<T> {
                         ready!(poll_timer(&mut self.timer, at, cx));
                         continue;
                     }
+                    if attempted {
+                        // A cooperative yield: the next poll makes the next attempt.
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    attempted = true;
                     let attempt = self.schedule.begin(now);
                     self.reporter.publish(ConnectionState::Connecting {
                         attempt: attempt.number,

@@ -1,6 +1,7 @@
 //! Concurrency models of the shared connect (see docs/testing.md for how they run): however
 //! many clones wait or report the connection dead at once, the background task connects once
-//! per generation, and every waiter is woken with that generation's connection.
+//! per generation, and every waiter is woken with that generation's connection, also a waiter
+//! in a slot that a dropped clone freed.
 //!
 //! The task runs on a thread of its own through `spawn_with`, and only that thread enters a
 //! tokio runtime, so that the attempt's deadline timer can be created; it never fires (loom
@@ -32,17 +33,20 @@ fn runtime() -> Arc<tokio::runtime::Runtime> {
     )
 }
 
-/// Counts connects; each connection's service answers its generation and can be killed.
+/// Counts connects; each connection's service answers its generation and can be killed, or
+/// saturated (its `poll_ready` stays pending, and never wakes).
 #[derive(Clone)]
 struct Maker {
     connects: Arc<AtomicU64>,
     kill_switches: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+    saturations: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
 }
 
 #[derive(Clone)]
 struct Conn {
     id: u64,
     dead: Arc<AtomicBool>,
+    saturated: Arc<AtomicBool>,
 }
 
 impl Service<()> for Maker {
@@ -57,8 +61,14 @@ impl Service<()> for Maker {
     fn call(&mut self, (): ()) -> Self::Future {
         let id = self.connects.fetch_add(1, Ordering::SeqCst) + 1;
         let dead = Arc::new(AtomicBool::new(false));
+        let saturated = Arc::new(AtomicBool::new(false));
         self.kill_switches.lock().unwrap().push(dead.clone());
-        ready(Ok(Conn { id, dead }))
+        self.saturations.lock().unwrap().push(saturated.clone());
+        ready(Ok(Conn {
+            id,
+            dead,
+            saturated,
+        }))
     }
 }
 
@@ -70,6 +80,9 @@ impl Service<()> for Conn {
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.dead.load(Ordering::SeqCst) {
             return Poll::Ready(Err(io::Error::other("closed")));
+        }
+        if self.saturated.load(Ordering::SeqCst) {
+            return Poll::Pending;
         }
         Poll::Ready(Ok(()))
     }
@@ -88,6 +101,7 @@ fn service(rt: &Arc<tokio::runtime::Runtime>) -> (Reconnect<Conn>, Maker, Driver
     let maker = Maker {
         connects: Arc::new(AtomicU64::new(0)),
         kill_switches: Arc::new(Mutex::new(Vec::new())),
+        saturations: Arc::new(Mutex::new(Vec::new())),
     };
     let driver = Arc::new(Mutex::new(None));
     let (rt2, slot) = (rt.clone(), driver.clone());
@@ -166,5 +180,33 @@ fn clones_reporting_one_death_at_once_cause_one_reconnect() {
         let svcs = vec![svc, a, b];
         assert_eq!(maker.connects.load(Ordering::SeqCst), 2, "one reconnect");
         finish(svcs, &driver);
+    }));
+}
+
+#[test]
+fn a_clone_waiting_in_a_slot_a_dropped_clone_freed_is_woken() {
+    assert_explored(model_with_preemptions(2, || {
+        let rt = runtime();
+        let (mut svc, maker, driver) = service(&rt);
+        assert_eq!(use_once(&mut svc), 1);
+        // Connection 1 is saturated: clones that poll it wait for a change of connection.
+        maker.saturations.lock().unwrap()[0].store(true, Ordering::SeqCst);
+        let (a, c) = (svc.clone(), svc.clone());
+        // On a thread: a clone registers and is dropped (freeing its slot), then another
+        // replaces the connection.
+        let other = thread::spawn(move || {
+            let mut a = a;
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(a.poll_ready(&mut cx).is_pending());
+            drop(a);
+            c.reconnect();
+            c
+        });
+        // Here a clone waits, in a new slot or the freed one, until the replacement is up.
+        let mut b = svc.clone();
+        assert_eq!(use_once(&mut b), 2, "woken and served by generation 2");
+        let c = other.join().unwrap();
+        assert_eq!(maker.connects.load(Ordering::SeqCst), 2, "one reconnect");
+        finish(vec![svc, b, c], &driver);
     }));
 }

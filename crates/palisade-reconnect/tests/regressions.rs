@@ -3,6 +3,9 @@
 //! borrow held across `reconnect()` deadlocked with the task's publish; a task dropped before its
 //! first poll left callers waiting; dropped waiting clones kept their wakers until the next state
 //! change. One finding (a second `call` after one `poll_ready`) became the documented contract.
+//! A later audit found that a zero backoff with a connector failing without pending made the
+//! stream's poll and the service's task retry in a loop that never returned to the runtime; its
+//! other finding, waiter slots piling up while a connection stays up, is tested in `alloc.rs`.
 
 use std::future::{Ready, poll_fn, ready};
 use std::io;
@@ -11,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use palisade_reconnect::{ConnectionState, NotConnected, Reconnect};
+use palisade_reconnect::{Backoff, ConnectionState, NotConnected, Reconnect, ReconnectingStream};
 use tower_service::Service;
 
 #[derive(Default)]
@@ -229,5 +232,88 @@ async fn dropped_waiting_clones_release_their_wakers() {
         Arc::strong_count(&w) < 100,
         "{} wakers retained by dropped clones",
         Arc::strong_count(&w)
+    );
+}
+
+/// A connector that fails at once (no `Pending`) until another task of the runtime has run: it
+/// spawns that task at its first attempt. After `GIVE_UP` attempts it succeeds anyway, so that a
+/// loop that never yields ends, and the test fails on the attempt count instead of hanging.
+#[derive(Clone, Default)]
+struct UntilOthersRun {
+    attempts: Arc<AtomicUsize>,
+    other_ran: Arc<AtomicBool>,
+}
+
+impl UntilOthersRun {
+    const GIVE_UP: usize = 10_000;
+
+    fn attempt(&self) -> io::Result<()> {
+        let n = self.attempts.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == 1 {
+            let other_ran = self.other_ran.clone();
+            tokio::spawn(async move { other_ran.store(true, Ordering::SeqCst) });
+        }
+        if self.other_ran.load(Ordering::SeqCst) || n >= Self::GIVE_UP {
+            Ok(())
+        } else {
+            Err(io::ErrorKind::ConnectionRefused.into())
+        }
+    }
+}
+
+impl Service<()> for UntilOthersRun {
+    type Response = Conn;
+    type Error = io::Error;
+    type Future = Ready<io::Result<Conn>>;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _: ()) -> Self::Future {
+        ready(self.attempt().map(|()| Conn(Arc::default())))
+    }
+}
+
+fn zero_backoff() -> Backoff {
+    Backoff::constant(Duration::ZERO).build().unwrap()
+}
+
+/// README: "The next operation connects, staying pending through failed attempts and backoff"
+/// (and a zero backoff does not spin). With a zero backoff and a connector that fails without
+/// pending, the stream retried inside one poll and never returned to the runtime: on a
+/// current-thread runtime no other task, timeout or wake-up could run. Now it makes one attempt
+/// per poll.
+#[tokio::test(start_paused = true)]
+async fn a_zero_backoff_stream_yields_to_the_runtime_between_attempts() {
+    let connector = UntilOthersRun::default();
+    let mut stream = ReconnectingStream::builder({
+        let connector = connector.clone();
+        move || ready(connector.attempt().map(|()| tokio::io::duplex(64).0))
+    })
+    .backoff(zero_backoff())
+    .build()
+    .unwrap();
+    stream.connect().await.unwrap();
+    let attempts = connector.attempts.load(Ordering::SeqCst);
+    assert_eq!(
+        attempts, 2,
+        "{attempts} attempts before the other task ran (one fails, the poll yields, one succeeds)"
+    );
+}
+
+/// README: "A zero backoff does not spin", for the service's background task: with a zero
+/// backoff and a connector that fails without pending, it retried in a loop that never
+/// returned to the runtime. Now it yields between attempts.
+#[tokio::test(start_paused = true)]
+async fn a_zero_backoff_service_task_yields_to_the_runtime_between_attempts() {
+    let maker = UntilOthersRun::default();
+    let svc = Reconnect::builder(maker.clone(), ())
+        .backoff(zero_backoff())
+        .build()
+        .unwrap();
+    svc.connected().await.unwrap();
+    let attempts = maker.attempts.load(Ordering::SeqCst);
+    assert_eq!(
+        attempts, 2,
+        "{attempts} attempts before the other task ran (one fails, the task yields, one succeeds)"
     );
 }
