@@ -19,6 +19,17 @@ const TARGET: &str = "palisade_bulkhead";
 
 /// Bit 0 of the state word: someone waits in the queue. While it is set, permits go to waiters
 /// (under the queue lock) and never to a caller passing by, which keeps the queue fair.
+///
+/// The protocol rests on one invariant: **while the bit is set, the word shows no free permit**
+/// (`available(word) <= 0`). It is set (under the lock, by `enqueue`) only when no permit is
+/// free, and while it is set every path that gives permits back hands them to waiters under the
+/// lock before any could show in the word: `release_locked` adds a permit to the word only to
+/// pay off a debt (up to zero free), and `set_limit` grants new permits to waiters before it adds
+/// the rest (a debt they pay off, or what is left once the last waiter cleared the bit). Two
+/// things follow: `try_take`, the lock-free fast path, needs only the count (a passer-by finds
+/// nothing to take while anyone waits, at no cost to the uncontended path), and while the bit is
+/// set only holders of the queue lock change the word (`try_take` finds nothing, `release` takes
+/// the lock), so under the lock it can be read and then changed without a compare-and-swap.
 const WAITERS: u64 = 1;
 /// One permit in the state word: the permits free now are the word shifted right by one, as a
 /// signed number (negative after the limit was lowered below what is in flight).
@@ -280,7 +291,8 @@ impl<C: Clock> Bulkhead<C> {
 impl<C: Clock> Inner<C> {
     /// One free permit, if there is one. While anyone waits, none is free: every permit
     /// released or added then goes straight to a waiter, under the lock, so a passer-by can't
-    /// take one a waiter is owed.
+    /// take one a waiter is owed. (This is why the [`WAITERS`] bit needn't be tested here: the
+    /// word shows no free permit while it is set.)
     #[inline]
     fn try_take(&self) -> bool {
         let mut word = self.word.load(Ordering::Relaxed);
@@ -494,23 +506,36 @@ impl<C: Clock> Inner<C> {
         let mut waiters = self.waiters.lock();
         let old = self.limit.swap(limit, Ordering::Relaxed);
         let delta = i64::from(limit) - i64::from(old);
-        // Two's complement: adding a negative delta shifted by one subtracts it.
-        self.word
-            .fetch_add((delta as u64).wrapping_mul(ONE), Ordering::AcqRel);
-        // New permits go to waiters first.
+        // New permits go to waiters first, handed over before any shows in the word: a permit
+        // added while the WAITERS bit is set would be free for a passer-by's `try_take`, which
+        // reads only the count, and could go to it instead of a waiter (or, taken between a
+        // read here and the grant, put one more than the limit in flight).
         let mut wakers = Vec::new();
-        loop {
-            let word = self.word.load(Ordering::Acquire);
-            if word & WAITERS == 0 || available(word) <= 0 {
-                break;
+        let mut granted = 0;
+        let word = self.word.load(Ordering::Acquire);
+        if delta > 0 && word & WAITERS != 0 {
+            // With the bit set and the lock held, nobody else changes the word (see WAITERS),
+            // so it shows no free permit, perhaps a debt; the waiters can have the new permits
+            // that pay no debt.
+            debug_assert!(available(word) <= 0, "a free permit while someone waits");
+            let owed = (available(word) + delta).min(delta);
+            while granted < owed {
+                // `None`: the queue is empty now (its last waiter cleared the bit).
+                let Some(waker) = self.grant(&mut waiters) else {
+                    break;
+                };
+                wakers.extend(waker);
+                granted += 1;
             }
-            self.word.fetch_sub(ONE, Ordering::AcqRel);
-            let Some(waker) = self.grant(&mut waiters) else {
-                // Nobody was left after all: put the permit back.
-                self.word.fetch_add(ONE, Ordering::AcqRel);
-                break;
-            };
-            wakers.extend(waker);
+        }
+        // The rest goes to the word: the debt the new permits pay off, a lowered limit's new
+        // debt, or the permits left over once the queue emptied (its last waiter cleared the bit
+        // first), so the word shows a free permit only with the bit clear. Two's complement:
+        // adding a negative number shifted by one subtracts it.
+        let rest = delta - granted;
+        if rest != 0 {
+            self.word
+                .fetch_add((rest as u64).wrapping_mul(ONE), Ordering::AcqRel);
         }
         drop(waiters);
         wakers.into_iter().for_each(Waker::wake);

@@ -1,9 +1,11 @@
 //! Concurrency models of the bulkhead's protocol (see docs/testing.md for how they run): never
 //! more than the limit in flight, a waiter cancelled while queued neither leaks nor steals a
 //! permit (FIFO, LIFO and CoDel), and a limit change racing acquires and releases keeps the
-//! count exact, also when an adaptive bulkhead's own releases change it; for a partitioned bulkhead, a release racing queued and cancelled waiters of
-//! two partitions never exceeds the total and leaks nothing, and neither does a total change
-//! racing a release.
+//! count exact, also when an adaptive bulkhead's own releases change it; raising the limit while
+//! a waiter is queued gives the new permit to the waiter, never to a racing `try_acquire` or a
+//! newcomer's `acquire`; for a partitioned bulkhead, a release racing queued and cancelled
+//! waiters of two partitions never exceeds the total and leaks nothing, and neither does a total
+//! change racing a release.
 
 use std::future::Future;
 use std::pin::pin;
@@ -102,6 +104,63 @@ fn a_limit_change_racing_acquires_and_releases_keeps_the_count_exact() {
             .take(3)
             .collect();
         assert_eq!(extra.len() + held, 2);
+    }));
+}
+
+/// Raising the limit while a waiter is queued races passers-by: the new permit is the waiter's.
+/// One permit held, one waiter queued, the limit raised from 1 to 2 on one thread while the main
+/// thread calls `try_acquire` and then polls a newcomer's `acquire` once (its fast path is the
+/// same lock-free take). In every order the passer-by is refused, the newcomer queues behind the
+/// waiter, the waiter is granted, and so never more than 2 are out. (Publishing the new permit
+/// before handing it to the waiter let a passer-by take it: either 3 out, or the waiter left
+/// queued behind it.)
+#[test]
+fn raising_the_limit_serves_the_queued_waiter_before_a_racing_try_acquire() {
+    assert_explored(model(|| {
+        let b = bulkhead(1);
+        let held = b.try_acquire_owned().unwrap();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut waiter = pin!(b.acquire());
+        assert!(waiter.as_mut().poll(&mut cx).is_pending(), "queued");
+        let changer = {
+            let b = b.clone();
+            thread::spawn(move || b.set_max_concurrent(2).unwrap())
+        };
+        let passer_by = b.try_acquire();
+        let mut newcomer = Box::pin(b.acquire());
+        let newcomer_got = match newcomer.as_mut().poll(&mut cx) {
+            Poll::Ready(result) => Some(result.expect("the queue has room")),
+            Poll::Pending => None,
+        };
+        changer.join().unwrap();
+        let granted = match waiter.as_mut().poll(&mut cx) {
+            Poll::Ready(result) => Some(result.expect("no deadline")),
+            Poll::Pending => None,
+        };
+        let out = 1
+            + usize::from(passer_by.is_ok())
+            + usize::from(newcomer_got.is_some())
+            + usize::from(granted.is_some());
+        assert!(out <= 2, "{out} permits out with a limit of 2");
+        assert!(
+            passer_by.is_err(),
+            "a passer-by took the queued waiter's permit"
+        );
+        assert!(
+            newcomer_got.is_none(),
+            "a newcomer took the queued waiter's permit"
+        );
+        assert!(granted.is_some(), "the queued waiter was skipped");
+        assert_eq!(b.metrics().in_flight, 2);
+        // The newcomer queued behind the waiter; it gives up, and everything goes back.
+        drop(newcomer);
+        drop((held, granted, passer_by));
+        let m = b.metrics();
+        assert_eq!((m.in_flight, m.queued, m.limit), (0, 0, 2));
+        let free: Vec<_> = std::iter::from_fn(|| b.try_acquire().ok())
+            .take(3)
+            .collect();
+        assert_eq!(free.len(), 2);
     }));
 }
 
