@@ -408,8 +408,17 @@ impl Inner {
             // The sequence was already aborting (in its grace period): that is all there is.
             return;
         }
-        self.state.enter(Phase::Aborting);
-        let started = progress.begin(Phase::Aborting);
+        let started = match progress.phases.last() {
+            // Escalated while the Aborting phase waited for everything to stop: it aborts now,
+            // in that phase, which the report lists once.
+            Some(last) if last.phase == Phase::Aborting => {
+                progress.triggered_at + last.started_after
+            }
+            _ => {
+                self.state.enter(Phase::Aborting);
+                progress.begin(Phase::Aborting)
+            }
+        };
         self.abort(progress).await;
         progress.end(started, Outcome::Interrupted);
     }

@@ -528,6 +528,42 @@ async fn escalation_aborts_at_once_skips_the_hooks_and_drops_the_tasks() {
     assert!(report.to_string().contains("escalated"), "{report}");
 }
 
+/// Escalated while the Aborting phase waits for the deadline: the tasks are aborted at once,
+/// within that phase, and the report lists it once (it listed a second Aborting phase, and
+/// `report.phase(Phase::Aborting)` found the first, which missed the abort).
+#[tokio::test(start_paused = true)]
+async fn escalation_while_aborting_aborts_at_once_in_that_phase() {
+    let coordinator = builder()
+        .drain_timeout(Duration::from_secs(1))
+        .deadline(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let shutdown = coordinator.handle();
+    let (_stuck, dropped) = spawn_stuck(&shutdown);
+    let run = tokio::spawn(coordinator.run());
+    shutdown.trigger();
+    shutdown.wait_for(Phase::Aborting).await;
+    let entered = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    shutdown.escalate();
+    let report = run.await.unwrap();
+    assert_eq!(entered.elapsed(), Duration::from_secs(2), "aborted at once");
+    let phases: Vec<Phase> = report.phases.iter().map(|p| p.phase).collect();
+    assert_eq!(
+        phases.iter().filter(|p| **p == Phase::Aborting).count(),
+        1,
+        "{phases:?}\n{report}"
+    );
+    let aborting = report.phase(Phase::Aborting).unwrap();
+    assert_eq!(
+        (aborting.outcome.clone(), aborting.took),
+        (Outcome::Interrupted, Duration::from_secs(2)),
+        "timed from its start to the abort"
+    );
+    assert_eq!(report.aborted, 1);
+    assert!(dropped.load(Ordering::SeqCst));
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_stop_accepting_phase_waits_for_listeners_and_times_out_on_a_stuck_one() {
     let coordinator = builder()
