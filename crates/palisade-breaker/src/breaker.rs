@@ -520,7 +520,7 @@ impl<C: Clock> CircuitBreaker<C> {
 
     fn is_slow(&self, ticket: Ticket, now: Instant) -> bool {
         match self.rules.slow {
-            Some((threshold, _)) => now.saturating_duration_since(ticket.start) >= threshold,
+            Some((threshold, _)) => now.saturating_duration_since(ticket.start) > threshold,
             None => false,
         }
     }

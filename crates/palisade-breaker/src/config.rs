@@ -9,6 +9,7 @@ use palisade_core::{Clock, FastClock};
 use crate::breaker::CircuitBreaker;
 use crate::error::ConfigError;
 use crate::event::Transition;
+use crate::window::nanos;
 
 /// The longest duration any knob accepts (open durations, windows, thresholds, waits).
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
@@ -467,7 +468,7 @@ impl<C: Clock> CircuitBreakerBuilder<C> {
                         span,
                     ));
                 }
-                let min_buckets = span.as_secs().div_ceil(MAX_BUCKET_WIDTH.as_secs()).max(1) as u32;
+                let min_buckets = nanos(span).div_ceil(nanos(MAX_BUCKET_WIDTH)).max(1) as u32;
                 let buckets = window.buckets.unwrap_or(10.max(min_buckets));
                 if !(min_buckets..=MAX_BUCKETS).contains(&buckets) {
                     return Err(ConfigError::out_of_range(
@@ -502,11 +503,11 @@ impl<C: Clock> CircuitBreakerBuilder<C> {
         if let Some(wait) = self.settings.half_open_max_wait {
             check_duration("half_open_max_wait", wait)?;
         }
-        // In integer parts per million: 0.28 x 25 is 7.000000000000001 in floating point.
-        let ratio_ppm = (self.settings.success_ratio * 1e6).round() as u64;
-        let probes_required =
-            (ratio_ppm * u64::from(self.settings.probes)).div_ceil(1_000_000) as u32;
-        let probes_required = probes_required.clamp(1, self.settings.probes);
+        // ceil(ratio x probes), ignoring floating-point noise under a billionth: 0.28 x 25 is
+        // 7.000000000000001 and needs 7, 2/3 x 3 needs 2, 0.3333334 x 3 needs 2. (Rounding the
+        // ratio to parts per million first turned 2/3 into 0.666667 and asked 3 of 3.)
+        let exact = self.settings.success_ratio * f64::from(self.settings.probes);
+        let probes_required = ((exact - 1e-9).ceil() as u32).clamp(1, self.settings.probes);
         Ok(Rules {
             failure_ppm,
             slow,

@@ -307,7 +307,8 @@ fn the_slow_call_rate_trips_on_slow_successes() {
         .unwrap();
     for slow in [true, false, true] {
         let p = b.try_acquire().unwrap();
-        clock.advance(if slow { ms(500) } else { ms(499) });
+        // Slower than the threshold is slow; the threshold itself is not.
+        clock.advance(if slow { ms(501) } else { ms(500) });
         p.success();
     }
     let m = b.metrics();
@@ -576,6 +577,112 @@ fn the_success_ratio_is_counted_in_whole_probes() {
     let probes: Vec<_> = (0..7).map(|_| b.try_acquire().unwrap()).collect();
     probes.into_iter().for_each(|p| p.success());
     assert_eq!(b.state(), State::Closed, "7 of 25 is the ratio");
+}
+
+/// A half-open breaker after one failure, with `probes` probes and `ratio` to close.
+fn half_open_with(probes: u32, ratio: f64) -> CircuitBreaker<ManualClock> {
+    let clock = ManualClock::new();
+    let b = CircuitBreaker::builder()
+        .no_failure_rate()
+        .consecutive_failures(1)
+        .open_duration(secs(1))
+        .half_open_probes(probes)
+        .half_open_success_ratio(ratio)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    fail(&b, 1);
+    clock.advance(secs(1));
+    b
+}
+
+#[test]
+fn the_success_ratio_needs_ceil_of_ratio_times_probes() {
+    // (probes, ratio, successes that close). 2/3 was rounded to 0.666667 first, which asked
+    // 3 of 3 (and 5 of 6); 0.3333334 was rounded to 0.333333, which asked 1 of 3.
+    for (probes, ratio, needed) in [
+        (3, 2.0 / 3.0, 2),
+        (6, 2.0 / 3.0, 4),
+        (3, 0.333_333_4, 2),
+        (3, 1.0 / 3.0, 1),
+        (25, 0.28, 7),
+        (10, 0.3, 3),
+        (7, 1.0, 7),
+    ] {
+        let b = half_open_with(probes, ratio);
+        let permits: Vec<_> = (0..probes).map(|_| b.try_acquire().unwrap()).collect();
+        let mut permits = permits.into_iter();
+        for _ in 0..needed - 1 {
+            permits.next().unwrap().success();
+        }
+        assert_eq!(b.state(), State::HalfOpen, "{ratio} of {probes}: one short");
+        permits.next().unwrap().success();
+        assert_eq!(
+            b.state(),
+            State::Closed,
+            "{ratio} of {probes}: {needed} close"
+        );
+
+        // And it re-opens as soon as that many successes are out of reach, not before.
+        let b = half_open_with(probes, ratio);
+        let permits: Vec<_> = (0..probes).map(|_| b.try_acquire().unwrap()).collect();
+        let mut permits = permits.into_iter();
+        for _ in 0..probes - needed {
+            permits.next().unwrap().failure();
+        }
+        assert_eq!(
+            b.state(),
+            State::HalfOpen,
+            "{ratio} of {probes}: still in reach"
+        );
+        if let Some(permit) = permits.next().filter(|_| needed > 0) {
+            permit.failure();
+            assert_eq!(b.state(), State::Open, "{ratio} of {probes}: out of reach");
+        }
+    }
+}
+
+#[test]
+fn a_call_of_exactly_the_slow_threshold_is_not_slow() {
+    for (took, slow) in [(secs(2), false), (secs(2) + Duration::from_nanos(1), true)] {
+        let clock = ManualClock::new();
+        let b = CircuitBreaker::builder()
+            .no_failure_rate()
+            .slow_calls(secs(2), 100.0)
+            .minimum_calls(1)
+            .window(SlidingWindow::count(1))
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        let permit = b.try_acquire().unwrap();
+        clock.advance(took);
+        permit.success();
+        let expected = if slow { State::Open } else { State::Closed };
+        assert_eq!(
+            b.state(),
+            expected,
+            "a call of {took:?} against a 2 s threshold"
+        );
+        assert_eq!(b.metrics().window.slow_calls, u64::from(slow));
+    }
+}
+
+#[test]
+fn a_time_window_bucket_is_at_most_ten_minutes_to_the_nanosecond() {
+    let window = |span: Duration, buckets: u32| {
+        CircuitBreaker::builder()
+            .window(SlidingWindow::time(span).buckets(buckets))
+            .build()
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(window(secs(600), 1), Ok(()));
+    let wider = window(Duration::from_millis(600_001), 1).unwrap_err();
+    assert!(
+        wider.contains("window buckets") && wider.contains("[2, "),
+        "{wider}"
+    );
+    assert_eq!(window(Duration::from_millis(600_001), 2), Ok(()));
 }
 
 #[test]

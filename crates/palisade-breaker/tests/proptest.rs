@@ -385,7 +385,7 @@ impl Model {
     }
 
     fn slow(&self, p: MPermit) -> bool {
-        self.c.slow_pct.is_some() && self.now - p.start >= SLOW_MS * 1_000_000
+        self.c.slow_pct.is_some() && self.now - p.start > SLOW_MS * 1_000_000
     }
 
     fn finish(&mut self, p: MPermit, outcome: Option<Outcome>) {
