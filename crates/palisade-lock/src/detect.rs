@@ -585,8 +585,8 @@ mod imp {
         match fast {
             Ok(None) => {}
             Ok(Some((held, entry))) => {
-                check(&held, &entry, acq);
-                push_validated(entry);
+                let every_edge_checked = check(&held, &entry, acq);
+                push_checked(entry, every_edge_checked);
             }
             // The thread is exiting: nothing to track.
             Err(_) => {}
@@ -594,10 +594,14 @@ mod imp {
         Held::for_lock(acq.lock)
     }
 
-    fn push_validated(entry: Entry) {
+    /// Pushes a checked acquisition, caching its chain only if `check` checked every edge the
+    /// chain stands for.
+    fn push_checked(entry: Entry, cache: bool) {
         let _ = LOCAL.try_with(|l| {
             let mut l = l.borrow_mut();
-            l.remember(entry.chain);
+            if cache {
+                l.remember(entry.chain);
+            }
             l.push(entry);
         });
     }
@@ -661,13 +665,19 @@ mod imp {
     }
 
     /// The slow path: recursion, then every held class against the new one in the graph.
-    fn check(held: &[Entry], new: &Entry, acq: Acq) {
+    /// Returns whether it checked every edge the acquisition's chain stands for, so that the
+    /// chain may be cached: not after a recursion, whose lock is not checked against itself.
+    /// The same chain also stands for taking a *different* lock of that class, which must still
+    /// be reported as [`ReportKind::SameClass`].
+    fn check(held: &[Entry], new: &Entry, acq: Acq) -> bool {
         if !acq.blocking {
-            return;
+            return false;
         }
         let d = detector();
         let mut reports = Vec::new();
-        if let Some(same) = held.iter().rev().find(|e| e.lock == new.lock) {
+        let same = held.iter().rev().find(|e| e.lock == new.lock);
+        let recursive = same.is_some();
+        if let Some(same) = same {
             // Always a bug this thread is about to hang on (a second read too, behind a queued
             // writer): reported every time.
             let kind = if same.read && new.read {
@@ -714,6 +724,7 @@ mod imp {
         for r in reports {
             emit(r);
         }
+        !recursive
     }
 
     fn report(
@@ -851,8 +862,8 @@ mod imp {
             let cached = LOCAL
                 .try_with(|l| l.borrow().validated(chain))
                 .unwrap_or(true);
-            if !held.is_empty() && acq.blocking && (recursive || !cached) {
-                check(held, entry, acq);
+            if !held.is_empty() && acq.blocking && (recursive || !cached) && check(held, entry, acq)
+            {
                 let _ = LOCAL.try_with(|l| l.borrow_mut().remember(chain));
             }
         }

@@ -330,6 +330,27 @@ fn a_recursion_report_does_not_cache_away_the_other_orders() {
 }
 
 #[test]
+fn a_recursion_report_does_not_cache_away_a_second_lock_of_the_class() {
+    reports();
+    // The chain of a recursive read (holding `x`, take `x`) is also the chain of holding one
+    // lock of class `x` and taking another: caching it after the recursion hid the second.
+    let r1 = RwLock::named("rec-same-class", 0);
+    let r2 = RwLock::named("rec-same-class", 0);
+    thread::spawn(move || {
+        let _a = r1.read();
+        drop(r1.read()); // reported: RecursiveRead
+        let _b = r2.read(); // two locks of one class held at once
+    })
+    .join()
+    .unwrap();
+    let kinds: Vec<ReportKind> = reports_about("rec-same-class")
+        .iter()
+        .map(|r| r.kind)
+        .collect();
+    assert_eq!(kinds, [ReportKind::RecursiveRead, ReportKind::SameClass]);
+}
+
+#[test]
 fn a_longer_cycle_through_an_order_already_reported_is_found() {
     reports();
     let a = Mutex::named("long-a", ());

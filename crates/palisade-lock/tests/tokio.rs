@@ -146,6 +146,24 @@ async fn a_second_async_read_is_reported() {
     assert_eq!(found[0].kind, ReportKind::RecursiveRead);
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn a_recursive_async_read_does_not_cache_away_a_second_lock_of_the_class() {
+    reports();
+    if !detect::is_enabled() {
+        return;
+    }
+    let r1 = RwLock::named("async-rec-same-class", ());
+    let r2 = RwLock::named("async-rec-same-class", ());
+    let _a = r1.read().await;
+    drop(r1.read().await); // reported: RecursiveRead
+    let _b = r2.read().await; // two locks of one class held at once
+    let kinds: Vec<ReportKind> = reports_about("async-rec-same-class")
+        .iter()
+        .map(|r| r.kind)
+        .collect();
+    assert_eq!(kinds, [ReportKind::RecursiveRead, ReportKind::SameClass]);
+}
+
 #[test]
 fn public_types_are_send_and_sync() {
     fn send_sync<T: Send + Sync>() {}
