@@ -87,6 +87,10 @@ pub enum Failure<E> {
     /// `connect` overran `connect_timeout`.
     #[error("connect timed out after {0:?}")]
     ConnectTimeout(Duration),
+    /// `connect` panicked, with this message. The panic is caught and counted as a failed
+    /// attempt, so the next one follows the connect backoff like any other.
+    #[error("connect panicked: {0}")]
+    ConnectPanicked(String),
     /// `validate` or `recycle` returned an error.
     #[error("validation failed: {0}")]
     Validate(#[source] E),
@@ -96,11 +100,13 @@ pub enum Failure<E> {
 }
 
 impl<E> Failure<E> {
-    /// The manager's error, if the step returned one (not for timeouts).
+    /// The manager's error, if the step returned one (not for timeouts or panics).
     pub fn error(&self) -> Option<&E> {
         match self {
             Failure::Connect(e) | Failure::Validate(e) => Some(e),
-            Failure::ConnectTimeout(_) | Failure::ValidateTimeout(_) => None,
+            Failure::ConnectTimeout(_)
+            | Failure::ConnectPanicked(_)
+            | Failure::ValidateTimeout(_) => None,
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::hash::{BuildHasher, RandomState};
-use std::panic::Location;
+use std::panic::{AssertUnwindSafe, Location};
 use std::pin::pin;
 use std::task::Poll;
 use std::time::Duration;
@@ -330,6 +330,35 @@ async fn bounded<F: Future>(
         return Some(out);
     }
     tokio::time::timeout_at(limit(), fut).await.ok()
+}
+
+/// Runs `fut`, catching a panic in its `poll` as `Err` with the panic's message: a connect that
+/// panics is a failed attempt on the backoff schedule, not a task that dies and is restarted at
+/// once by the waiter it wakes.
+async fn caught<F: Future>(fut: F) -> Result<F::Output, String> {
+    let mut fut = pin!(fut);
+    poll_fn(|cx| {
+        // Unwind safety: after a panic the future is dropped, never polled again, and the pool's
+        // state is not touched inside `connect`.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(panic_message(&*payload))),
+        }
+    })
+    .await
+}
+
+/// The message of a panic payload (`panic!` with a literal or a format string), or a
+/// placeholder for any other payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(message) = payload.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    }
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -928,12 +957,12 @@ async fn connect_loop<M: Manager, C: Clock>(slot: &mut Reserved<M, C>) {
             }
         }
         let timeout = shared.config.connect_timeout;
-        let result = bounded(shared.manager.connect(), || {
+        let result = bounded(caught(shared.manager.connect()), || {
             tokio::time::Instant::now() + timeout
         })
         .await;
         let failure = match result {
-            Some(Ok(conn)) => {
+            Some(Ok(Ok(conn))) => {
                 let now = shared.clock.now();
                 let live = Live {
                     conn,
@@ -956,7 +985,8 @@ async fn connect_loop<M: Manager, C: Clock>(slot: &mut Reserved<M, C>) {
                 shared.changed.notify_waiters();
                 return;
             }
-            Some(Err(e)) => Failure::Connect(e),
+            Some(Ok(Err(e))) => Failure::Connect(e),
+            Some(Err(message)) => Failure::ConnectPanicked(message),
             None => Failure::ConnectTimeout(timeout),
         };
         tracing::warn!(target: "palisade_pool", %failure, "connect failed");

@@ -5,7 +5,8 @@
 //! validation failures causing a connect storm, and the caller's deadline counted against a
 //! healthy connection; then those of a later audit: a long `max_lifetime` that panicked
 //! `build()`, slots kept by a pool built outside a runtime, a backoff after failed checks that
-//! never grew, and a connect loop that never yielded with a zero backoff.
+//! never grew, a connect loop that never yielded with a zero backoff, and a panicking connect
+//! retried at once.
 
 mod support;
 
@@ -15,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use palisade_core::TokioClock;
-use palisade_pool::{CheckoutTest, Discard, Error, Manager, Pool, Pooled};
+use palisade_pool::{CheckoutTest, Discard, Error, Failure, Manager, Pool, Pooled};
 use support::{Backend, builder, settle};
 
 const S: Duration = Duration::from_secs(1);
@@ -539,4 +540,50 @@ async fn a_connection_back_from_a_use_or_through_keepalive_resets_the_backoff() 
         assert!(attempts >= 3, "after {proof}: {attempts} attempts in 1 s");
         drop(held);
     }
+}
+
+/// A connector whose `connect` panics (a bug in it, say), for its first 1,000 attempts (so that
+/// a pool that retries at once ends the test instead of hanging it: paused time never moves
+/// while tasks are busy).
+#[derive(Debug, Default)]
+struct PanicsOnConnect {
+    attempts: AtomicUsize,
+}
+
+impl Manager for PanicsOnConnect {
+    type Connection = ();
+    type Error = std::io::Error;
+    async fn connect(&self) -> std::io::Result<()> {
+        if self.attempts.fetch_add(1, Ordering::SeqCst) < 1_000 {
+            panic!("the connector has a bug");
+        }
+        Ok(())
+    }
+}
+
+/// Bug 15 (fixed): A `connect` that panics freed its slot and woke the waiter, which started
+/// the next connect at once: no backoff, so a caller waiting one second saw thousands of
+/// panicking connects. A panic is now a failed attempt (`Failure::ConnectPanicked`) on the
+/// backoff schedule, and the caller's error says what happened.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_connect_is_a_failure_on_the_backoff_schedule() {
+    let pool = Pool::builder(PanicsOnConnect::default())
+        .acquire_timeout(S)
+        .clock(TokioClock::new())
+        .build()
+        .unwrap();
+    let error = pool.get().await.expect_err("every connect panics");
+    let attempts = pool.manager().attempts.load(Ordering::SeqCst);
+    // 100 ms doubling (± 20 %) within 1 s: about four attempts.
+    assert!((2..=6).contains(&attempts), "{attempts} connects in 1 s");
+    assert!(matches!(error, Error::Unavailable { .. }), "{error}");
+    assert!(
+        matches!(error.last_error(), Some(Failure::ConnectPanicked(message)) if message == "the connector has a bug"),
+        "{error}"
+    );
+    // Its connect task gives up after its pause, once nobody needs it: nothing is kept.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let m = pool.metrics();
+    assert_eq!((m.size, m.connecting), (0, 0), "{m}");
+    assert_eq!(m.connect_failures, attempts as u64);
 }
