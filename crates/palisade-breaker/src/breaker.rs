@@ -8,14 +8,17 @@
 //!   published; read only after seeing it).
 //! - `round_deadline`: with `half_open_max_wait`, the instant a full half-open round times out,
 //!   stored by the caller that takes the last slot *before* its compare-and-swap, so whoever sees
-//!   the round full sees this deadline or a later one (`u64::MAX` until the round fills).
+//!   the round full sees this deadline or a later one (`u64::MAX` until the round fills). Written
+//!   only under `control`, by the transition to half-open and by a caller that has seen, under
+//!   the lock, its round one slot short of full: so never by a caller whose round is over.
 //! - `round`: the half-open probe round, `generation << 32 | failed << 20 | succeeded << 10 |
 //!   admitted`, changed by compare-and-swap only while its generation is the state's.
 //! - `window`: the sliding window (see `window.rs`), absent when no rate rule is set.
-//! - `control`: a lock taken only by transitions. Under it a transition checks that the state is
-//!   still the one it saw, writes `open_until`/`round`/the window, then publishes the new state
-//!   with a release store. Exactly one caller wins each transition; it emits the event after
-//!   releasing the lock.
+//! - `control`: a lock taken by transitions, and by a half-open caller about to take a round's
+//!   last slot when `half_open_max_wait` is set (see `round_deadline`). Under it a transition
+//!   checks that the state is still the one it saw, writes `open_until`/`round`/the window, then
+//!   publishes the new state with a release store. Exactly one caller wins each transition; it
+//!   emits the event after releasing the lock.
 
 use std::fmt;
 use std::future::IntoFuture;
@@ -445,7 +448,12 @@ impl<C: Clock> CircuitBreaker<C> {
                             return Err(self.reject(State::HalfOpen, None));
                         }
                     }
-                    Probe::Stale => {}
+                    Probe::Stale => {
+                        // A newer round: its transition holds the control lock from writing the
+                        // round until it has published the state, so take the lock once rather
+                        // than spin on a state word that may not show it yet.
+                        drop(self.control.lock());
+                    }
                 },
                 _ => return Err(self.reject(State::ForcedOpen, None)),
             }
@@ -460,6 +468,7 @@ impl<C: Clock> CircuitBreaker<C> {
 
     fn take_probe(&self, generation: u32) -> Probe {
         let mut round = self.round.load(Ordering::Acquire);
+        let mut control = None;
         loop {
             if round_generation(round) != generation {
                 return Probe::Stale;
@@ -471,8 +480,18 @@ impl<C: Clock> CircuitBreaker<C> {
             if admitted + 1 == self.rules.probes
                 && let Some(wait) = self.rules.half_open_max_wait
             {
-                // This call may fill the round: start its timeout first, so that whoever sees
-                // the round full also sees a deadline no earlier than this one.
+                // This call may fill the round. Its deadline is written under the control lock,
+                // and only once the round is seen again under it: transitions hold the lock, so
+                // the round can't be replaced between that look and the write (without it, a
+                // caller from a lost round could stall before writing, then overwrite a newer
+                // round's deadline), and no other caller can fill it meanwhile.
+                if control.is_none() {
+                    control = Some(self.control.lock());
+                    round = self.round.load(Ordering::Acquire);
+                    continue;
+                }
+                // Written before the compare-and-swap, so that whoever sees the round full also
+                // sees this deadline (or a later round's).
                 let until = self.clock.now().as_nanos().saturating_add(nanos(wait));
                 self.round_deadline.store(until, Ordering::Release);
             }

@@ -306,3 +306,102 @@ fn callers_racing_the_end_of_the_open_duration_are_all_probes() {
         assert_eq!(events.half_opened.load(Ordering::SeqCst), 1);
     }));
 }
+
+#[test]
+fn a_caller_from_a_lost_round_cannot_move_the_next_rounds_deadline() {
+    assert_explored(model(|| {
+        // Two probes, both needed; a full round re-opens after 10 s without a decision. The
+        // straggler races for the last slot of round 1 while that round is lost and, at 2 s,
+        // round 2 fills. Writing round 1's deadline (read at 1 s: 11 s) or a late one (read at
+        // 7 s: 17 s) over round 2's would move its timeout: it must be 12 s, 10 s after it filled.
+        let clock = ManualClock::new();
+        let events = Arc::new(Events::default());
+        let sink = Arc::clone(&events);
+        let b = Arc::new(
+            CircuitBreaker::builder()
+                .no_failure_rate()
+                .consecutive_failures(1)
+                .open_duration(Duration::from_secs(1))
+                .half_open_probes(2)
+                .half_open_success_ratio(1.0)
+                .half_open_max_wait(Duration::from_secs(10))
+                .clock(clock.clone())
+                .on_transition(move |t| {
+                    if t.to == State::Open {
+                        sink.opened.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+                .build()
+                .unwrap(),
+        );
+        open_and_elapsed(&b, &clock); // 1 s: the next call starts round 1
+        let first = b.try_acquire_owned().unwrap();
+        let straggler = {
+            let b = Arc::clone(&b);
+            thread::spawn(move || b.try_acquire_owned().ok())
+        };
+        first.failure(); // round 1 is lost: open for 1 s
+        clock.advance(Duration::from_secs(1));
+        // 2 s: round 2, filled by this thread (and the straggler, if it came this late).
+        let mut probes = Vec::new();
+        while let Ok(p) = b.try_acquire_owned() {
+            probes.push(p);
+        }
+        clock.advance(Duration::from_secs(5)); // the straggler may still be writing
+        let held = straggler.join().unwrap();
+        assert_eq!(events.opened.load(Ordering::SeqCst), 2, "the trip, round 1");
+        clock.advance(Duration::from_millis(4_500)); // round 2 full for 9.5 s
+        let r = b.try_acquire().map(drop).unwrap_err();
+        assert_eq!(
+            (r.state(), b.state()),
+            (State::HalfOpen, State::HalfOpen),
+            "round 2 timed out before its 10 s"
+        );
+        clock.advance(Duration::from_millis(500)); // 10 s
+        let r = b.try_acquire().map(drop).unwrap_err();
+        assert_eq!(r.state(), State::Open, "round 2 timed out at 10 s");
+        assert_eq!(events.opened.load(Ordering::SeqCst), 3);
+        drop((probes, held));
+    }));
+}
+
+#[test]
+fn a_round_refilled_after_a_dropped_probe_still_times_out() {
+    assert_explored(model(|| {
+        // One probe, a round that re-opens 10 s after it fills. The probe is dropped while
+        // another caller takes the freed slot: whoever fills the round last, it times out 10 s
+        // later, never stuck without a deadline.
+        let clock = ManualClock::new();
+        let b = Arc::new(
+            CircuitBreaker::builder()
+                .no_failure_rate()
+                .consecutive_failures(1)
+                .open_duration(Duration::from_secs(1))
+                .half_open_probes(1)
+                .half_open_max_wait(Duration::from_secs(10))
+                .clock(clock.clone())
+                .build()
+                .unwrap(),
+        );
+        open_and_elapsed(&b, &clock);
+        let probe = b.try_acquire_owned().unwrap();
+        let dropper = thread::spawn(move || drop(probe));
+        let refiller = {
+            let b = Arc::clone(&b);
+            thread::spawn(move || b.try_acquire_owned().ok())
+        };
+        dropper.join().unwrap();
+        let held = refiller.join().unwrap();
+        let held = held.or_else(|| b.try_acquire_owned().ok());
+        assert!(held.is_some(), "the freed slot is taken again");
+        assert_eq!(b.metrics().probes_admitted, 1);
+        clock.advance(Duration::from_millis(9_999));
+        assert_eq!(
+            b.try_acquire().map(drop).unwrap_err().state(),
+            State::HalfOpen
+        );
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(b.try_acquire().map(drop).unwrap_err().state(), State::Open);
+        drop(held);
+    }));
+}
