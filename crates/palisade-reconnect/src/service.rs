@@ -277,6 +277,11 @@ where
 
 impl<S> Reconnect<S> {
     /// The connection state: a `watch` receiver that sees every change from now on.
+    ///
+    /// Changes are published from the background task, except `Closed` when `close()` or the
+    /// last clone's drop comes before the task ever ran, or the task's runtime is dropped: then
+    /// from the calling thread, which must not hold a `borrow()` of this channel at that moment
+    /// (it would wait for itself; see the README's guarantees).
     pub fn state(&self) -> watch::Receiver<ConnectionState> {
         self.shared.reporter.subscribe()
     }

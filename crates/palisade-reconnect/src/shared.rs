@@ -276,7 +276,9 @@ impl<S> Shared<S> {
         waiters.into_iter().for_each(Waker::wake);
     }
 
-    /// Closed for good (the driver's last act, or a close before it started).
+    /// Closed for good (the driver's last act, or a close before it started). Before it started
+    /// (or from a runtime dropping it) this publishes from the caller's thread: the README's rule
+    /// on `state()` borrows covers it.
     pub(crate) fn close(&self, reason: CloseReason) {
         // The unstarted task is dropped last, with no lock held: its guard closes again (a
         // no-op by then).

@@ -134,6 +134,11 @@ where
 
 impl<T> ReconnectingStream<T> {
     /// The connection state: a `watch` receiver that sees every change from now on.
+    ///
+    /// The stream has no task: each change is published from the thread that caused it (a
+    /// read, a write, `connect`, `reconnect`, `close`, the drop). Don't hold a `borrow()` of
+    /// this channel across any of them: publishing waits for every borrow to end, yours too.
+    /// Copy the state out instead (`rx.borrow().clone()`).
     pub fn state(&self) -> watch::Receiver<ConnectionState> {
         self.reporter.subscribe()
     }
@@ -361,7 +366,8 @@ fn is_transient(e: &io::Error) -> bool {
 impl<T> Drop for ReconnectingStream<T> {
     /// Publishes `Closed(Closed)` unless closed already, so that watchers of
     /// [`state`](ReconnectingStream::state) see the end as a state, not only as the channel
-    /// closing.
+    /// closing. It publishes from the dropping thread, which must not hold a `borrow()` of the
+    /// state at that moment.
     fn drop(&mut self) {
         self.close_with(CloseReason::Closed);
     }

@@ -6,6 +6,10 @@
 //! A later audit found that a zero backoff with a connector failing without pending made the
 //! stream's poll and the service's task retry in a loop that never returned to the runtime; its
 //! other finding, waiter slots piling up while a connection stays up, is tested in `alloc.rs`.
+//! A third audit found a `state()` borrow held on a thread that publishes (a stream's drop,
+//! `close()` or `reconnect()`; a never-started service's `close()` or last drop) deadlocking on
+//! the channel's own lock: tokio's documented rule, now stated in the README; the service's side
+//! that is safe is pinned below.
 
 use std::future::{Ready, poll_fn, ready};
 use std::io;
@@ -147,6 +151,48 @@ fn holding_a_state_borrow_while_calling_reconnect_does_not_deadlock() {
                 a.reconnect(); // blocks on the core mutex held by the driver, which waits for `seen`
             }
             drop(seen);
+        });
+        done_tx.send(()).unwrap();
+    });
+    assert!(
+        done_rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "deadlocked"
+    );
+}
+
+/// README: "A service publishes from its background task", so a borrow held on the thread that
+/// closes it only delays the task. The audit that followed the one above found the other case
+/// deadlocking: a thread that publishes while it holds a borrow of the same channel waits for its
+/// own read lock (tokio's lock is not reentrant). That happens wherever the crate publishes from
+/// the caller's thread (every change of a stream; a service's `Closed` before its task started,
+/// or when its runtime is dropped); it cannot be detected or deferred without changing what
+/// `state()` returns or making `close()` asynchronous, so the README states the rule. This pins
+/// the side that is promised: `close()`, `reconnect()` and dropping every clone of a started
+/// service, each with a borrow held on the calling thread.
+#[test]
+fn holding_a_state_borrow_while_closing_a_started_service_does_not_deadlock() {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let maker = Maker::default();
+            let a: Reconnect<Conn> = Reconnect::builder(maker, ()).build().unwrap();
+            let b = a.clone();
+            a.connected().await.unwrap();
+            let mut rx = a.state();
+            let seen = rx.borrow();
+            if seen.is_connected() {
+                a.reconnect();
+                a.close();
+                drop(a);
+                drop(b); // the last clone: the task stops and publishes `Closed`, after `seen`
+            }
+            drop(seen);
+            rx.wait_for(ConnectionState::is_closed).await.unwrap();
         });
         done_tx.send(()).unwrap();
     });
