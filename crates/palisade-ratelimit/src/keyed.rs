@@ -6,8 +6,8 @@ use std::hash::{BuildHasher, Hash, RandomState};
 use std::time::Duration;
 
 use hashbrown::HashTable;
-use palisade_core::sync::RwLock;
 use palisade_core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use palisade_core::sync::{Mutex, RwLock};
 use palisade_core::{Clock, FastClock};
 
 use crate::algorithm::Algorithm;
@@ -76,6 +76,10 @@ pub struct KeyedRateLimiter<K, A: Algorithm = Quota, C: Clock = FastClock, S = R
     sweeps: AtomicU64,
     evicted_owing: AtomicU64,
     rejected_keys: AtomicU64,
+    /// Held across a whole [`set_algorithm`](KeyedRateLimiter::set_algorithm): one change walks
+    /// every shard before the next starts, so two changes at once leave every shard on the same
+    /// algorithm (the one applied last).
+    writer: Mutex<()>,
 }
 
 /// A shard on its own cache lines, so checks on different shards do not share one.
@@ -300,6 +304,7 @@ impl<K: Hash + Eq, A: Algorithm, C: Clock, S: BuildHasher> KeyedRateLimiterBuild
             sweeps: AtomicU64::new(0),
             evicted_owing: AtomicU64::new(0),
             rejected_keys: AtomicU64::new(0),
+            writer: Mutex::new(()),
         })
     }
 }
@@ -646,9 +651,11 @@ where
     /// Switches every key to `algorithm`, keeping each key's accounting (see
     /// [`RateLimiter::set_algorithm`](crate::RateLimiter::set_algorithm)). Each shard switches
     /// under its write lock, so every key switches atomically; keys of different shards switch
-    /// one shard after another. Costs one pass over the keys.
+    /// one shard after another. Changes are serialized: two at once leave every key on the one
+    /// applied last. Costs one pass over the keys.
     pub fn set_algorithm(&self, algorithm: A) -> Result<(), ConfigError> {
         let algorithm = algorithm.validated()?;
+        let _writer = self.writer.lock();
         self.shards[0]
             .table
             .read()

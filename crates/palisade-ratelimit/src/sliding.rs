@@ -43,9 +43,12 @@ impl SlidingWindow {
     /// `1..=`[`MAX_WINDOW_LIMIT`], `window` from 1 ms to 52 days).
     ///
     /// The state keeps the window index in 24 bits: a limiter (or key) left untouched for a
-    /// whole multiple of 2²⁴ windows (4.6 hours of 1 ms windows, 194 days of 1 s windows), give
-    /// or take one window, sees its old counts again for up to two windows. That only ever
-    /// makes it stricter, never looser.
+    /// whole multiple of 2²⁴ windows (4.6 hours of 1 ms windows, 194 days of 1 s windows), or
+    /// for up to two windows or one second (whichever is longer) less, sees its old counts again
+    /// until that multiple has passed and for up to two windows after. That only ever makes it
+    /// stricter, never looser. (The second is the room a reading has to be late: one taken
+    /// before another thread stored a later window is seen at that window, not as two windows
+    /// old.)
     pub const fn new(limit: u32, window: Duration) -> SlidingWindow {
         let ns = window.as_nanos();
         let window = if ns > u64::MAX as u128 {
@@ -67,20 +70,84 @@ impl SlidingWindow {
     }
 }
 
-/// `(index, prev, curr)` of `word` seen at `now`: counts of windows that ended are rolled.
+/// How far a state's window may be ahead of a reading for the reading to count as late (read
+/// before another thread stored a later window, or on a core whose counter trails) rather than as
+/// a state left alone for nearly 2²⁴ windows: two windows, or as many as fit in a second.
+const LATE_READING_NS: u64 = 1_000_000_000;
+
+/// A word seen at a reading: the window it falls in, the offset into it, the counts with those
+/// of windows that ended rolled, and the reading itself (moved up to the state's window if it was
+/// late).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct View {
+    index: u64,
+    offset: u64,
+    now: u64,
+    prev: u64,
+    curr: u64,
+}
+
 #[inline]
-fn view(word: u64, window: u64, now: u64) -> (u64, u64, u64, u64) {
+fn view(word: u64, window: u64, now: u64) -> View {
     let index = now / window;
     let offset = now - index * window;
     let stored = word >> (2 * COUNT_BITS);
     let prev = (word >> COUNT_BITS) & COUNT_MASK;
     let curr = word & COUNT_MASK;
-    let (prev, curr) = match index.wrapping_sub(stored) & INDEX_MASK {
-        0 => (prev, curr),
-        1 => (curr, 0),
-        _ => (0, 0),
-    };
-    (index, offset, prev, curr)
+    match index.wrapping_sub(stored) & INDEX_MASK {
+        0 => View {
+            index,
+            offset,
+            now,
+            prev,
+            curr,
+        },
+        1 => View {
+            index,
+            offset,
+            now,
+            prev: curr,
+            curr: 0,
+        },
+        behind => view_behind(window, index, offset, now, prev, curr, behind),
+    }
+}
+
+/// [`view`] of a word stored two or more windows before the reading's, or after it.
+#[cold]
+#[inline(never)]
+fn view_behind(
+    window: u64,
+    index: u64,
+    offset: u64,
+    now: u64,
+    prev: u64,
+    curr: u64,
+    behind: u64,
+) -> View {
+    let ahead = INDEX_MASK + 1 - behind;
+    if ahead <= 2 || ahead.saturating_mul(window) <= LATE_READING_NS {
+        // The state's window began after this reading was taken: the reading is late, and is
+        // seen at that window's start with its counts. Seen as it stands, the counts would look
+        // two windows old: the step would admit against none and write the old window back
+        // over the newer counts.
+        let index = index + ahead;
+        View {
+            index,
+            offset: 0,
+            now: index * window,
+            prev,
+            curr,
+        }
+    } else {
+        View {
+            index,
+            offset,
+            now,
+            prev: 0,
+            curr: 0,
+        }
+    }
 }
 
 fn pack(index: u64, prev: u64, curr: u64) -> u64 {
@@ -90,7 +157,13 @@ fn pack(index: u64, prev: u64, curr: u64) -> u64 {
 /// One step on `word` with `limit`: the decision and the new word if it changes.
 #[inline]
 fn step(limit: u64, window: u64, word: u64, now: u64, n: u32, op: Op) -> (Decision, Option<u64>) {
-    let (index, offset, prev, curr) = view(word, window, now);
+    let View {
+        index,
+        offset,
+        now,
+        prev,
+        curr,
+    } = view(word, window, now);
     let n = u64::from(n);
     let w = u128::from(window);
     // Everything in "cells × window" units, so the estimate needs no rounding.
@@ -158,7 +231,9 @@ fn step(limit: u64, window: u64, word: u64, now: u64, n: u32, op: Op) -> (Decisi
 /// window are not given back: a refund doesn't say which window its cells were taken in, and
 /// taking them off the wrong count would let one window admit more than the limit.
 fn refund(window: u64, word: u64, now: u64, n: u32) -> Option<u64> {
-    let (index, _, prev, curr) = view(word, window, now);
+    let View {
+        index, prev, curr, ..
+    } = view(word, window, now);
     let back = u64::from(n).min(curr);
     (back > 0).then(|| pack(index, prev, curr - back))
 }
@@ -170,7 +245,9 @@ fn taken_this_window(window: u64, now: u64, end: u64) -> bool {
 }
 
 fn idle_at(window: u64, word: u64, now: u64) -> u64 {
-    let (index, _, prev, curr) = view(word, window, now);
+    let View {
+        index, prev, curr, ..
+    } = view(word, window, now);
     if curr > 0 {
         (index + 2) * window
     } else if prev > 0 {
@@ -269,7 +346,13 @@ impl Core for SlidingWindow {
             return;
         }
         let word = state.load(Ordering::Relaxed);
-        let (_, offset, prev, curr) = view(word, self.window, now);
+        let View {
+            offset,
+            now,
+            prev,
+            curr,
+            ..
+        } = view(word, self.window, now);
         let used = u128::from(prev) * u128::from(self.window - offset)
             + u128::from(curr) * u128::from(self.window);
         let carried = used
@@ -381,6 +464,34 @@ mod tests {
         let d = check(&mut word, 10, 3_000, 10);
         assert!(d.is_allowed());
         assert_eq!(d.remaining(), 0);
+    }
+
+    #[test]
+    fn a_reading_late_by_two_windows_or_a_second_is_seen_at_the_states_window() {
+        // (window, how many windows behind the state a reading may be and count as late)
+        for (window, late) in [(1_000_000_000, 2), (1_000_000, 1_000)] {
+            // Three cells counted in a window past a wrap of the 24-bit index.
+            let base = 5 * (1 << 24) + 100;
+            let word = pack(base, 0, 3);
+            for behind in [1, late, late + 1] {
+                let now = (base - behind) * window + window / 2;
+                let seen = view(word, window, now);
+                if behind <= late {
+                    let at_start = View {
+                        index: base,
+                        offset: 0,
+                        now: base * window,
+                        prev: 0,
+                        curr: 3,
+                    };
+                    assert_eq!(seen, at_start, "{behind} windows of {window} ns behind");
+                } else {
+                    // Further behind is a state left alone for nearly 2^24 windows: forgotten.
+                    let (index, prev, curr) = (base - behind, 0, 0);
+                    assert_eq!((seen.index, seen.prev, seen.curr), (index, prev, curr));
+                }
+            }
+        }
     }
 
     #[test]

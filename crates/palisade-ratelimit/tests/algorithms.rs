@@ -2,9 +2,11 @@
 //! window", with the sliding estimate and exact retry times) and `MultiGcra` (several quotas
 //! checked as one).
 
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread::{self, ThreadId};
 use std::time::Duration;
 
-use palisade_core::ManualClock;
+use palisade_core::{Clock, Instant, ManualClock};
 use palisade_ratelimit::{
     Algorithm, ConfigError, Decision, KeyedRateLimiter, MAX_QUOTAS, MAX_REPLENISH,
     MAX_WINDOW_LIMIT, MultiGcra, Quota, RateLimiter, SlidingWindow,
@@ -259,6 +261,128 @@ fn a_wrapped_window_index_is_only_ever_stricter_and_for_at_most_two_windows() {
     clock.advance(secs(2));
     allowed(l.check());
     refused(l.check());
+}
+
+/// A manual clock that holds one chosen thread right after it reads the time, until released:
+/// the thread's reading is then late, as one is when the thread is preempted between reading
+/// the clock and storing its step (or runs on a core whose counter trails).
+#[derive(Debug, Clone)]
+struct LateClock {
+    clock: ManualClock,
+    held: Arc<Mutex<Option<ThreadId>>>,
+    read: Arc<Barrier>,
+    release: Arc<Barrier>,
+}
+
+impl LateClock {
+    fn new() -> LateClock {
+        LateClock {
+            clock: ManualClock::new(),
+            held: Arc::new(Mutex::new(None)),
+            read: Arc::new(Barrier::new(2)),
+            release: Arc::new(Barrier::new(2)),
+        }
+    }
+
+    /// Runs `f` on a thread held after its first clock read; returns once it has read.
+    fn run_late<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> thread::JoinHandle<T> {
+        let held = Arc::clone(&self.held);
+        let late = thread::spawn(move || {
+            *held.lock().unwrap() = Some(thread::current().id());
+            f()
+        });
+        self.read.wait();
+        late
+    }
+
+    /// Lets the held thread go on with its (now late) reading.
+    fn release(&self) {
+        self.release.wait();
+    }
+}
+
+impl Clock for LateClock {
+    fn now(&self) -> Instant {
+        let now = self.clock.now();
+        let mine = {
+            let mut held = self.held.lock().unwrap();
+            let mine = *held == Some(thread::current().id());
+            if mine {
+                *held = None;
+            }
+            mine
+        };
+        if mine {
+            self.read.wait();
+            self.release.wait();
+        }
+        now
+    }
+}
+
+#[test]
+fn a_late_reading_counts_in_the_newer_window_and_erases_nothing() {
+    // A check that read the clock at 900 ms stores its step after the window of [1 s, 2 s) has
+    // filled: it counts in that window. Seen as it stood, that window's counts looked two
+    // windows old: the late check was admitted against nothing and wrote the old window back
+    // over them, and the window admitted 19 of its 10.
+    let clock = LateClock::new();
+    let limiter = Arc::new(
+        RateLimiter::builder(SlidingWindow::new(10, secs(1)))
+            .clock(clock.clone())
+            .build()
+            .unwrap(),
+    );
+    clock.clock.advance(ms(900));
+    let late = clock.run_late({
+        let limiter = Arc::clone(&limiter);
+        move || limiter.check()
+    });
+    clock.clock.advance(ms(100));
+    let mut admitted = (0..20).filter(|_| limiter.check().is_allowed()).count();
+    assert_eq!(admitted, 10);
+    clock.release();
+    let late = late.join().unwrap();
+    assert!(!late.is_allowed(), "the window is full: {late:?}");
+    // From the window's start (the late reading moved up to it): at 2.1 s, 10 · 0.9 of the
+    // full window still counts, and one more fits.
+    assert_eq!(late.retry_after(), Some(ms(1_100)), "{late:?}");
+    admitted += (0..20).filter(|_| limiter.check().is_allowed()).count();
+    assert_eq!(
+        admitted, 10,
+        "admitted in the window of [1 s, 2 s), limit 10"
+    );
+}
+
+#[test]
+fn a_late_sweep_keeps_a_key_that_still_owes() {
+    // A sweep that read the clock at 900 ms runs after key 7 used the window of [1 s, 2 s):
+    // the key still owes, so it stays. Seen as it stood, its counts looked two windows old,
+    // the sweep dropped it, and it got a second full window.
+    let clock = LateClock::new();
+    let limiter = Arc::new(
+        KeyedRateLimiter::<u64, _, _, _>::builder(SlidingWindow::new(10, secs(1)))
+            .clock(clock.clone())
+            .shards(1)
+            .build()
+            .unwrap(),
+    );
+    clock.clock.advance(ms(900));
+    let sweep = clock.run_late({
+        let limiter = Arc::clone(&limiter);
+        move || limiter.evict_idle()
+    });
+    clock.clock.advance(ms(100));
+    let mut admitted = (0..20).filter(|_| limiter.check(&7).is_allowed()).count();
+    assert_eq!(admitted, 10);
+    clock.release();
+    assert_eq!(sweep.join().unwrap(), 0, "no key was idle");
+    admitted += (0..20).filter(|_| limiter.check(&7).is_allowed()).count();
+    assert_eq!(admitted, 10, "key 7 in the window of [1 s, 2 s), limit 10");
+    assert_eq!(limiter.len(), 1);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Concurrency models of the limiters' protocols (see docs/testing.md for how they run):
 //! racing checks never over-admit, a quota change racing checks neither loses a check nor
-//! computes one with the wrong quota, a cancelled reservation consumes nothing, and a keyed
-//! eviction racing a check neither loses nor double-counts a key's state.
+//! computes one with the wrong quota, a cancelled reservation consumes nothing, a keyed
+//! eviction racing a check neither loses nor double-counts a key's state, and two keyed quota
+//! changes at once leave every shard on the same quota.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -144,5 +145,28 @@ fn two_first_checks_of_one_key_share_one_state() {
             "burst 1: one of the two first checks gets the cell"
         );
         assert_eq!(limiter.len(), 1);
+    }));
+}
+
+#[test]
+fn two_quota_changes_at_once_leave_every_key_on_the_same_quota() {
+    assert_explored(model(|| {
+        let limiter = Arc::new(
+            KeyedRateLimiter::builder(Quota::per_second(1))
+                .shards(2)
+                .clock(ManualClock::new())
+                .build()
+                .unwrap(),
+        );
+        let other = Arc::clone(&limiter);
+        let large = thread::spawn(move || other.set_quota(Quota::per_second(100)).unwrap());
+        limiter.set_quota(Quota::per_second(2)).unwrap();
+        large.join().unwrap();
+        // Burst 100 takes 100 cells at once, burst 2 refuses them: the same answer for every
+        // key (32 keys cover both shards), the one of the quota `algorithm()` reports.
+        let on_large = limiter.algorithm() == Quota::per_second(100);
+        for key in 0..32u64 {
+            assert_eq!(limiter.check_n(&key, 100).is_ok(), on_large, "key {key}");
+        }
     }));
 }
