@@ -6,12 +6,15 @@
 //!   admitted minus the cells refunded in it are at most `burst + (b − a)/T`.
 //!
 //! And a multi-quota limiter admits exactly when every quota's reference admits, and a refusal
-//! by one quota leaves every quota untouched.
+//! by one quota leaves every quota untouched; a sliding window never counts more than its limit
+//! in a window, late clock readings included.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use palisade_core::ManualClock;
-use palisade_ratelimit::{MultiGcra, Quota, RateLimiter};
+use palisade_core::{Clock, Instant, ManualClock};
+use palisade_ratelimit::{MultiGcra, Quota, RateLimiter, SlidingWindow};
 use proptest::prelude::*;
 
 /// The reference: a TAT in ns, with every step written straight from the definition.
@@ -199,6 +202,26 @@ fn wait_op() -> impl Strategy<Value = Wait> {
     ]
 }
 
+/// A clock set by hand to any reading, earlier ones included: a late reading, as a thread
+/// preempted between reading the clock and stepping the limiter has.
+#[derive(Debug, Clone, Default)]
+struct SetClock(Arc<AtomicU64>);
+
+impl Clock for SetClock {
+    fn now(&self) -> Instant {
+        Instant::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// A reading for the sliding-window property: the clock moves on, or a reading comes late.
+#[derive(Debug, Clone, Copy)]
+enum Reading {
+    /// The clock moves on by this many ns (up to three windows).
+    Later(u64),
+    /// A reading this many ns (up to two windows) behind the latest one.
+    Late(u64),
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1024))]
 
@@ -356,5 +379,58 @@ proptest! {
         // Nothing a refusal did shows later: the next decision still matches.
         let fits = refs.iter().all(|r| r.fits(now, 1));
         prop_assert_eq!(limiter.peek().is_allowed(), fits);
+    }
+
+    #[test]
+    fn a_sliding_window_counts_at_most_its_limit_in_a_window_late_readings_included(
+        limit in 1u32..=8,
+        window_ms in 1u64..=50,
+        readings in prop::collection::vec(
+            (
+                prop_oneof![
+                    3 => (0u64..=3_000).prop_map(Reading::Later),
+                    1 => (0u64..=2_000).prop_map(Reading::Late),
+                ],
+                0u32..=3,
+            ),
+            1..200,
+        ),
+    ) {
+        // Readings in thousandths of a window, so both kinds span whole windows.
+        let window = window_ms * 1_000_000;
+        let clock = SetClock::default();
+        let limiter = RateLimiter::builder(SlidingWindow::new(limit, Duration::from_nanos(window)))
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        let mut latest = 0u64;
+        // The newest window the state holds: a late reading counts in it, never before it.
+        let mut stored = 0u64;
+        let mut counted = std::collections::BTreeMap::<u64, u32>::new();
+        for (reading, n) in readings {
+            let now = match reading {
+                Reading::Later(thousandths) => {
+                    latest += thousandths * window / 1_000;
+                    latest
+                }
+                Reading::Late(thousandths) => latest.saturating_sub(thousandths * window / 1_000),
+            };
+            clock.0.store(now, Ordering::Relaxed);
+            let Ok(decision) = limiter.check_n(n.min(limit)) else {
+                continue;
+            };
+            // Every admission stores its window, one of no cells too.
+            if decision.is_allowed() {
+                stored = stored.max(now / window);
+            }
+            if decision.is_allowed() && n > 0 {
+                let cells = counted.entry(stored).or_default();
+                *cells += n.min(limit);
+                prop_assert!(
+                    *cells <= limit,
+                    "{cells} cells counted in window {stored} with a limit of {limit}"
+                );
+            }
+        }
     }
 }
