@@ -16,8 +16,8 @@ pub(crate) type Waiting<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + 
 
 pin_project! {
     /// The response of [`RateLimit`](crate::RateLimit): the inner service's, a
-    /// [`RateLimited`] rejection, or (keyed backpressure) a wait for the key's cells followed by
-    /// the inner call. Dropping it while it waits gives the cells back.
+    /// [`RateLimited`] rejection, or (keyed backpressure) a wait for the key's cell followed by
+    /// the inner call. Dropping it before the inner call is made gives the cell back.
     pub struct ResponseFuture<F, R> {
         #[pin]
         state: State<F, R>,

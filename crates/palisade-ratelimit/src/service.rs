@@ -33,8 +33,9 @@ use crate::wait::{RefundOnDrop, random_up_to};
 ///   reserved cell gives it back.
 /// - **Backpressure mode, keyed**: the key is in the request, so `call` reserves the key's
 ///   next cell and the response future waits for it, then drives a clone of the inner service
-///   to readiness and calls it (the original stays ready for the next request). Dropping the
-///   future while it waits gives the cell back.
+///   to readiness and calls it (the original stays ready for the next request). The wait counts
+///   from `call`, not from the future's first poll. Until the inner call is made, the cell goes
+///   back if the future is dropped or the clone fails readiness.
 pub struct RateLimit<S, L, F = Unkeyed> {
     inner: S,
     limiter: Arc<L>,
@@ -326,34 +327,54 @@ where
         if !decision.is_allowed() && budget.is_none() {
             return ResponseFuture::refused(rejection(&decision));
         }
-        // Wait in the response future, on a clone: the original keeps its readiness. The
-        // refund is armed before the future exists, so dropping it even unpolled gives back.
-        let limiter = Arc::clone(&self.limiter);
-        let mut inner = self.inner.clone();
-        let key: K = key.borrow().clone();
-        let refund = decision.is_allowed().then(|| {
-            let limiter = Arc::clone(&limiter);
-            let key = key.clone();
-            RefundOnDrop(Some(move || limiter.undo(&key, 1, end)))
-        });
+        // Wait in the response future, on a clone: the original keeps its readiness. The wait
+        // counts from the reservation, made here, not from the future's first poll.
         let wait = Duration::from_nanos(decision.retry_after);
+        let limiter = Arc::clone(&self.limiter);
+        let inner = self.inner.clone();
+        let key: K = key.borrow().clone();
+        if decision.is_allowed() {
+            let deadline = tokio::time::Instant::now() + wait + random_up_to(limiter.jitter());
+            // Armed before the future exists, so dropping it even unpolled gives the cell back.
+            let cell = RefundOnDrop(Some(move || limiter.undo(&key, 1, end)));
+            return ResponseFuture::waiting(Box::pin(async move {
+                tokio::time::sleep_until(deadline).await;
+                call_when_ready(inner, req, cell).await
+            }));
+        }
+        // Nothing could be reserved (a sliding window): wait for the predicted moment, then
+        // queue properly.
+        let deadline = tokio::time::Instant::now() + wait;
         ResponseFuture::waiting(Box::pin(async move {
-            if let Some(refund) = refund {
-                tokio::time::sleep(wait + random_up_to(limiter.jitter())).await;
-                refund.disarm();
-            } else {
-                // Nothing could be reserved (a sliding window): wait, then queue properly.
-                tokio::time::sleep(wait).await;
-                let limit = limiter.algorithm().capacity();
-                limiter
-                    .until_key_ready_within(&key, 1, max_wait.saturating_sub(wait))
-                    .await
-                    .map_err(|e| wait_rejection(e, limit))?;
-            }
-            std::future::poll_fn(|cx| inner.poll_ready(cx))
+            tokio::time::sleep_until(deadline).await;
+            let limit = limiter.algorithm().capacity();
+            limiter
+                .until_key_ready_within(&key, 1, max_wait.saturating_sub(wait))
                 .await
-                .map_err(Into::into)?;
-            inner.call(req).await.map_err(Into::into)
+                .map_err(|e| wait_rejection(e, limit))?;
+            let cell = RefundOnDrop(Some(|| limiter.refund(&key, 1)));
+            call_when_ready(inner, req, cell).await
         }))
     }
+}
+
+/// Drives `inner` to readiness and calls it. `cell` is the request's cell: it goes back if the
+/// request is never sent (the future dropped while `inner` is not ready, or `inner` failing
+/// readiness), and is spent once the call is made.
+async fn call_when_ready<S, Req, F>(
+    mut inner: S,
+    req: Req,
+    cell: RefundOnDrop<F>,
+) -> Result<S::Response, BoxError>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    F: FnOnce(),
+{
+    std::future::poll_fn(|cx| inner.poll_ready(cx))
+        .await
+        .map_err(Into::into)?;
+    let response = inner.call(req);
+    cell.disarm();
+    response.await.map_err(Into::into)
 }

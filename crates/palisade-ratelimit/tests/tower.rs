@@ -1,15 +1,16 @@
 //! The tower layer: reject and backpressure modes, one limit across clones, keyed limits, and
 //! cells given back when a waiting service or future is dropped.
 
-use std::future::{Ready, poll_fn, ready};
+use std::future::{Future, Ready, poll_fn, ready};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use palisade_core::TokioClock;
 use palisade_ratelimit::{
     BoxError, KeyedRateLimiter, Quota, RateLimit, RateLimitLayer, RateLimited, RateLimiter,
+    SlidingWindow,
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -277,4 +278,203 @@ async fn into_inner_gives_a_reserved_cell_back() {
     assert!(!shared.peek().is_allowed());
     let _inner: Echo = svc.into_inner();
     assert!(shared.peek().is_allowed());
+}
+
+/// Counts calls and echoes the request. The service a test builds is always ready; its clones
+/// (keyed backpressure drives one per waiting request) only once `open` is set, and until then
+/// they are pending, or fail readiness if built with [`Gated::failing`].
+#[derive(Default)]
+struct Gated {
+    open: Arc<AtomicBool>,
+    calls: Arc<AtomicUsize>,
+    fails: bool,
+    is_clone: bool,
+}
+
+impl Gated {
+    fn failing() -> Self {
+        Gated {
+            fails: true,
+            ..Gated::default()
+        }
+    }
+}
+
+impl Clone for Gated {
+    fn clone(&self) -> Self {
+        Gated {
+            open: Arc::clone(&self.open),
+            calls: Arc::clone(&self.calls),
+            fails: self.fails,
+            is_clone: true,
+        }
+    }
+}
+
+impl<R> Service<R> for Gated {
+    type Response = R;
+    type Error = BoxError;
+    type Future = Ready<Result<R, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if !self.is_clone || self.open.load(Ordering::SeqCst) {
+            Poll::Ready(Ok(()))
+        } else if self.fails {
+            Poll::Ready(Err("the clone is broken".into()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        ready(Ok(req))
+    }
+}
+
+/// Polls `future` once, outside any task.
+fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
+    std::pin::Pin::new(future).poll(&mut Context::from_waker(Waker::noop()))
+}
+
+/// The README's cancel-safety promise for the keyed response future ("can be dropped at any
+/// point; a dropped waiter consumes nothing"): dropped after its moment but before the inner
+/// clone is ready (so before the inner call is made), it gives the cell back.
+#[tokio::test(start_paused = true)]
+async fn keyed_backpressure_future_dropped_while_the_inner_clone_is_not_ready_gives_back() {
+    let shared = keyed(Quota::per_second(1));
+    let inner = Gated::default();
+    let calls = Arc::clone(&inner.calls);
+    let mut svc = RateLimitLayer::keyed(Arc::clone(&shared), |req: &u32| *req)
+        .backpressure()
+        .layer(inner);
+    call(&mut svc, 7).await.unwrap();
+    poll_fn(|cx| Service::<u32>::poll_ready(&mut svc, cx))
+        .await
+        .unwrap();
+    let mut waiting = svc.call(7); // reserves the next cell, one second from now
+    assert!(poll_once(&mut waiting).is_pending());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(
+        poll_once(&mut waiting).is_pending(),
+        "the moment has come, but the inner clone is not ready"
+    );
+    assert!(
+        !shared.peek_n(&7, 1).unwrap().is_allowed(),
+        "the future holds the cell"
+    );
+    drop(waiting);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the dropped request never reached the service"
+    );
+    assert!(
+        shared.peek_n(&7, 1).unwrap().is_allowed(),
+        "the dropped future gave its cell back"
+    );
+}
+
+/// The same promise when the inner clone fails readiness: the request is never sent, so its
+/// cell goes back and the caller gets the inner service's error.
+#[tokio::test(start_paused = true)]
+async fn keyed_backpressure_gives_the_cell_back_when_the_inner_clone_fails_readiness() {
+    let shared = keyed(Quota::per_second(1));
+    let inner = Gated::failing();
+    let calls = Arc::clone(&inner.calls);
+    let mut svc = RateLimitLayer::keyed(Arc::clone(&shared), |req: &u32| *req)
+        .backpressure()
+        .layer(inner);
+    call(&mut svc, 7).await.unwrap();
+    let err = call(&mut svc, 7).await.unwrap_err();
+    assert!(err.downcast_ref::<RateLimited>().is_none(), "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert!(shared.peek_n(&7, 1).unwrap().is_allowed());
+}
+
+/// The cancel-safety promise for a keyed sliding window, whose response future takes its cell
+/// only after the predicted moment: dropped before the inner clone is ready, it gives it back.
+#[tokio::test(start_paused = true)]
+async fn keyed_sliding_window_future_dropped_while_the_inner_clone_is_not_ready_gives_back() {
+    let shared = Arc::new(
+        KeyedRateLimiter::builder(SlidingWindow::new(1, Duration::from_secs(1)))
+            .clock(TokioClock::new())
+            .build()
+            .unwrap(),
+    );
+    let inner = Gated::default();
+    let mut svc = RateLimitLayer::keyed(Arc::clone(&shared), |req: &u32| *req)
+        .backpressure()
+        .layer(inner);
+    call(&mut svc, 7).await.unwrap();
+    let wait = shared.peek_n(&7, 1).unwrap().retry_after().unwrap();
+    poll_fn(|cx| Service::<u32>::poll_ready(&mut svc, cx))
+        .await
+        .unwrap();
+    let mut waiting = svc.call(7);
+    assert!(poll_once(&mut waiting).is_pending());
+    tokio::time::advance(wait).await;
+    assert!(poll_once(&mut waiting).is_pending());
+    assert!(
+        !shared.peek_n(&7, 1).unwrap().is_allowed(),
+        "the future took the cell"
+    );
+    drop(waiting);
+    assert!(
+        shared.check(&7).is_allowed(),
+        "the dropped future gave its cell back"
+    );
+}
+
+/// The README's "sleeps exactly until its moment": a keyed response future first polled at
+/// (or after) the moment its cell was reserved for goes ahead at once instead of sleeping the
+/// whole wait again and leaving the reserved slot unused.
+#[tokio::test(start_paused = true)]
+async fn keyed_backpressure_waits_from_the_reservation_not_from_the_first_poll() {
+    let shared = keyed(Quota::per_second(1));
+    let mut svc = RateLimitLayer::keyed(Arc::clone(&shared), |req: &u32| *req)
+        .backpressure()
+        .layer(Echo::default());
+    call(&mut svc, 7).await.unwrap();
+    poll_fn(|cx| Service::<u32>::poll_ready(&mut svc, cx))
+        .await
+        .unwrap();
+    let waiting = svc.call(7); // its moment is one second from now
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let start = tokio::time::Instant::now();
+    assert_eq!(waiting.await.unwrap(), 7);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+}
+
+/// The unkeyed mode keeps the same two promises: a cell granted in `poll_ready` while the inner
+/// service is not ready goes back when the service is dropped, and a `poll_ready` resumed after
+/// the reserved moment doesn't wait again.
+#[tokio::test(start_paused = true)]
+async fn unkeyed_backpressure_waits_from_the_reservation_and_gives_back_a_cell_never_used() {
+    let shared = limiter(Quota::per_second(1));
+    let layer = RateLimitLayer::new(Arc::clone(&shared)).backpressure();
+    let mut first = layer.layer(Echo::default());
+    call(&mut first, ()).await.unwrap();
+    let gated = Gated::default();
+    let mut svc = layer.layer(gated.clone()); // a clone: not ready until opened
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(Service::<()>::poll_ready(&mut svc, &mut cx).is_pending());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(Service::<()>::poll_ready(&mut svc, &mut cx).is_pending());
+    assert!(
+        !shared.peek().is_allowed(),
+        "the service holds its granted cell"
+    );
+    drop(svc);
+    assert!(shared.peek().is_allowed());
+
+    let mut svc = layer.layer(gated.clone());
+    call(&mut first, ()).await.unwrap(); // the cell it gave back
+    assert!(Service::<()>::poll_ready(&mut svc, &mut cx).is_pending());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    gated.open.store(true, Ordering::SeqCst);
+    let start = tokio::time::Instant::now();
+    call(&mut svc, ()).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(gated.calls.load(Ordering::SeqCst), 1);
 }
