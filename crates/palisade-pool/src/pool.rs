@@ -196,14 +196,18 @@ impl<M: Manager, C: Clock> Pool<M, C> {
             live: None,
             keepalive: true,
         };
-        // One connection at a time: the others stay available to callers meanwhile.
+        // One connection at a time: the others stay available to callers meanwhile. Stale as
+        // of the pass's start, so a pass checks each connection at most once and ends even when
+        // its checks take longer, all told, than `keepalive` (the first checked would be stale
+        // again by the last).
+        let started = shared.clock.now();
         loop {
             let live = {
                 let mut state = shared.state.lock();
                 if state.is_closed() {
                     return;
                 }
-                state.take_for_keepalive(shared.clock.now(), nanos(after))
+                state.take_for_keepalive(started, nanos(after))
             };
             let Some(live) = live else {
                 return;
@@ -957,7 +961,9 @@ async fn connect_loop<M: Manager, C: Clock>(slot: &mut Reserved<M, C>) {
             }
         }
         let timeout = shared.config.connect_timeout;
-        let result = bounded(caught(shared.manager.connect()), || {
+        // `connect()` is called inside `caught` too: a panic building the future is caught like
+        // one polling it.
+        let result = bounded(caught(async { shared.manager.connect().await }), || {
             tokio::time::Instant::now() + timeout
         })
         .await;

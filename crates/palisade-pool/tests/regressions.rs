@@ -5,8 +5,8 @@
 //! validation failures causing a connect storm, and the caller's deadline counted against a
 //! healthy connection; then those of a later audit: a long `max_lifetime` that panicked
 //! `build()`, slots kept by a pool built outside a runtime, a backoff after failed checks that
-//! never grew, a connect loop that never yielded with a zero backoff, and a panicking connect
-//! retried at once.
+//! never grew, a connect loop that never yielded with a zero backoff, a panicking connect
+//! retried at once, and a keepalive pass that never ended.
 
 mod support;
 
@@ -586,4 +586,88 @@ async fn a_panicking_connect_is_a_failure_on_the_backoff_schedule() {
     let m = pool.metrics();
     assert_eq!((m.size, m.connecting), (0, 0), "{m}");
     assert_eq!(m.connect_failures, attempts as u64);
+}
+
+/// A connector whose `connect` builds its future only after panicking, for its first 1,000
+/// attempts (`.expect` on a config value, say): the panic comes from the call, not a poll.
+#[derive(Debug, Default)]
+struct PanicsBuildingConnect {
+    attempts: AtomicUsize,
+}
+
+impl Manager for PanicsBuildingConnect {
+    type Connection = ();
+    type Error = std::io::Error;
+    #[allow(clippy::manual_async_fn)]
+    fn connect(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        if self.attempts.fetch_add(1, Ordering::SeqCst) < 1_000 {
+            panic!("the connector has a bug");
+        }
+        async { Ok(()) }
+    }
+}
+
+/// Bug 16 (fixed): Bug 15's catch covered a panic while polling the connect future, not one
+/// while `connect()` built it: that killed the connect task, which was restarted at once.
+#[tokio::test(start_paused = true)]
+async fn a_connect_that_panics_building_its_future_is_on_the_backoff_schedule_too() {
+    let pool = Pool::builder(PanicsBuildingConnect::default())
+        .acquire_timeout(S)
+        .clock(TokioClock::new())
+        .build()
+        .unwrap();
+    let error = pool.get().await.expect_err("every connect panics");
+    let attempts = pool.manager().attempts.load(Ordering::SeqCst);
+    assert!((2..=6).contains(&attempts), "{attempts} connects in 1 s");
+    assert!(
+        matches!(error.last_error(), Some(Failure::ConnectPanicked(_))),
+        "{error}"
+    );
+}
+
+/// A connector whose `validate` takes 600 ms.
+#[derive(Debug, Default)]
+struct SlowValidate {
+    validations: AtomicUsize,
+}
+
+impl Manager for SlowValidate {
+    type Connection = ();
+    type Error = std::io::Error;
+    async fn connect(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    async fn validate(&self, _: &mut ()) -> std::io::Result<()> {
+        self.validations.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        Ok(())
+    }
+}
+
+/// Bug 17 (fixed): A keepalive pass took whichever idle connection was stale *now*: when its
+/// checks took longer, all told, than `keepalive` (3 idle connections, 600 ms checks, a 1 s
+/// keepalive), the first was stale again by the last, and `maintain()` never returned (and
+/// `maintenance()` stopped reaping, reporting leaks and refilling).
+#[tokio::test(start_paused = true)]
+async fn a_keepalive_pass_checks_each_connection_once_and_ends() {
+    let pool = Pool::builder(SlowValidate::default())
+        .max_size(3)
+        .keepalive(Some(S))
+        .test_on_checkout(CheckoutTest::Never)
+        .idle_timeout(None)
+        .clock(TokioClock::new())
+        .build()
+        .unwrap();
+    let conns = [
+        pool.get().await.unwrap(),
+        pool.get().await.unwrap(),
+        pool.get().await.unwrap(),
+    ];
+    drop(conns);
+    tokio::time::sleep(2 * S).await;
+    let pass = tokio::time::timeout(Duration::from_secs(600), pool.maintain()).await;
+    let checks = pool.manager().validations.load(Ordering::SeqCst);
+    assert!(pass.is_ok(), "maintain() ran {checks} checks in 600 s");
+    assert_eq!(checks, 3);
+    assert_eq!(pool.metrics().idle, 3);
 }
