@@ -222,8 +222,9 @@ impl<M: Manager, C: Clock> PoolBuilder<M, C> {
         self
     }
 
-    /// [`maintain`](Pool::maintain) validates connections idle this long, so a connection a
-    /// firewall or the server dropped silently is found before a caller gets it.
+    /// [`maintain`](Pool::maintain) validates connections idle this long (recycling first one
+    /// back from a use), so a connection a firewall or the server dropped silently is found
+    /// before a caller gets it.
     pub fn keepalive(mut self, interval: Option<Duration>) -> Self {
         self.config.keepalive = interval;
         self

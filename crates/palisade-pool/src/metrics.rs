@@ -86,7 +86,7 @@ pub struct Metrics {
     pub created: u64,
     /// Connect attempts that failed or timed out.
     pub connect_failures: u64,
-    /// `get()` calls that ran out of time.
+    /// `get()` (and `warm_up()`) calls that ran out of time.
     pub timeouts: u64,
     /// Checkouts reported as suspected leaks.
     pub leaks: u64,

@@ -212,9 +212,20 @@ impl<M: Manager, C: Clock> Pool<M, C> {
             let Some(live) = live else {
                 return;
             };
-            let limit = tokio::time::Instant::now() + shared.config.validation_timeout;
-            let conn = &mut guard.live.insert(live).conn;
-            let result = bounded(shared.manager.validate(conn), || limit).await;
+            let timeout = shared.config.validation_timeout;
+            let live = guard.live.insert(live);
+            // A connection back from a use is recycled first, as at checkout: it may be left
+            // mid-transaction, and its check would fail where `recycle` repairs it.
+            let mut result = Some(Ok(()));
+            if live.used {
+                let limit = tokio::time::Instant::now() + timeout;
+                result = bounded(shared.manager.recycle(&mut live.conn), || limit).await;
+                live.used = !matches!(result, Some(Ok(())));
+            }
+            if matches!(result, Some(Ok(()))) {
+                let limit = tokio::time::Instant::now() + timeout;
+                result = bounded(shared.manager.validate(&mut live.conn), || limit).await;
+            }
             let live = guard.live.take().expect("the connection checked");
             let live_reused = live.reused;
             let now = shared.clock.now();

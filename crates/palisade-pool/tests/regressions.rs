@@ -6,7 +6,8 @@
 //! healthy connection; then those of a later audit: a long `max_lifetime` that panicked
 //! `build()`, slots kept by a pool built outside a runtime, a backoff after failed checks that
 //! never grew, a connect loop that never yielded with a zero backoff, a panicking connect
-//! retried at once, and a keepalive pass that never ended.
+//! retried at once, a keepalive pass that never ended, and keepalive checking a used connection
+//! before recycling it.
 
 mod support;
 
@@ -670,4 +671,35 @@ async fn a_keepalive_pass_checks_each_connection_once_and_ends() {
     assert!(pass.is_ok(), "maintain() ran {checks} checks in 600 s");
     assert_eq!(checks, 3);
     assert_eq!(pool.metrics().idle, 3);
+}
+
+/// Bug 18 (fixed): Keepalive validated a connection back from a use before `recycle` ran (which
+/// checkout runs first): one left mid-transaction failed its check and was discarded where a
+/// recycle would have repaired it. It is now recycled, then validated, and goes out with no
+/// second recycle.
+#[tokio::test(start_paused = true)]
+async fn keepalive_recycles_a_used_connection_before_checking_it() {
+    let backend = Backend::default();
+    let pool = builder(&backend)
+        .max_size(1)
+        .keepalive(Some(Duration::from_secs(30)))
+        .idle_timeout(None)
+        .build()
+        .unwrap();
+    drop(pool.get().await.unwrap());
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    pool.maintain().await;
+    assert_eq!((backend.recycles(), backend.validations()), (1, 1));
+    assert_eq!(pool.metrics().idle, 1, "kept");
+    let conn = pool.get().await.unwrap();
+    assert_eq!(conn.id, 0);
+    assert_eq!(backend.recycles(), 1, "recycled once, by keepalive");
+
+    // A recycle that fails discards the connection without validating it.
+    drop(conn);
+    backend.set(&backend.0.recycle_fails, true);
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    pool.maintain().await;
+    assert_eq!((backend.recycles(), backend.validations()), (2, 1));
+    assert_eq!(pool.metrics().discarded(Discard::Invalid), 1);
 }
