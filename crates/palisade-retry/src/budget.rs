@@ -404,28 +404,28 @@ pub struct RetryThrottle {
 }
 
 impl RetryThrottle {
-    /// `max_tokens` in `(0, 1000]` and `token_ratio` in `(0, 1000]`, both kept to three decimals
-    /// as gRPC's service config specifies. The throttle starts full.
+    /// `max_tokens` and `token_ratio` each in `[0.001, 1000]`, kept to three decimals as gRPC's
+    /// service config specifies (gRPC's `(0, 1000]` with its three decimals: a value under
+    /// a thousandth would round to none, and a throttle of no tokens never allows a retry). The
+    /// throttle starts full.
     pub fn new(max_tokens: f64, token_ratio: f64) -> Result<RetryThrottle, ConfigError> {
-        if !(max_tokens.is_finite() && max_tokens > 0.0 && max_tokens <= 1000.0) {
-            return Err(ConfigError::out_of_range(
-                "max_tokens",
-                "a number in (0, 1000]",
-                max_tokens,
-            ));
-        }
-        if !(token_ratio.is_finite() && token_ratio > 0.0 && token_ratio <= 1000.0) {
-            return Err(ConfigError::out_of_range(
-                "token_ratio",
-                "a number in (0, 1000]",
-                token_ratio,
-            ));
-        }
-        let max = (max_tokens * 1000.0).round() as u64;
+        let thousandths = |field: &'static str, value: f64| {
+            if value.is_finite() && (0.001..=1000.0).contains(&value) {
+                Ok((value * 1000.0).round() as u64)
+            } else {
+                Err(ConfigError::out_of_range(
+                    field,
+                    "a number in [0.001, 1000]",
+                    value,
+                ))
+            }
+        };
+        let max = thousandths("max_tokens", max_tokens)?;
+        let ratio = thousandths("token_ratio", token_ratio)?;
         Ok(RetryThrottle {
             tokens: AtomicU64::new(max),
             max,
-            ratio: (token_ratio * 1000.0).round().max(1.0) as u64,
+            ratio,
         })
     }
 

@@ -128,14 +128,31 @@ fn builders_name_the_bad_knob() {
     );
     assert_eq!(
         RetryThrottle::new(0.0, 0.1).unwrap_err().to_string(),
-        "max_tokens must be a number in (0, 1000], got 0.0"
+        "max_tokens must be a number in [0.001, 1000], got 0.0"
     );
     assert_eq!(
         RetryThrottle::new(10.0, f64::INFINITY)
             .unwrap_err()
             .to_string(),
-        "token_ratio must be a number in (0, 1000], got inf"
+        "token_ratio must be a number in [0.001, 1000], got inf"
     );
+    // Under a thousandth rounds to no tokens at all: a throttle that never allows a retry.
+    assert_eq!(
+        RetryThrottle::new(0.0004, 1.0).unwrap_err().to_string(),
+        "max_tokens must be a number in [0.001, 1000], got 0.0004"
+    );
+    assert_eq!(
+        RetryThrottle::new(1.0, 0.0004).unwrap_err().to_string(),
+        "token_ratio must be a number in [0.001, 1000], got 0.0004"
+    );
+    // The smallest throttle works: full, it allows retries; a failure empties it, a success
+    // refills it.
+    let smallest = RetryThrottle::new(0.001, 0.001).unwrap();
+    assert!(smallest.withdraw());
+    smallest.record(true);
+    assert!(!smallest.withdraw());
+    smallest.record(false);
+    assert!(smallest.withdraw());
 }
 
 #[test]
