@@ -171,19 +171,37 @@ impl Coordinator {
             hook_started: None,
             abort_started: false,
         };
-        let escalated = {
+        let (escalated, finished) = {
             let sequence = inner.sequence(deadline, &mut progress);
             tokio::pin!(sequence);
             tokio::select! {
                 biased;
-                () = &mut sequence => None,
-                () = Escalated::new(inner.state.clone()) => Some(inner.state.escalated_by()),
+                () = &mut sequence => (None, true),
+                () = Escalated::new(inner.state.clone()) => {
+                    (Some(inner.state.escalated_by()), false)
+                }
             }
         };
+        // The sequence may finish in the poll an escalation arrived in (or one came before
+        // `run`), and the biased select then never looks: it still counts.
+        let escalated = escalated.or_else(|| {
+            inner
+                .state
+                .is_escalated()
+                .then(|| inner.state.escalated_by())
+        });
         if let Some(by) = escalated {
-            inner.escalated(by, &mut progress).await;
+            inner.escalated(by, &mut progress, finished).await;
         }
         inner.finish(trigger, escalated, progress)
+    }
+}
+
+impl Drop for Coordinator {
+    /// A coordinator dropped unrun, or with its `run` dropped midway, leaves its signal
+    /// handlers nothing to trigger: from then on they exit the process on the first signal.
+    fn drop(&mut self) {
+        self.inner.state.abandon();
     }
 }
 
@@ -396,11 +414,17 @@ impl Inner {
             .await;
     }
 
-    async fn escalated(&self, by: Option<Signal>, progress: &mut Progress) {
+    /// Carries out an escalation: exits, or aborts what is left of the sequence (nothing if it
+    /// had `finished`: the report is only marked escalated).
+    async fn escalated(&self, by: Option<Signal>, progress: &mut Progress, finished: bool) {
         let by_text = by.map_or("escalate()", Signal::as_str);
         if let Escalation::Exit(code) = self.config.escalation {
             tracing::error!(target: "palisade_shutdown", by = by_text, code, "shutdown escalated: exiting now");
             std::process::exit(code);
+        }
+        if finished {
+            tracing::warn!(target: "palisade_shutdown", by = by_text, "shutdown escalated as it finished: nothing left to abort");
+            return;
         }
         tracing::warn!(target: "palisade_shutdown", by = by_text, "shutdown escalated: aborting now");
         progress.interrupt();

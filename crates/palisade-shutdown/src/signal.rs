@@ -72,6 +72,11 @@ pub(crate) fn listen(state: Arc<State>, signals: &[Signal], escalation: Escalati
                 tracing::error!(target: "palisade_shutdown", %signal, "signal after the shutdown gave up waiting: exiting now");
                 std::process::exit(signal.exit_code());
             }
+            if state.is_abandoned() {
+                // No coordinator will run the shutdown this signal asks for: don't swallow it.
+                tracing::error!(target: "palisade_shutdown", %signal, "signal with no coordinator left to run the shutdown: exiting now");
+                std::process::exit(signal.exit_code());
+            }
             if received == 1 {
                 // A no-op if something already triggered: then this signal is the first one,
                 // not an escalation (Kubernetes sends SIGTERM whatever started the shutdown).

@@ -22,6 +22,9 @@ pub(crate) struct State {
     trigger: Mutex<Option<(Trigger, tokio::time::Instant)>>,
     panics: Mutex<Vec<TaskPanic>>,
     panic_policy: PanicPolicy,
+    /// The coordinator is gone (dropped unrun, or its `run` dropped or finished): nothing will
+    /// carry out a shutdown any more, so a signal exits the process at once.
+    abandoned: AtomicBool,
 }
 
 impl State {
@@ -34,6 +37,7 @@ impl State {
             trigger: Mutex::new(None),
             panics: Mutex::new(Vec::new()),
             panic_policy,
+            abandoned: AtomicBool::new(false),
         }
     }
 
@@ -75,6 +79,15 @@ impl State {
             tracing::info!(target: "palisade_shutdown", phase = phase.as_str(), "shutdown phase");
             self.event.notify_all();
         }
+    }
+
+    /// Marks the coordinator gone (see `abandoned`).
+    pub(crate) fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire)
     }
 
     pub(crate) fn escalate(&self, by: Option<Signal>) -> bool {

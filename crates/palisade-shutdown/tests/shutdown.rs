@@ -528,6 +528,34 @@ async fn escalation_aborts_at_once_skips_the_hooks_and_drops_the_tasks() {
     assert!(report.to_string().contains("escalated"), "{report}");
 }
 
+/// An escalation the sequence could outrun (one before `run`, or in the poll the sequence
+/// finishes in) is in the report: the biased select polled the finished sequence first and
+/// never saw it, so the report said clean while `is_escalated()` said otherwise (and with
+/// `Escalation::Exit` the process did not exit).
+#[tokio::test(start_paused = true)]
+async fn an_escalation_the_sequence_outruns_is_in_the_report() {
+    let coordinator = builder().build().unwrap();
+    let shutdown = coordinator.handle();
+    shutdown.escalate();
+    let report = coordinator.run().await;
+    assert!(shutdown.is_escalated());
+    assert_eq!(report.escalated, Some(None), "{report}");
+    assert!(!report.is_clean());
+    // Nothing was left to abort: every phase completed, none is listed twice.
+    let phases: Vec<(Phase, Outcome)> = report
+        .phases
+        .iter()
+        .map(|p| (p.phase, p.outcome.clone()))
+        .collect();
+    assert!(
+        phases
+            .iter()
+            .all(|(_, outcome)| *outcome == Outcome::Completed),
+        "{phases:?}"
+    );
+    assert_eq!(report.aborted, 0);
+}
+
 /// Escalated while the Aborting phase waits for the deadline: the tasks are aborted at once,
 /// within that phase, and the report lists it once (it listed a second Aborting phase, and
 /// `report.phase(Phase::Aborting)` found the first, which missed the abort).
