@@ -226,6 +226,18 @@ impl<C: Clock> Bulkhead<C> {
         }
     }
 
+    /// [`try_acquire_owned`](Bulkhead::try_acquire_owned) for work that has not begun: the
+    /// permit is [reserved](OwnedPermit::reserved) (no clock read, no sample unless begun).
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    #[inline]
+    pub(crate) fn try_reserve_owned(&self) -> Result<OwnedPermit<C>, Rejected> {
+        if self.inner.try_take() {
+            Ok(OwnedPermit::reserved(&self.inner))
+        } else {
+            Err(self.inner.reject(Reason::Full))
+        }
+    }
+
     /// [`acquire`](Bulkhead::acquire), returning an [`OwnedPermit`].
     pub async fn acquire_owned(&self) -> Result<OwnedPermit<C>, Rejected> {
         self.acquire().await.map(Permit::into_owned)
@@ -580,6 +592,8 @@ struct Start(u64);
 impl Start {
     const SHIFT: u32 = 62;
     const AT: u64 = (1 << Start::SHIFT) - 1;
+    /// A permit whose work has not begun: it reports [`Outcome::Ignored`], and no time.
+    const RESERVED: Start = Start(2 << Start::SHIFT);
 
     #[inline]
     fn new(at: u64) -> Start {
@@ -676,13 +690,26 @@ pub struct OwnedPermit<C: Clock = FastClock> {
 }
 
 impl<C: Clock> OwnedPermit<C> {
-    /// A permit the caller has just taken from `inner` (by [`Waiter::poll_acquire`]).
+    /// A permit the caller has just taken from `inner` (by [`Waiter::poll_acquire`] or
+    /// `try_take`) for work that has not begun: it reads no clock, and releasing it reports
+    /// nothing to an adaptive bulkhead's algorithm, unless [`begin`](OwnedPermit::begin)
+    /// starts the work. A tower service holds one between `poll_ready` and `call`.
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-    pub(crate) fn taken(inner: &Arc<Inner<C>>) -> OwnedPermit<C> {
+    #[inline]
+    pub(crate) fn reserved(inner: &Arc<Inner<C>>) -> OwnedPermit<C> {
         OwnedPermit {
             inner: Arc::clone(inner),
-            start: inner.start(),
+            start: Start::RESERVED,
         }
+    }
+
+    /// Starts the work the permit guards: its sample's RTT counts from now (the one clock read,
+    /// on an adaptive bulkhead only), and it reports `outcome` unless that is changed later.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    #[inline]
+    pub(crate) fn begin(&mut self, outcome: Outcome) {
+        self.start = self.inner.start();
+        self.start.set_outcome(outcome);
     }
 
     /// Releases the permit, reporting how its work ended to an adaptive bulkhead's limit

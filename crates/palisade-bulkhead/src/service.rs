@@ -58,9 +58,11 @@ where
 /// dropped holding a permit releases it. Clones start without a permit.
 ///
 /// On an [adaptive](Bulkhead::adaptive) bulkhead, a response reports
-/// [`Outcome::Success`] with its latency, and an error or a response future dropped before it
-/// completed (an outer timeout, a caller gone) reports the layer's
-/// [`errors_as`](crate::BulkheadLayer::errors_as) outcome, [`Outcome::Dropped`] by default.
+/// [`Outcome::Success`] with its latency (from `call` to the response), and an error or a
+/// response future dropped before it completed (an outer timeout, a caller gone) reports the
+/// layer's [`errors_as`](crate::BulkheadLayer::errors_as) outcome, [`Outcome::Dropped`] by
+/// default. A permit that no `call` used (the service dropped after `poll_ready`, or the
+/// inner service's `poll_ready` failed) reports nothing: no request was sent.
 pub struct BulkheadService<S, C: Clock = FastClock, R = ReleaseOnResponse> {
     inner: S,
     mode: Mode,
@@ -183,10 +185,12 @@ where
                 Mode::Wait => {
                     let inner = slot.bulkhead.inner();
                     std::task::ready!(slot.waiter.poll_acquire(inner, cx))
-                        .map(|()| OwnedPermit::taken(inner))
+                        .map(|()| OwnedPermit::reserved(inner))
                 }
-                Mode::Shed => slot.bulkhead.try_acquire_owned(),
+                Mode::Shed => slot.bulkhead.try_reserve_owned(),
             };
+            // Reserved for the next `call`, which begins its work: a permit never called with
+            // (the service dropped, the inner `poll_ready` failed) reports no sample.
             slot.ready = match outcome {
                 Ok(permit) => Ready::Permit(permit),
                 Err(rejected) => Ready::Refused(rejected),
@@ -201,8 +205,9 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         match std::mem::replace(&mut self.slot.ready, Ready::Idle) {
             Ready::Permit(mut permit) => {
-                // Until the response arrives, the permit would report a cancellation.
-                permit.set_outcome(self.errors);
+                // The work begins: the sample's RTT counts from here, not from readiness, and
+                // until the response arrives the permit would report a cancellation.
+                permit.begin(self.errors);
                 ResponseFuture::called(self.inner.call(req), permit, self.release.clone())
             }
             Ready::Refused(rejected) => ResponseFuture::refused(rejected),

@@ -193,6 +193,54 @@ proptest! {
     }
 }
 
+/// An algorithm that keeps 8 and records the samples it is fed.
+#[derive(Debug, Clone, Default)]
+struct Recorder(Arc<std::sync::Mutex<Vec<Sample>>>);
+
+impl LimitAlgorithm for Recorder {
+    fn initial_limit(&self) -> u32 {
+        8
+    }
+    fn update(&mut self, sample: Sample) -> u32 {
+        self.0.lock().unwrap().push(sample);
+        8
+    }
+    fn bounds(&self) -> (u32, u32) {
+        (8, 8)
+    }
+}
+
+/// README, Adaptive limits: a sample records the permits in flight *as its work ended* (its
+/// own included), as [`Sample::in_flight`] says: work that kept the limit busy reports a busy
+/// bulkhead, so the algorithms' "grow only while the limit is used" reads the load the work
+/// ran under, not the load it started under.
+#[test]
+fn a_sample_counts_the_permits_in_flight_as_its_work_ended() {
+    let clock = ManualClock::new();
+    let recorder = Recorder::default();
+    let bulkhead = Bulkhead::adaptive(recorder.clone())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    // Taken with 1, 2 and 3 in flight; they end with 3, 2 and 1.
+    let first = bulkhead.try_acquire().unwrap();
+    let second = bulkhead.try_acquire().unwrap();
+    let third = bulkhead.try_acquire_owned().unwrap();
+    clock.advance(Duration::from_millis(5));
+    drop(first);
+    third.release_as(Outcome::Dropped);
+    drop(second);
+    let ms = Duration::from_millis(5);
+    assert_eq!(
+        *recorder.0.lock().unwrap(),
+        [
+            Sample::new(ms, 3, false),
+            Sample::new(ms, 2, true),
+            Sample::new(ms, 1, false),
+        ]
+    );
+}
+
 #[test]
 fn a_plain_bulkhead_ignores_outcomes() {
     let bulkhead = Bulkhead::new(3).unwrap();

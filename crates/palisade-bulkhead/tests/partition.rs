@@ -783,7 +783,7 @@ mod tower {
         tx1.send(1).unwrap();
         assert!(matches!(poll(f1.as_mut()), Poll::Ready(Ok(1))));
         assert_eq!(woken(&count), 1, "the release woke the waiting response");
-        // Granted: the clone of the inner is driven and called, the permit held meanwhile.
+        // Granted: the inner service is called, the permit held meanwhile.
         assert!(poll(f2.as_mut()).is_pending());
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         assert_eq!(totals(&bulkhead), (1, 0, 1));
@@ -834,6 +834,123 @@ mod tower {
         let m = bulkhead.partition("a").unwrap().metrics();
         assert_eq!((m.in_flight, m.queued), (1, 1));
         assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    /// Like tower's `ConcurrencyLimit`: `poll_ready` reserves one of the shared slots for the
+    /// next `call` (a clone starts without one), and the response gives it back.
+    #[derive(Debug)]
+    struct Reserving {
+        free: Arc<AtomicUsize>,
+        reserved: bool,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl Clone for Reserving {
+        fn clone(&self) -> Self {
+            Reserving {
+                free: Arc::clone(&self.free),
+                reserved: false,
+                calls: Arc::clone(&self.calls),
+            }
+        }
+    }
+
+    impl Service<Req> for Reserving {
+        type Response = u32;
+        type Error = BoxError;
+        type Future = Pin<Box<dyn Future<Output = Result<u32, BoxError>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            if !self.reserved {
+                // Nothing wakes a waiter here: the tests poll by hand.
+                let taken = self
+                    .free
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+                if taken.is_err() {
+                    return Poll::Pending;
+                }
+                self.reserved = true;
+            }
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: Req) -> Self::Future {
+            assert!(self.reserved, "`call` without a ready `poll_ready`");
+            self.reserved = false;
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let free = Arc::clone(&self.free);
+            Box::pin(async move {
+                let answer = req.answer.await.map_err(|_| "dropped".into());
+                free.fetch_add(1, Ordering::SeqCst);
+                answer
+            })
+        }
+    }
+
+    /// README, Partitions: `PartitionedLayer` "waits for the permit in the response future".
+    /// The request it then sends goes to the inner service `poll_ready` readied, so what that
+    /// readiness reserved is the request's own: over an inner service with one slot, a queued
+    /// request runs once granted, instead of waiting, holding the partition permit, for the
+    /// slot its idle parent service reserved. The next `poll_ready` readies the parent again.
+    #[test]
+    fn a_queued_request_calls_the_inner_service_poll_ready_readied() {
+        let bulkhead = PartitionedBulkhead::builder(1)
+            .partition("a", 0)
+            .build()
+            .unwrap();
+        let a = bulkhead.partition("a").unwrap();
+        let inner = Reserving {
+            free: Arc::new(AtomicUsize::new(1)),
+            reserved: false,
+            calls: Arc::new(AtomicUsize::new(0)),
+        };
+        let (free, calls) = (Arc::clone(&inner.free), Arc::clone(&inner.calls));
+        let mut svc = PartitionedLayer::new(bulkhead.clone(), |r: &Req| r.id).layer(inner);
+        let cx = &mut Context::from_waker(Waker::noop());
+
+        // Another holder (a batch job, another service) has the only permit.
+        let held = a.try_acquire_owned().unwrap();
+        assert!(matches!(svc.poll_ready(cx), Poll::Ready(Ok(()))));
+        assert_eq!(
+            free.load(Ordering::SeqCst),
+            0,
+            "readiness reserved the slot"
+        );
+        let (r1, tx1) = req(a.id());
+        let mut f1 = pin!(svc.call(r1));
+        assert!(f1.as_mut().poll(cx).is_pending());
+        assert_eq!(
+            (totals(&bulkhead), calls.load(Ordering::SeqCst)),
+            ((1, 1, 1), 0)
+        );
+
+        // Granted: the request is sent at once, on the slot `poll_ready` reserved.
+        drop(held);
+        assert!(f1.as_mut().poll(cx).is_pending(), "waiting for its answer");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "the granted request was sent"
+        );
+        assert_eq!(totals(&bulkhead), (1, 0, 1));
+        tx1.send(7).unwrap();
+        assert!(matches!(f1.as_mut().poll(cx), Poll::Ready(Ok(7))));
+        assert_eq!(
+            (totals(&bulkhead), free.load(Ordering::SeqCst)),
+            ((0, 0, 1), 1)
+        );
+
+        // The service readies again (its inner is a fresh clone) and the next request runs.
+        assert!(matches!(svc.poll_ready(cx), Poll::Ready(Ok(()))));
+        let (r2, tx2) = req(a.id());
+        let mut f2 = pin!(svc.call(r2));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        tx2.send(8).unwrap();
+        assert!(matches!(f2.as_mut().poll(cx), Poll::Ready(Ok(8))));
+        assert_eq!(
+            (totals(&bulkhead), free.load(Ordering::SeqCst)),
+            ((0, 0, 1), 1)
+        );
     }
 
     #[tokio::test(start_paused = true)]

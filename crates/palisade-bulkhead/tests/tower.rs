@@ -6,11 +6,13 @@ use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use palisade_bulkhead::{
-    Aimd, BoxError, Bulkhead, BulkheadLayer, BulkheadService, Outcome, OwnedPermit, Reason,
-    Rejected,
+    Aimd, BoxError, Bulkhead, BulkheadLayer, BulkheadService, LimitAlgorithm, Outcome, OwnedPermit,
+    Reason, Rejected, Sample,
 };
+use palisade_core::TokioClock;
 use tokio::sync::oneshot;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -280,6 +282,107 @@ async fn release_with_can_classify_a_response() {
     one_call(&layer, Some(Ok(503))).await;
     assert_eq!(bulkhead.max_concurrent(), 5);
     assert_eq!(in_flight(&bulkhead), 0);
+}
+
+/// A limit algorithm that keeps 10 and records every sample it is fed.
+#[derive(Debug, Clone, Default)]
+struct Recorder(Arc<std::sync::Mutex<Vec<Sample>>>);
+
+impl Recorder {
+    fn take(&self) -> Vec<Sample> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl LimitAlgorithm for Recorder {
+    fn initial_limit(&self) -> u32 {
+        10
+    }
+    fn update(&mut self, sample: Sample) -> u32 {
+        self.0.lock().unwrap().push(sample);
+        10
+    }
+    fn bounds(&self) -> (u32, u32) {
+        (10, 10)
+    }
+}
+
+/// Ready or failing readiness, as told; answers at once.
+#[derive(Clone)]
+struct Readiness(bool);
+
+impl Service<()> for Readiness {
+    type Response = ();
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<(), BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(if self.0 { Ok(()) } else { Err("broken".into()) })
+    }
+
+    fn call(&mut self, (): ()) -> Self::Future {
+        std::future::ready(Ok(()))
+    }
+}
+
+/// README, Adaptive limits: in tower, a *response* reports a success or `errors_as`, and the
+/// service docs say a caller that went away without a request gives no sample. A permit taken
+/// by `poll_ready` that no `call` used (the service dropped after readiness, in either mode, or
+/// after its inner `poll_ready` failed) reports nothing, however long it was held; before, it
+/// reported a success timed by the idle hold, which cuts AIMD past its timeout and reads as
+/// queueing to Vegas and Gradient2.
+#[tokio::test(start_paused = true)]
+async fn a_permit_no_call_used_reports_no_sample() {
+    let recorder = Recorder::default();
+    let bulkhead = Bulkhead::adaptive(recorder.clone())
+        .clock(TokioClock::new())
+        .build()
+        .unwrap();
+    for (layer, inner_ready) in [
+        (BulkheadLayer::new(bulkhead.clone()), true),
+        (BulkheadLayer::new(bulkhead.clone()).shed(), true),
+        (BulkheadLayer::new(bulkhead.clone()), false),
+    ] {
+        let mut svc = layer.layer(Readiness(inner_ready));
+        let ready = poll_fn(|cx| svc.poll_ready(cx)).await;
+        assert_eq!(ready.is_ok(), inner_ready);
+        assert_eq!(bulkhead.metrics().in_flight, 1, "readiness holds a permit");
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        drop(svc);
+        assert_eq!(bulkhead.metrics().in_flight, 0);
+        assert_eq!(recorder.take(), [], "no request was sent, yet a sample was");
+    }
+}
+
+/// README, Adaptive limits: a sample's latency is the work's, and in tower the work is the
+/// request: a call's RTT counts from `call` to its response (or to the response future's
+/// drop), not from the `poll_ready` that reserved the permit, however long the caller waited
+/// in between (a balancer keeping ready endpoints, a buffer's worker).
+#[tokio::test(start_paused = true)]
+async fn a_calls_sample_is_timed_from_the_call() {
+    let recorder = Recorder::default();
+    let bulkhead = Bulkhead::adaptive(recorder.clone())
+        .clock(TokioClock::new())
+        .build()
+        .unwrap();
+    for (answer, dropped) in [(Some(Ok(1)), false), (None, true)] {
+        let mut svc = BulkheadLayer::new(bulkhead.clone()).layer(Slow::default());
+        poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let (response, reply) = start(&mut svc);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        match answer {
+            Some(answer) => {
+                reply.send(answer).unwrap();
+                response.await.unwrap();
+            }
+            None => drop(response),
+        }
+        assert_eq!(
+            recorder.take(),
+            [Sample::new(Duration::from_millis(20), 1, dropped)]
+        );
+    }
 }
 
 #[test]

@@ -99,9 +99,11 @@ impl<S, F: Clone, C: Clock> Layer<S> for PartitionedLayer<F, C> {
 ///   otherwise the response future fails with [`Rejected`] ([`Reason::Full`]).
 /// - **Wait mode**: if the partition is admitted at once, the inner service is called now;
 ///   otherwise the request joins the partition's queue in `call` (so the queue keeps the order
-///   of calls), and the response future waits for the permit, then drives a clone of the inner
-///   service to readiness and calls it (the original stays ready for the next request). A
-///   request the queue refuses (full, or waited `max_wait`) fails with [`Rejected`].
+///   of calls), and the response future waits for the permit, then calls the inner service.
+///   That is the instance `poll_ready` readied, moved into the future (whatever its readiness
+///   reserved is this request's); a clone takes its place, so the next `poll_ready` readies the
+///   clone (tower's convention). A request the queue refuses (full, or waited `max_wait`) fails
+///   with [`Rejected`].
 ///
 /// The permit is held until the response future completes. Dropping the response future at
 /// any point leaves the queue or releases the permit (a permit granted while nobody polled is
@@ -207,11 +209,15 @@ where
                 }),
             Mode::Wait => match PartitionAcquireOwned::start(shared, index) {
                 Ok(Ok(acquire)) => {
+                    // The request goes to the instance `poll_ready` readied (whatever it
+                    // reserved, such as a `ConcurrencyLimit` slot, is this request's); a clone
+                    // takes its place for the next `poll_ready` (tower's convention).
+                    let clone = self.inner.clone();
                     return PartitionedResponseFuture {
                         state: State::Waiting {
                             acquire,
                             permit: None,
-                            service: self.inner.clone(),
+                            service: std::mem::replace(&mut self.inner, clone),
                             request: Some(request),
                         },
                     };
@@ -245,7 +251,8 @@ pin_project! {
 pin_project! {
     #[project = StateProjection]
     enum State<F, S, Req, C: Clock> {
-        /// Queued for a permit; then driving a clone of the inner service to readiness.
+        /// Queued for a permit; then calling the inner service `poll_ready` readied (polled
+        /// once more, as tower allows).
         Waiting {
             acquire: PartitionAcquireOwned<C>,
             permit: Option<OwnedPartitionPermit<C>>,
