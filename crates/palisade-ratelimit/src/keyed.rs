@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hashbrown::HashTable;
 use palisade_core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use palisade_core::sync::{Mutex, RwLock};
+use palisade_core::sync::{Mutex, RwLock, thread};
 use palisade_core::{Clock, FastClock};
 
 use crate::algorithm::Algorithm;
@@ -584,19 +584,30 @@ where
     }
 
     /// Evicts the key of `own` closest to full capacity (or, if `own` is empty, of the first
-    /// other shard free to lock), keeping its slot for the caller.
+    /// other shard free to lock), keeping its slot for the caller. Always makes room: the
+    /// table is full, so some shard holds a key (or a slot frees up meanwhile).
     fn evict_closest(&self, own: &Shard<K, A>, table: &mut Table<K, A>, now: u64) -> bool {
         if evict_min(table, &self.hasher, now).is_some_and(|owed| self.owed(owed)) {
             return true;
         }
-        for other in self.shards.iter().filter(|s| !std::ptr::eq(*s, own)) {
-            if let Some(mut other_table) = other.table.try_write()
-                && let Some(owed) = evict_min(&mut other_table, &self.hasher, now)
-            {
-                return self.owed(owed);
+        // The keys are in other shards. Their locks are only tried: this thread holds `own`'s,
+        // and blocking on another's could deadlock with a thread doing the same the other way.
+        // A shard is held only briefly (by a check, or by an insert that evicts from its own
+        // shard or is passing over the others like this one, holding an empty shard), so
+        // passes over them end with a key evicted, or with a slot freed by a removal.
+        loop {
+            for other in self.shards.iter().filter(|s| !std::ptr::eq(*s, own)) {
+                if let Some(mut other_table) = other.table.try_write()
+                    && let Some(owed) = evict_min(&mut other_table, &self.hasher, now)
+                {
+                    return self.owed(owed);
+                }
             }
+            if self.take_slot() {
+                return true;
+            }
+            thread::yield_now();
         }
-        false
     }
 
     fn owed(&self, owed: u64) -> bool {

@@ -211,8 +211,9 @@ impl<A: Algorithm, C: Clock> RateLimiter<A, C> {
     ///
     /// The [`Reservation`] says how long to wait. Dropping it gives the cells back (so a
     /// caller that gives up consumes nothing) unless later reservations are queued behind it
-    /// (see [`until_ready`](RateLimiter::until_ready)); [`commit`](Reservation::commit) keeps
-    /// them.
+    /// (see [`until_ready`](RateLimiter::until_ready)), or the quota changed since (it then
+    /// gives back what a [`refund`](RateLimiter::refund) would); [`commit`](Reservation::commit)
+    /// keeps them.
     /// A sliding window cannot promise future capacity: for it a reservation that would have
     /// to wait is [`WaitError::TooLong`] with the predicted wait.
     pub fn reserve_n(

@@ -618,3 +618,45 @@ fn giving_back_a_reservation_after_later_ones_were_made_never_over_admits() {
     clock.advance(Duration::from_millis(500));
     refused(l.check());
 }
+
+#[test]
+fn a_reservation_dropped_after_a_quota_change_gives_back_what_a_refund_would() {
+    // The change re-expressed the reservation with the rest of the accounting, so dropping it
+    // can no longer be undone exactly: it gives back what a refund gives (documented; nothing
+    // here, where the limiter owes more than a burst), never more.
+    #[derive(Clone, Copy)]
+    enum GiveBack {
+        Drop,
+        CommitAndRefund,
+        Commit,
+    }
+    let run = |give_back: GiveBack| {
+        let (l, clock) = limiter(Quota::per_second(1));
+        allowed(l.check());
+        let reservation = l.reserve_n(1, Duration::from_secs(10)).unwrap();
+        assert_eq!(reservation.wait(), Duration::from_secs(1));
+        l.set_quota(Quota::with_interval(Duration::from_secs(2)))
+            .unwrap();
+        match give_back {
+            GiveBack::Drop => drop(reservation),
+            GiveBack::CommitAndRefund => {
+                reservation.commit();
+                l.refund(1);
+            }
+            GiveBack::Commit => reservation.commit(),
+        }
+        (0..8)
+            .map(|_| {
+                clock.advance(ms(500));
+                l.peek()
+            })
+            .collect::<Vec<_>>()
+    };
+    let dropped = run(GiveBack::Drop);
+    assert_eq!(dropped, run(GiveBack::CommitAndRefund));
+    assert_eq!(
+        dropped,
+        run(GiveBack::Commit),
+        "a refund gives nothing back here"
+    );
+}

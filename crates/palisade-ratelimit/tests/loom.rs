@@ -1,15 +1,17 @@
 //! Concurrency models of the limiters' protocols (see docs/testing.md for how they run):
 //! racing checks never over-admit, a quota change racing checks neither loses a check nor
 //! computes one with the wrong quota, a cancelled reservation consumes nothing, a keyed
-//! eviction racing a check neither loses nor double-counts a key's state, and two keyed quota
-//! changes at once leave every shard on the same quota.
+//! eviction racing a check neither loses nor double-counts a key's state, two keyed quota
+//! changes at once leave every shard on the same quota, and evicting the key closest to full
+//! waits out a check on that key's shard.
 
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_core::ManualClock;
 use palisade_core::sync::{assert_explored, model, thread};
-use palisade_ratelimit::{KeyedRateLimiter, Quota, RateLimiter};
+use palisade_ratelimit::{KeyedRateLimiter, Quota, RateLimiter, WhenFull};
 
 fn limiter(clock: &ManualClock, quota: Quota) -> Arc<RateLimiter<Quota, ManualClock>> {
     Arc::new(
@@ -168,5 +170,59 @@ fn two_quota_changes_at_once_leave_every_key_on_the_same_quota() {
         for key in 0..32u64 {
             assert_eq!(limiter.check_n(&key, 100).is_ok(), on_large, "key {key}");
         }
+    }));
+}
+
+/// Puts `u64` key `k` in shard `k` (shards are picked by bits 40 and up of the hash).
+#[derive(Debug, Clone, Copy, Default)]
+struct ShardByValue;
+
+impl BuildHasher for ShardByValue {
+    type Hasher = ByValue;
+    fn build_hasher(&self) -> ByValue {
+        ByValue(0)
+    }
+}
+
+#[derive(Debug)]
+struct ByValue(u64);
+
+impl Hasher for ByValue {
+    fn finish(&self) -> u64 {
+        (self.0 << 40) | self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 << 8) | u64::from(byte);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+#[test]
+fn evicting_the_key_closest_to_full_waits_out_a_check_on_its_shard() {
+    assert_explored(model(|| {
+        let limiter = Arc::new(
+            KeyedRateLimiter::builder(Quota::per_hour(1))
+                .max_keys(1)
+                .shards(2)
+                .when_full(WhenFull::EvictClosestToFull)
+                .hasher(ShardByValue)
+                .clock(ManualClock::new())
+                .build()
+                .unwrap(),
+        );
+        assert!(limiter.check(&0u64).is_allowed());
+        // A check of key 0 holds shard 0's read lock while key 1, new in the empty shard 1,
+        // needs key 0's slot: the policy evicts, it never refuses a new key.
+        let other = Arc::clone(&limiter);
+        let hot = thread::spawn(move || other.check(&0u64));
+        let new = limiter.check(&1u64);
+        let hot = hot.join().unwrap();
+        assert!(new.is_allowed(), "{new:?}");
+        assert!(!hot.is_keys_full(), "{hot:?}");
+        assert_eq!(limiter.len(), 1);
     }));
 }
