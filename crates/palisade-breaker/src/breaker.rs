@@ -241,9 +241,10 @@ impl<C: Clock> CircuitBreaker<C> {
         state_of(tag(self.state.load(Ordering::Acquire)))
     }
 
-    /// Whether a breaker nobody holds can be forgotten without losing anything but history:
-    /// closed, half-open (its round restarts), or open past its open duration (the next call
-    /// would probe anyway). Manual states are kept.
+    /// Whether a breaker nobody holds can be forgotten without cutting an open period short or
+    /// losing a call in flight: closed, half-open (no probe is out: nobody holds a permit), or
+    /// open past its open duration. A forgotten key comes back closed, so after an idle spell
+    /// its calls are not limited to probes. Manual states are kept.
     pub(crate) fn forgettable(&self) -> bool {
         let word = self.state.load(Ordering::Acquire);
         match tag(word) {
