@@ -352,8 +352,9 @@ impl<C: Clock> CircuitBreakerBuilder<C> {
     }
 
     /// The fraction of a round's probes that must succeed to close, `(0, 1]`: the round closes
-    /// as soon as `ceil(ratio × probes)` probes have succeeded and re-opens as soon as that is
-    /// out of reach. Default 0.6 (3 of 5).
+    /// as soon as `ceil(ratio × probes)` probes have succeeded (the product taken to within a
+    /// billionth, past floating-point noise) and re-opens as soon as that is out of reach.
+    /// Default 0.6 (3 of 5).
     pub fn half_open_success_ratio(mut self, ratio: f64) -> Self {
         self.settings.success_ratio = ratio;
         self

@@ -109,44 +109,38 @@ fn view(word: u64, window: u64, now: u64) -> View {
             prev: curr,
             curr: 0,
         },
-        behind => view_behind(window, index, offset, now, prev, curr, behind),
+        behind => {
+            // The state's window is `ahead` windows after the reading's (mod 2²⁴).
+            let ahead = INDEX_MASK + 1 - behind;
+            if ahead <= 2 || ahead.saturating_mul(window) <= LATE_READING_NS {
+                view_late(window, index + ahead, prev, curr)
+            } else {
+                // Two or more windows old: forgotten.
+                View {
+                    index,
+                    offset,
+                    now,
+                    prev: 0,
+                    curr: 0,
+                }
+            }
+        }
     }
 }
 
-/// [`view`] of a word stored two or more windows before the reading's, or after it.
+/// [`view`] of a late reading: the state's window (`index`) began after the reading was
+/// taken, and the reading is seen at that window's start with its counts. Seen as it stands,
+/// the counts would look two windows old: a step would admit against none and write the old
+/// window back over the newer counts.
 #[cold]
 #[inline(never)]
-fn view_behind(
-    window: u64,
-    index: u64,
-    offset: u64,
-    now: u64,
-    prev: u64,
-    curr: u64,
-    behind: u64,
-) -> View {
-    let ahead = INDEX_MASK + 1 - behind;
-    if ahead <= 2 || ahead.saturating_mul(window) <= LATE_READING_NS {
-        // The state's window began after this reading was taken: the reading is late, and is
-        // seen at that window's start with its counts. Seen as it stands, the counts would look
-        // two windows old: the step would admit against none and write the old window back
-        // over the newer counts.
-        let index = index + ahead;
-        View {
-            index,
-            offset: 0,
-            now: index * window,
-            prev,
-            curr,
-        }
-    } else {
-        View {
-            index,
-            offset,
-            now,
-            prev: 0,
-            curr: 0,
-        }
+fn view_late(window: u64, index: u64, prev: u64, curr: u64) -> View {
+    View {
+        index,
+        offset: 0,
+        now: index * window,
+        prev,
+        curr,
     }
 }
 
@@ -231,9 +225,15 @@ fn step(limit: u64, window: u64, word: u64, now: u64, n: u32, op: Op) -> (Decisi
 /// window are not given back: a refund doesn't say which window its cells were taken in, and
 /// taking them off the wrong count would let one window admit more than the limit.
 fn refund(window: u64, word: u64, now: u64, n: u32) -> Option<u64> {
+    let seen = view(word, window, now);
+    if seen.now != now {
+        // A late reading, moved up to a newer window: the cells were taken at or before the
+        // reading, never in that window, so its count is not theirs to give back.
+        return None;
+    }
     let View {
         index, prev, curr, ..
-    } = view(word, window, now);
+    } = seen;
     let back = u64::from(n).min(curr);
     (back > 0).then(|| pack(index, prev, curr - back))
 }

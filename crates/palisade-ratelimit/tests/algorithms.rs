@@ -298,6 +298,21 @@ impl LateClock {
         late
     }
 
+    /// [`run_late`](LateClock::run_late) on a scoped thread, for `f` that borrows.
+    fn run_late_scoped<'scope, T: Send + 'scope>(
+        &self,
+        scope: &'scope thread::Scope<'scope, '_>,
+        f: impl FnOnce() -> T + Send + 'scope,
+    ) -> thread::ScopedJoinHandle<'scope, T> {
+        let held = Arc::clone(&self.held);
+        let late = scope.spawn(move || {
+            *held.lock().unwrap() = Some(thread::current().id());
+            f()
+        });
+        self.read.wait();
+        late
+    }
+
     /// Lets the held thread go on with its (now late) reading.
     fn release(&self) {
         self.release.wait();
@@ -383,6 +398,53 @@ fn a_late_sweep_keeps_a_key_that_still_owes() {
     admitted += (0..20).filter(|_| limiter.check(&7).is_allowed()).count();
     assert_eq!(admitted, 10, "key 7 in the window of [1 s, 2 s), limit 10");
     assert_eq!(limiter.len(), 1);
+}
+
+#[test]
+fn a_late_refund_gives_nothing_back_from_a_newer_window() {
+    // A refund that read the clock at 0.9 s, for a cell taken in window 0, runs after a cell
+    // was taken in window 2: the refund's cell is not in that window's count, so nothing comes
+    // back (moved up to window 2 with its reading, it took that cell off: 2 of 1 admitted).
+    let clock = LateClock::new();
+    let limiter = Arc::new(
+        RateLimiter::builder(SlidingWindow::new(1, secs(1)))
+            .clock(clock.clone())
+            .build()
+            .unwrap(),
+    );
+    clock.clock.advance(ms(500));
+    allowed(limiter.check());
+    clock.clock.advance(ms(400));
+    let refund = clock.run_late({
+        let limiter = Arc::clone(&limiter);
+        move || limiter.refund(1)
+    });
+    clock.clock.advance(ms(1_600));
+    allowed(limiter.check());
+    clock.release();
+    refund.join().unwrap();
+    refused(limiter.check());
+}
+
+#[test]
+fn a_reservation_dropped_at_a_late_reading_gives_nothing_back_from_a_newer_window() {
+    // The same with a reservation given back (an undo) at a reading late by two windows.
+    let clock = LateClock::new();
+    let limiter = RateLimiter::builder(SlidingWindow::new(1, secs(1)))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    clock.clock.advance(ms(500));
+    let reservation = limiter.reserve_n(1, Duration::ZERO).unwrap();
+    clock.clock.advance(ms(400));
+    thread::scope(|scope| {
+        let undo = clock.run_late_scoped(scope, move || drop(reservation));
+        clock.clock.advance(ms(1_600));
+        allowed(limiter.check());
+        clock.release();
+        undo.join().unwrap();
+    });
+    refused(limiter.check());
 }
 
 #[test]

@@ -7,7 +7,8 @@
 //!
 //! And a multi-quota limiter admits exactly when every quota's reference admits, and a refusal
 //! by one quota leaves every quota untouched; a sliding window never counts more than its limit
-//! in a window, late clock readings included.
+//! in a window (beyond what refunds read in that window gave back), late clock readings
+//! included.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -213,6 +214,15 @@ impl Clock for SetClock {
     }
 }
 
+/// What the sliding-window property does at a reading.
+#[derive(Debug, Clone, Copy)]
+enum WindowOp {
+    /// Checks for this many cells.
+    Check(u32),
+    /// Gives this many back.
+    Refund(u32),
+}
+
 /// A reading for the sliding-window property: the clock moves on, or a reading comes late.
 #[derive(Debug, Clone, Copy)]
 enum Reading {
@@ -391,7 +401,10 @@ proptest! {
                     3 => (0u64..=3_000).prop_map(Reading::Later),
                     1 => (0u64..=2_000).prop_map(Reading::Late),
                 ],
-                0u32..=3,
+                prop_oneof![
+                    3 => (0u32..=3).prop_map(WindowOp::Check),
+                    1 => (1u32..=3).prop_map(WindowOp::Refund),
+                ],
             ),
             1..200,
         ),
@@ -407,7 +420,9 @@ proptest! {
         // The newest window the state holds: a late reading counts in it, never before it.
         let mut stored = 0u64;
         let mut counted = std::collections::BTreeMap::<u64, u32>::new();
-        for (reading, n) in readings {
+        // What refunds read in each window could have given back in it, at most.
+        let mut refundable = std::collections::BTreeMap::<u64, u32>::new();
+        for (reading, op) in readings {
             let now = match reading {
                 Reading::Later(thousandths) => {
                     latest += thousandths * window / 1_000;
@@ -416,7 +431,16 @@ proptest! {
                 Reading::Late(thousandths) => latest.saturating_sub(thousandths * window / 1_000),
             };
             clock.0.store(now, Ordering::Relaxed);
-            let Ok(decision) = limiter.check_n(n.min(limit)) else {
+            let n = match op {
+                WindowOp::Refund(n) => {
+                    limiter.refund(n);
+                    // A refund gives back only in its reading's own window.
+                    *refundable.entry(now / window).or_default() += n;
+                    continue;
+                }
+                WindowOp::Check(n) => n.min(limit),
+            };
+            let Ok(decision) = limiter.check_n(n) else {
                 continue;
             };
             // Every admission stores its window, one of no cells too.
@@ -425,10 +449,12 @@ proptest! {
             }
             if decision.is_allowed() && n > 0 {
                 let cells = counted.entry(stored).or_default();
-                *cells += n.min(limit);
+                *cells += n;
+                let back = refundable.get(&stored).copied().unwrap_or(0);
                 prop_assert!(
-                    *cells <= limit,
-                    "{cells} cells counted in window {stored} with a limit of {limit}"
+                    *cells <= limit + back,
+                    "{cells} cells counted in window {stored} with a limit of {limit} and at most \
+                     {back} given back in it"
                 );
             }
         }
