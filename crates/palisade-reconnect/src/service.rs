@@ -293,6 +293,9 @@ impl<S> Reconnect<S> {
         self.start().map_err(|_| Closed {
             reason: CloseReason::TaskStopped,
         })?;
+        if let Some(reason) = Shared::closed_reason(&self.shared.core.lock()) {
+            return Err(Closed { reason });
+        }
         let mut state = self.state();
         let state = state
             .wait_for(|s| s.is_connected() || s.is_closed())
@@ -319,7 +322,9 @@ impl<S> Reconnect<S> {
     }
 
     /// Closes for every clone: stops the background task (an attempt in flight is dropped) and
-    /// drops the shared connection; `poll_ready` then fails with [`Closed`]. Requests already
+    /// drops the shared connection; from the moment it returns, `poll_ready` (and
+    /// [`connected`](Reconnect::connected)) on every clone fails with [`Closed`], also before
+    /// the task has run and published `Closed`. Requests already
     /// sent complete on the clones' copies of the connection, and each clone drops its copy at
     /// its next `poll_ready` (or when it is dropped).
     pub fn close(&self) {
@@ -349,6 +354,12 @@ impl<S> Reconnect<S> {
     {
         self.start()?;
         let mut core = self.shared.core.lock();
+        // Before the phase: after `close()` the phase may still be `Up` until the task runs,
+        // but its connection is no longer current, and handing it out would fail the fast path
+        // again (`poll_ready` would loop).
+        if let Some(reason) = Shared::closed_reason(&core) {
+            return Poll::Ready(Err(Closed { reason }.into()));
+        }
         match &core.phase {
             Phase::Up {
                 generation,
@@ -357,10 +368,6 @@ impl<S> Reconnect<S> {
                 self.conn = Some((*generation, service.clone()));
                 Poll::Ready(Ok(()))
             }
-            Phase::Closed(reason) => Poll::Ready(Err(Closed {
-                reason: reason.clone(),
-            }
-            .into())),
             phase => match self.settings.while_disconnected {
                 WhileDisconnected::FailFast => {
                     let (cause, next_attempt_at) = match phase {

@@ -307,11 +307,13 @@ impl<S> Shared<S> {
     }
 
     /// Asks the driver to close (it publishes `Closed` when it stops); closes at once when
-    /// the driver never started.
+    /// the driver never started. The clones stop using the connection at once, not when the
+    /// driver gets to run: their copies stop being current, and `poll_shared` sees `closing`.
     pub(crate) fn request_close(&self) {
         let (driver, unstarted) = {
             let mut core = self.core.lock();
             core.closing = true;
+            self.current.store(0, Ordering::Release);
             (core.driver.take(), core.task.is_some())
         };
         if unstarted {
@@ -319,6 +321,16 @@ impl<S> Shared<S> {
         }
         if let Some(driver) = driver {
             driver.wake();
+        }
+    }
+
+    /// Why a clone may use no connection from now on: closed, or closing (`close()` or the last
+    /// handle's drop, before the driver has stopped and published `Closed`).
+    pub(crate) fn closed_reason(core: &Core<S>) -> Option<CloseReason> {
+        match &core.phase {
+            Phase::Closed(reason) => Some(reason.clone()),
+            _ if core.closing => Some(CloseReason::Closed),
+            _ => None,
         }
     }
 

@@ -64,13 +64,37 @@ pub struct ReconnectingStream<T> {
     reporter: Reporter,
     generation: u64,
     /// Each direction's task while its operation waits on the current connection (after a
-    /// `tokio::io::split` the two may be different tasks).
+    /// `tokio::io::split` the two may be different tasks). Left behind when that operation is
+    /// dropped (a `select!`, a `timeout`): the stream cannot see the drop, so a waker here only
+    /// says that an operation of that task *was* waiting.
     parked: [Option<Waker>; 2],
-    /// A loss the other direction saw while this one was parked on that connection: its next
-    /// operation fails with it (once), instead of carrying on, torn, on a new connection.
-    owed: [Option<ConnectionLost>; 2],
+    /// A loss another task saw while this direction was parked on that connection: the next
+    /// operation in this direction fails with it (once), instead of carrying on, torn, on a new
+    /// connection, if it comes from the task that was parked (see [`Owed`]).
+    owed: [Option<Owed>; 2],
     /// `shutdown` closed the write side: reads go on until end of file; no reconnect.
     write_shut: bool,
+}
+
+/// A loss owed to a direction that was parked on the lost connection, and the task that was.
+///
+/// Only an operation of that task can be the one that waited: the next operation in this
+/// direction gets the error if its waker is that task's, and otherwise (the parked one was
+/// dropped, and the stream moved to another task) it is discarded, not reported a second time.
+struct Owed {
+    error: ConnectionLost,
+    task: Waker,
+}
+
+impl Owed {
+    /// The owed error, if the operation polled with `cx` may be the one that was parked.
+    #[inline]
+    fn take_for(slot: &mut Option<Owed>, cx: &Context<'_>) -> Option<io::Error> {
+        let owed = slot.take()?;
+        owed.task
+            .will_wake(cx.waker())
+            .then(|| owed.error.into_io())
+    }
 }
 
 /// An operation's direction, to index `parked` and `owed`.
@@ -178,7 +202,9 @@ impl<T> ReconnectingStream<T> {
     }
 
     /// Drops the current connection (if any); the next use reconnects. Counts as a lost
-    /// connection: the backoff starts over only if it was up for `stable_after`.
+    /// connection: the backoff starts over only if it was up for `stable_after`. No operation
+    /// gets an error for it (none can be in flight: this takes `&mut self`, and you asked): the
+    /// next read and write proceed on the new connection.
     pub fn reconnect(&mut self) {
         if matches!(self.link, Link::Up(_)) {
             drop(self.lost(Cause::Requested, None));
@@ -192,7 +218,18 @@ impl<T> ReconnectingStream<T> {
     /// Closes for good without a shutdown handshake: drops the connection or the attempt in
     /// flight; later reads return end of file and writes fail with [`Closed`].
     pub fn close(&mut self) {
+        self.release_parked();
         self.close_with(CloseReason::Closed);
+    }
+
+    /// Forgets the parked operations and wakes their tasks, owing them nothing: for the
+    /// `&mut self` paths, where no operation can be in flight, so a parked waker is one a
+    /// dropped operation left behind (or, behind a lock of the caller's, a task that must not
+    /// be left waiting on a connection that is gone).
+    fn release_parked(&mut self) {
+        for waker in self.parked.iter_mut().filter_map(Option::take) {
+            waker.wake();
+        }
     }
 
     fn close_with(&mut self, reason: CloseReason) {
@@ -203,9 +240,9 @@ impl<T> ReconnectingStream<T> {
     }
 
     /// The connection failed with `cause`: schedules the next attempt (or gives up) and returns
-    /// the error for the operation that saw it.
-    fn lost(&mut self, cause: Cause, seen_by: Option<Dir>) -> io::Error {
-        let now = Instant::now();
+    /// the error for the operation that saw it: of direction `seen_by.0`, polled by the waker
+    /// `seen_by.1` (`None`: `reconnect()`, where no operation is in flight).
+    fn lost(&mut self, cause: Cause, seen_by: Option<(Dir, &Waker)>) -> io::Error {
         let error = ConnectionLost {
             generation: self.generation,
             cause: cause.clone(),
@@ -213,22 +250,35 @@ impl<T> ReconnectingStream<T> {
         if let Some(idle) = &mut self.idle {
             idle.waiting = false;
         }
-        // The direction that saw the loss gets this error; the other, if it was waiting on the
-        // same connection, is woken and owed it.
-        for dir in [Dir::Read, Dir::Write] {
-            let parked = self.parked[dir as usize].take();
-            if seen_by.is_none_or(|seen| seen as usize != dir as usize)
-                && let Some(waker) = parked
-            {
-                self.owed[dir as usize] = Some(error.clone());
-                waker.wake();
+        match seen_by {
+            None => self.release_parked(),
+            Some((seen, seen_task)) => {
+                // The operation that saw the loss gets this error. The other direction, if an
+                // operation was parked on this connection, is woken (its waker went with the
+                // connection dropped here), and owed the error only if another task parked it:
+                // one task cannot wait in one direction while it sees the loss in the other,
+                // unless it polls both at once (`join!` over split halves), which the stream
+                // cannot tell from a parked operation that a `select!` or a `timeout` dropped
+                // (one that must not get a second error).
+                self.parked[seen as usize] = None;
+                let other = match seen {
+                    Dir::Read => Dir::Write,
+                    Dir::Write => Dir::Read,
+                };
+                if let Some(task) = self.parked[other as usize].take() {
+                    task.wake_by_ref();
+                    if !task.will_wake(seen_task) {
+                        let error = error.clone();
+                        self.owed[other as usize] = Some(Owed { error, task });
+                    }
+                }
             }
         }
         if self.write_shut {
             self.close_with(CloseReason::Closed);
             return error.into_io();
         }
-        match self.schedule.lost(now) {
+        match self.schedule.lost(Instant::now()) {
             Ok(next) => {
                 self.link = Link::Down(Some(next));
                 self.reporter.publish(ConnectionState::Disconnected {
@@ -380,8 +430,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ReconnectingStream<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Some(owed) = this.owed[Dir::Read as usize].take() {
-            return Poll::Ready(Err(owed.into_io()));
+        if let Some(owed) = Owed::take_for(&mut this.owed[Dir::Read as usize], cx) {
+            return Poll::Ready(Err(owed));
         }
         if let Link::Closed(CloseReason::Closed) = this.link {
             return Poll::Ready(Ok(())); // closed by its owner: end of file
@@ -400,7 +450,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ReconnectingStream<T> {
                         this.close_with(CloseReason::Closed);
                         return Poll::Ready(Ok(()));
                     }
-                    return Poll::Ready(Err(this.lost(Cause::Eof, Some(Dir::Read))));
+                    return Poll::Ready(Err(this.lost(Cause::Eof, Some((Dir::Read, cx.waker())))));
                 }
                 if let Some(idle) = &mut this.idle {
                     idle.waiting = false;
@@ -409,8 +459,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ReconnectingStream<T> {
             }
             Poll::Ready(Err(e)) if is_transient(&e) => Poll::Ready(Err(e)),
             Poll::Ready(Err(e)) => {
-                this.parked[Dir::Read as usize] = None;
-                Poll::Ready(Err(this.lost(Cause::Lost(Arc::new(e)), Some(Dir::Read))))
+                let seen_by = Some((Dir::Read, cx.waker()));
+                Poll::Ready(Err(this.lost(Cause::Lost(Arc::new(e)), seen_by)))
             }
             Poll::Pending => {
                 park(&mut this.parked[Dir::Read as usize], cx);
@@ -424,8 +474,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ReconnectingStream<T> {
                 let timer = idle.timer.as_mut().expect("armed when waiting");
                 ready!(timer.as_mut().poll(cx));
                 let timeout = idle.timeout;
-                this.parked[Dir::Read as usize] = None;
-                Poll::Ready(Err(this.lost(Cause::Idle(timeout), Some(Dir::Read))))
+                let seen_by = Some((Dir::Read, cx.waker()));
+                Poll::Ready(Err(this.lost(Cause::Idle(timeout), seen_by)))
             }
         }
     }
@@ -447,8 +497,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ReconnectingStream<T> {
         op: impl FnOnce(Pin<&mut T>, &mut Context<'_>) -> Poll<io::Result<R>>,
         zero: impl FnOnce(&R) -> bool,
     ) -> Poll<io::Result<R>> {
-        if let Some(owed) = self.owed[Dir::Write as usize].take() {
-            return Poll::Ready(Err(owed.into_io()));
+        if let Some(owed) = Owed::take_for(&mut self.owed[Dir::Write as usize], cx) {
+            return Poll::Ready(Err(owed));
         }
         if self.write_shut {
             let reason = CloseReason::Closed;
@@ -469,7 +519,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ReconnectingStream<T> {
         match result {
             Ok(r) if zero(&r) => {
                 let e = io::Error::from(io::ErrorKind::WriteZero);
-                Poll::Ready(Err(self.lost(Cause::Lost(Arc::new(e)), Some(Dir::Write))))
+                let seen_by = Some((Dir::Write, cx.waker()));
+                Poll::Ready(Err(self.lost(Cause::Lost(Arc::new(e)), seen_by)))
             }
             Ok(r) => {
                 // Sending something starts a new wait for the peer: the idle clock restarts.
@@ -479,7 +530,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ReconnectingStream<T> {
                 Poll::Ready(Ok(r))
             }
             Err(e) if is_transient(&e) => Poll::Ready(Err(e)),
-            Err(e) => Poll::Ready(Err(self.lost(Cause::Lost(Arc::new(e)), Some(Dir::Write)))),
+            Err(e) => {
+                let seen_by = Some((Dir::Write, cx.waker()));
+                Poll::Ready(Err(self.lost(Cause::Lost(Arc::new(e)), seen_by)))
+            }
         }
     }
 }

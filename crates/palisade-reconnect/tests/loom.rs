@@ -1,7 +1,8 @@
 //! Concurrency models of the shared connect (see docs/testing.md for how they run): however
 //! many clones wait or report the connection dead at once, the background task connects once
 //! per generation, and every waiter is woken with that generation's connection, also a waiter
-//! in a slot that a dropped clone freed.
+//! in a slot that a dropped clone freed; and once `close()` has returned, no clone's
+//! `poll_ready` passes, whether or not the task has run since.
 //!
 //! The task runs on a thread of its own through `spawn_with`, and only that thread enters a
 //! tokio runtime, so that the attempt's deadline timer can be created; it never fires (loom
@@ -21,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use palisade_core::sync::{assert_explored, block_on, model_with_preemptions, thread};
-use palisade_reconnect::{Backoff, Reconnect};
+use palisade_reconnect::{Backoff, Closed, Reconnect};
 use tower_service::Service;
 
 fn runtime() -> Arc<tokio::runtime::Runtime> {
@@ -208,5 +209,34 @@ fn a_clone_waiting_in_a_slot_a_dropped_clone_freed_is_woken() {
         let c = other.join().unwrap();
         assert_eq!(maker.connects.load(Ordering::SeqCst), 2, "one reconnect");
         finish(vec![svc, b, c], &driver);
+    }));
+}
+
+#[test]
+fn once_close_returns_no_clone_passes_poll_ready() {
+    assert_explored(model_with_preemptions(2, || {
+        let rt = runtime();
+        let (mut svc, _maker, driver) = service(&rt);
+        assert_eq!(use_once(&mut svc), 1);
+        // A clone holding a copy of connection 1 polls while another thread closes: ready or
+        // closed, whichever comes first; once `close()` has returned, closed, whether or not
+        // the task has run since.
+        let mut b = svc.clone();
+        let closer = thread::spawn(move || {
+            svc.close();
+            svc
+        });
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match b.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => assert!(e.is::<Closed>(), "{e}"),
+            Poll::Pending => panic!("pending on a connection that is up"),
+        }
+        let svc = closer.join().unwrap();
+        match b.poll_ready(&mut cx) {
+            Poll::Ready(Err(e)) => assert!(e.is::<Closed>(), "{e}"),
+            other => panic!("poll_ready after close() returned: {other:?}"),
+        }
+        finish(vec![svc, b], &driver);
     }));
 }

@@ -569,6 +569,187 @@ async fn after_a_split_a_loss_seen_by_the_reader_fails_the_parked_writer_once() 
     assert_eq!(&got, b"next");
 }
 
+/// README, guarantees: "a failure is reported to exactly one operation". One task, no split: a
+/// read dropped by a `timeout` (or a `select!`) while it waited left its waker parked; the
+/// write that then met the dead connection got the error, and the first read on the new
+/// connection got it a second time (generation 1's loss), so a caller that re-sends on
+/// `ConnectionLost` sent twice.
+#[tokio::test(start_paused = true)]
+async fn a_read_a_timeout_dropped_is_not_told_again_of_the_loss_a_write_saw() {
+    let backend = Backend::default();
+    let mut stream = ReconnectingStream::builder(backend.connector())
+        .stable_after(Duration::ZERO)
+        .build()
+        .unwrap();
+    stream.connect().await.unwrap();
+    let mut reply = [0u8; 4];
+    let waited = tokio::time::timeout(secs(1.0), stream.read(&mut reply)).await;
+    assert!(waited.is_err(), "nothing to read on connection 1");
+    backend.kill(1);
+    let e = stream.write_all(b"ping").await.unwrap_err();
+    assert_eq!(lost(&e).generation(), 1, "reported once, to the write");
+    stream.write_all(b"ping").await.unwrap(); // re-sent on connection 2
+    let mut server2 = backend.server(2);
+    server2.write_all(b"pong").await.unwrap();
+    let read = stream.read_exact(&mut reply).await;
+    assert!(
+        read.is_ok(),
+        "the read on connection 2 was told of connection 1's loss again: {:?}",
+        read.map_err(|e| lost(&e).clone())
+    );
+    assert_eq!(&reply, b"pong");
+    assert_eq!(backend.attempts().len(), 2);
+}
+
+/// README, guarantees: "a failure is reported to exactly one operation". `reconnect()` takes
+/// `&mut self`, so no operation is in flight, yet after a read dropped by a `timeout` the first
+/// read on the new connection failed with `ConnectionLost(Requested)`: a loss reported to no
+/// operation that lived through it.
+#[tokio::test(start_paused = true)]
+async fn reconnect_reports_no_error_to_a_read_a_timeout_dropped() {
+    let backend = Backend::default();
+    let mut stream = ReconnectingStream::builder(backend.connector())
+        .build()
+        .unwrap();
+    stream.connect().await.unwrap();
+    let mut got = [0u8; 4];
+    let waited = tokio::time::timeout(secs(1.0), stream.read(&mut got)).await;
+    assert!(waited.is_err(), "nothing to read on connection 1");
+    stream.reconnect();
+    stream.connect().await.unwrap();
+    backend.server(2).write_all(b"data").await.unwrap();
+    let read = stream.read_exact(&mut got).await;
+    assert!(
+        read.is_ok(),
+        "the read on connection 2 failed with {:?}",
+        read.map_err(|e| lost(&e).clone())
+    );
+    assert_eq!(&got, b"data");
+}
+
+/// README, guarantees: "a failure is reported to exactly one operation". The stream is not
+/// split but moves between tasks (a worker hands it on): a read dropped by a `timeout` in one
+/// task leaves that task's waker parked, so the loss the next task's write sees is owed to the
+/// read direction; the next read, from the task that saw the loss, is not the one that waited
+/// and must not get it again.
+#[tokio::test(start_paused = true)]
+async fn a_loss_owed_to_a_dropped_read_of_another_task_is_not_reported_to_a_new_read() {
+    let backend = Backend::default();
+    let mut stream = ReconnectingStream::builder(backend.connector())
+        .stable_after(Duration::ZERO)
+        .build()
+        .unwrap();
+    stream.connect().await.unwrap();
+    let mut stream = tokio::spawn(async move {
+        let mut buf = [0u8; 4];
+        let waited = tokio::time::timeout(secs(1.0), stream.read(&mut buf)).await;
+        assert!(waited.is_err(), "nothing to read on connection 1");
+        stream
+    })
+    .await
+    .unwrap();
+    backend.kill(1);
+    let e = stream.write_all(b"ping").await.unwrap_err();
+    assert_eq!(lost(&e).generation(), 1, "reported once, to the write");
+    stream.write_all(b"ping").await.unwrap();
+    backend.server(2).write_all(b"pong").await.unwrap();
+    let mut reply = [0u8; 4];
+    let read = stream.read_exact(&mut reply).await;
+    assert!(
+        read.is_ok(),
+        "the read on connection 2 was told of connection 1's loss again: {:?}",
+        read.map_err(|e| lost(&e).clone())
+    );
+    assert_eq!(&reply, b"pong");
+}
+
+/// The other half of the split rule: a reader waiting in its own task for a reply when the
+/// writer meets the dead connection is woken and told (the reply is not coming), instead of
+/// waiting on the new connection for a reply to a request it never carried.
+#[tokio::test(start_paused = true)]
+async fn after_a_split_a_loss_seen_by_the_writer_fails_the_parked_reader_once() {
+    let backend = Backend::default();
+    let stream = ReconnectingStream::builder(backend.connector())
+        .stable_after(Duration::ZERO)
+        .build()
+        .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    writer.write_all(b"req1").await.unwrap();
+    let read = tokio::spawn(async move {
+        let mut reply = [0u8; 4];
+        let first = reader.read_exact(&mut reply).await.map(drop);
+        // The next read is on the new connection.
+        reader.read_exact(&mut reply).await.unwrap();
+        (first, reply)
+    });
+    tokio::task::yield_now().await; // the reader parks on connection 1
+    backend.kill(1);
+    let e = writer.write_all(b"req2").await.unwrap_err();
+    assert_eq!(lost(&e).generation(), 1);
+    writer.write_all(b"req2").await.unwrap(); // on connection 2
+    let mut server2 = backend.server(2);
+    server2.write_all(b"rep2").await.unwrap();
+    let (first, reply) = tokio::time::timeout(secs(60.0), read)
+        .await
+        .expect("the parked reader was told, not left waiting on the new connection")
+        .unwrap();
+    let e = first.unwrap_err();
+    assert_eq!(lost(&e).generation(), 1);
+    assert_eq!(&reply, b"rep2");
+}
+
+/// `close()` and `reconnect()` take `&mut self`, but a caller can share the stream behind a
+/// lock of its own and poll it from several tasks: a read parked there is woken (its waker
+/// went with the connection) and ends, with end of file after `close()`, with no error for a
+/// loss after `reconnect()` (it goes on reading the new connection).
+#[tokio::test(start_paused = true)]
+async fn close_and_reconnect_wake_a_read_parked_behind_the_callers_lock() {
+    use std::task::Poll;
+    use tokio::io::{AsyncRead, ReadBuf};
+    let backend = Backend::default();
+    let stream = ReconnectingStream::builder(backend.connector())
+        .stable_after(Duration::ZERO)
+        .build()
+        .unwrap();
+    let shared = Arc::new(Mutex::new(stream));
+    let read = |shared: Arc<Mutex<ReconnectingStream<DuplexStream>>>| async move {
+        let mut buf = [0u8; 4];
+        let n = std::future::poll_fn(|cx| {
+            let mut rb = ReadBuf::new(&mut buf);
+            let mut stream = shared.lock().unwrap();
+            match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+                Poll::Ready(r) => Poll::Ready(r.map(|()| rb.filled().len())),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        (n, buf)
+    };
+    let reader = tokio::spawn(read(shared.clone()));
+    tokio::task::yield_now().await; // connected; the read parks on connection 1
+    assert_eq!(backend.attempts().len(), 1);
+    shared.lock().unwrap().reconnect();
+    tokio::task::yield_now().await; // woken: it reconnects and parks on connection 2
+    assert_eq!(backend.attempts().len(), 2, "the parked read was woken");
+    let mut server2 = backend.server(2);
+    server2.write_all(b"data").await.unwrap();
+    let (n, buf) = tokio::time::timeout(secs(60.0), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n.unwrap(), 4, "no error for the loss reconnect() asked for");
+    assert_eq!(&buf, b"data");
+
+    let reader = tokio::spawn(read(shared.clone()));
+    tokio::task::yield_now().await; // parks on connection 2
+    shared.lock().unwrap().close();
+    let (n, _) = tokio::time::timeout(secs(60.0), reader)
+        .await
+        .expect("the parked read was woken by close()")
+        .unwrap();
+    assert_eq!(n.unwrap(), 0, "end of file after close()");
+}
+
 #[tokio::test(start_paused = true)]
 async fn reconnect_replaces_the_connection_on_request() {
     let backend = Backend::default();

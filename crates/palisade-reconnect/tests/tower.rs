@@ -309,6 +309,38 @@ async fn close_stops_every_clone_and_the_task() {
     assert_eq!(backend.connects(), 1);
 }
 
+/// `Reconnect::close`'s doc: "`poll_ready` then fails with `Closed`". It only asked the
+/// background task to stop, so until that task ran, a clone holding a copy of the connection
+/// passed `poll_ready` and its request went out after `close()` (and `connected()` said Ok).
+#[tokio::test(start_paused = true)]
+async fn poll_ready_fails_at_once_after_close_without_waiting_for_the_task() {
+    let backend = Backend::default();
+    let mut a = builder(&backend).build().unwrap();
+    let mut b = a.clone();
+    assert_eq!(call(&mut a, 1).await.unwrap(), 1);
+    assert_eq!(call(&mut b, 1).await.unwrap(), 1); // b holds a copy of connection 1
+    a.close();
+    // No yield: the task has not run since close().
+    for svc in [&mut b, &mut a] {
+        let e = ready_svc(svc).await.unwrap_err();
+        let closed = e.downcast_ref::<Closed>().expect("Closed");
+        assert!(matches!(closed.reason(), CloseReason::Closed), "{closed:?}");
+    }
+    let mut c = b.clone();
+    assert!(
+        ready_svc(&mut c).await.is_err(),
+        "a clone made after close()"
+    );
+    let e = b.connected().await.unwrap_err();
+    assert!(matches!(e.reason(), CloseReason::Closed), "{e:?}");
+    tokio::task::yield_now().await;
+    assert!(matches!(
+        &*a.state().borrow(),
+        ConnectionState::Closed(CloseReason::Closed)
+    ));
+    assert_eq!(backend.connects(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn dropping_the_last_clone_stops_the_task_and_releases_the_connection() {
     let backend = Backend::default();
