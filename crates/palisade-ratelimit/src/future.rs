@@ -17,7 +17,8 @@ pub(crate) type Waiting<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + 
 pin_project! {
     /// The response of [`RateLimit`](crate::RateLimit): the inner service's, a
     /// [`RateLimited`] rejection, or (keyed backpressure) a wait for the key's cell followed by
-    /// the inner call. Dropping it before the inner call is made gives the cell back.
+    /// the inner call. Dropping it before the inner call is made gives the cell back (over a
+    /// sliding window or several quotas, only while it still waits for the cell).
     pub struct ResponseFuture<F, R> {
         #[pin]
         state: State<F, R>,

@@ -35,7 +35,9 @@ use crate::wait::{RefundOnDrop, random_up_to};
 ///   next cell and the response future waits for it, then drives a clone of the inner service
 ///   to readiness and calls it (the original stays ready for the next request). The wait counts
 ///   from `call`, not from the future's first poll. Until the inner call is made, the cell goes
-///   back if the future is dropped or the clone fails readiness.
+///   back if the future is dropped or the clone fails readiness (over a sliding window or
+///   several quotas, which reserve nothing ahead, only until the wait ends: the cell then taken
+///   is spent, as a plain check's).
 pub struct RateLimit<S, L, F = Unkeyed> {
     inner: S,
     limiter: Arc<L>,
@@ -53,6 +55,10 @@ struct Ready {
     undo: Option<Arc<dyn UndoCell>>,
     /// The timer for the reserved moment, reset for each wait.
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When a wait that reserved nothing (a sliding window, several quotas) began, on the
+    /// limiter's clock, plus one (0: no such wait under way): its retries together wait at
+    /// most `max_wait`.
+    retrying_since: u64,
 }
 
 #[derive(Default)]
@@ -82,6 +88,7 @@ impl<A: Algorithm, C: Clock> UndoCell for RateLimiter<A, C> {
 impl Ready {
     /// Back to `Idle`, giving back a cell reserved and not spent.
     fn release(&mut self) {
+        self.retrying_since = 0;
         if let State::Sleeping(Some(end)) | State::Granted(end) = std::mem::take(&mut self.state)
             && let Some(undo) = &self.undo
         {
@@ -118,6 +125,7 @@ impl<S, L, F> RateLimit<S, L, F> {
                 state: State::Idle,
                 undo: None,
                 sleep: None,
+                retrying_since: 0,
             },
         }
     }
@@ -250,6 +258,11 @@ impl<S, A: Algorithm, C: Clock> RateLimit<S, RateLimiter<A, C>, Unkeyed> {
     fn reserve(&mut self, max_wait: Duration) {
         let limiter = &self.limiter;
         let ready = &mut self.ready;
+        let max_wait = if ready.retrying_since == 0 {
+            max_wait
+        } else {
+            budget_left(limiter, max_wait, ready.retrying_since - 1)
+        };
         match limiter.reserve(1, max_wait) {
             Ok((d, end)) if d.is_allowed() => {
                 // Held by `ready` from here: dropped at any point, it gives the cell back.
@@ -265,16 +278,34 @@ impl<S, A: Algorithm, C: Clock> RateLimit<S, RateLimiter<A, C>, Unkeyed> {
             }
             Ok((d, _)) if d.retry_after().is_some_and(|w| w <= max_wait) => {
                 // Nothing reserved (a sliding window, several quotas): wait for the predicted
-                // moment and try again from `Idle`.
+                // moment and try again from `Idle`, with what is left of `max_wait`.
+                if ready.retrying_since == 0 {
+                    ready.retrying_since = limiter.now().saturating_add(1);
+                }
                 let wait = Duration::from_nanos(d.retry_after) + random_up_to(limiter.jitter());
                 ready.sleep(wait, None);
+                return;
             }
             Ok((d, _)) => ready.state = State::Refused(rejection(&d)),
             Err(e) => {
                 ready.state = State::Refused(wait_rejection(e.into(), limiter.peek().limit()));
             }
         }
+        ready.retrying_since = 0;
     }
+}
+
+/// What is left of `max_wait` for a wait that began at `since` (the limiter's time). Out of
+/// line: it reads the clock, and only a retry needs it.
+#[cold]
+#[inline(never)]
+fn budget_left<A: Algorithm, C: Clock>(
+    limiter: &RateLimiter<A, C>,
+    max_wait: Duration,
+    since: u64,
+) -> Duration {
+    let spent = limiter.now().saturating_sub(since);
+    max_wait.saturating_sub(Duration::from_nanos(spent))
 }
 
 impl<S, Req, K, Q, A, C, H, F> Service<Req> for RateLimit<S, KeyedRateLimiter<K, A, C, H>, F>
@@ -352,8 +383,10 @@ where
                 .until_key_ready_within(&key, 1, max_wait.saturating_sub(wait))
                 .await
                 .map_err(|e| wait_rejection(e, limit))?;
-            let cell = RefundOnDrop(Some(|| limiter.refund(&key, 1)));
-            call_when_ready(inner, req, cell).await
+            // The cell is spent from here, as a plain check's: given back after a drop, the
+            // refund could land in a later window and take a cell off that window's count (a
+            // sliding window gives back from the window the refund reads in).
+            call_when_ready(inner, req, RefundOnDrop::<fn()>(None)).await
         }))
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use palisade_core::TokioClock;
 use palisade_ratelimit::{
-    BoxError, KeyedRateLimiter, Quota, RateLimit, RateLimitLayer, RateLimited, RateLimiter,
-    SlidingWindow,
+    Algorithm, BoxError, KeyedRateLimiter, MultiGcra, Quota, RateLimit, RateLimitLayer,
+    RateLimited, RateLimiter, SlidingWindow,
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -392,20 +392,22 @@ async fn keyed_backpressure_gives_the_cell_back_when_the_inner_clone_fails_readi
     assert!(shared.peek_n(&7, 1).unwrap().is_allowed());
 }
 
-/// The cancel-safety promise for a keyed sliding window, whose response future takes its cell
-/// only after the predicted moment: dropped before the inner clone is ready, it gives it back.
+/// A keyed sliding window's response future takes its cell only once the wait ends (a sliding
+/// window reserves nothing ahead), and from then on the cell is spent, as a plain check's:
+/// given back after a drop, the refund could land windows later and take a cell off that
+/// window's count. Here the future takes its cell, two windows pass, another request takes the
+/// new window's cell, and the dropped future must not give that one back.
 #[tokio::test(start_paused = true)]
-async fn keyed_sliding_window_future_dropped_while_the_inner_clone_is_not_ready_gives_back() {
+async fn keyed_sliding_window_future_dropped_after_taking_its_cell_gives_back_nothing() {
     let shared = Arc::new(
         KeyedRateLimiter::builder(SlidingWindow::new(1, Duration::from_secs(1)))
             .clock(TokioClock::new())
             .build()
             .unwrap(),
     );
-    let inner = Gated::default();
     let mut svc = RateLimitLayer::keyed(Arc::clone(&shared), |req: &u32| *req)
-        .backpressure()
-        .layer(inner);
+        .backpressure_within(Duration::from_secs(10))
+        .layer(Gated::default());
     call(&mut svc, 7).await.unwrap();
     let wait = shared.peek_n(&7, 1).unwrap().retry_after().unwrap();
     poll_fn(|cx| Service::<u32>::poll_ready(&mut svc, cx))
@@ -419,10 +421,12 @@ async fn keyed_sliding_window_future_dropped_while_the_inner_clone_is_not_ready_
         !shared.peek_n(&7, 1).unwrap().is_allowed(),
         "the future took the cell"
     );
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(shared.check(&7).is_allowed(), "this window's cell");
     drop(waiting);
     assert!(
-        shared.check(&7).is_allowed(),
-        "the dropped future gave its cell back"
+        !shared.check(&7).is_allowed(),
+        "two cells in one window with a limit of 1"
     );
 }
 
@@ -477,4 +481,65 @@ async fn unkeyed_backpressure_waits_from_the_reservation_and_gives_back_a_cell_n
     call(&mut svc, ()).await.unwrap();
     assert_eq!(start.elapsed(), Duration::ZERO);
     assert_eq!(gated.calls.load(Ordering::SeqCst), 1);
+}
+
+/// The README's "a request that would wait longer than `max_wait` is rejected at once", for
+/// the algorithms that can't reserve a future cell (a sliding window, several quotas): the
+/// unkeyed `poll_ready` sleeps until the predicted moment and tries again, and each try gets
+/// only what is left of `max_wait`, not all of it. Here a plain `check` takes the cell at every
+/// predicted moment; the service still gives up within `max_wait`, and its `call` fails with a
+/// `RateLimited` saying when the next cell comes.
+#[tokio::test(start_paused = true)]
+async fn unkeyed_backpressure_that_cannot_reserve_ahead_gives_up_within_max_wait() {
+    async fn outrun_at_every_moment<A: Algorithm>(algorithm: A) {
+        let max_wait = Duration::from_secs(3);
+        let shared = Arc::new(
+            RateLimiter::builder(algorithm)
+                .clock(TokioClock::new())
+                .build()
+                .unwrap(),
+        );
+        let echo = Echo::default();
+        let mut svc = RateLimitLayer::new(Arc::clone(&shared))
+            .backpressure_within(max_wait)
+            .layer(echo.clone());
+        assert!(shared.check().is_allowed());
+        let start = tokio::time::Instant::now();
+        let mut cx = Context::from_waker(Waker::noop());
+        // Bounded, so the test ends (and fails) when `poll_ready` never does.
+        for _ in 0..10 {
+            if let Poll::Ready(ready) = Service::<u32>::poll_ready(&mut svc, &mut cx) {
+                ready.unwrap();
+                break;
+            }
+            let moment = shared
+                .peek()
+                .retry_after()
+                .expect("the service waits for a cell");
+            tokio::time::advance(moment).await;
+            assert!(
+                shared.check().is_allowed(),
+                "a plain check takes the cell first"
+            );
+        }
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed <= max_wait,
+            "poll_ready (max_wait {max_wait:?}) still waiting after {elapsed:?}"
+        );
+        let err = svc.call(1).await.unwrap_err();
+        let next = shared.peek().retry_after().unwrap();
+        assert!(
+            elapsed + next > max_wait,
+            "it gave up while a cell was in reach"
+        );
+        assert_eq!(rate_limited(&err).retry_after(), next);
+        assert_eq!(echo.0.load(Ordering::SeqCst), 0);
+    }
+    outrun_at_every_moment(SlidingWindow::new(1, Duration::from_secs(1))).await;
+    outrun_at_every_moment(MultiGcra::new([
+        Quota::per_second(1),
+        Quota::per_minute(60).burst(60),
+    ]))
+    .await;
 }
