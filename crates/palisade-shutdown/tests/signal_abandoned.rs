@@ -6,7 +6,6 @@
 #[cfg(unix)]
 fn main() {
     use std::process::Command;
-    use std::time::Duration;
 
     const CHILD: &str = "PALISADE_SIGNAL_ABANDONED_CHILD";
     if std::env::var_os(CHILD).is_some() {
@@ -20,14 +19,16 @@ fn main() {
                 .signals([palisade_shutdown::Signal::Terminate])
                 .build()
                 .unwrap();
+            let shutdown = coordinator.handle();
             drop(coordinator);
             let status = Command::new("kill")
                 .args(["-TERM", &std::process::id().to_string()])
                 .status()
                 .expect("the `kill` command runs");
             assert!(status.success());
-            // Bounded only so a regression ends instead of hanging: the signal exits at once.
-            tokio::time::sleep(Duration::from_secs(60)).await;
+            // The handler either exits the process (no coordinator left) or, swallowing the
+            // signal, triggers the orphaned shutdown: then this returns, and so does the child.
+            shutdown.requested().await;
         });
         // Still here: the signal was swallowed.
         std::process::exit(0);
