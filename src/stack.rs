@@ -194,9 +194,9 @@ impl<Sd, Rl, Bh, Rt, Al, Cb, To> Stack<Sd, Rl, Bh, Rt, Al, Cb, To> {
         }
     }
 
-    /// The circuit breaker, innermost: it judges the upstream by every attempt that reached it,
-    /// and while open, fails attempts at once (the retry then decides whether to wait and try
-    /// again).
+    /// The circuit breaker, inside everything but the per-attempt timeout: it judges the
+    /// upstream by every attempt that reached it, and while open, fails attempts at once (the
+    /// retry then decides whether to wait and try again).
     #[cfg(feature = "breaker")]
     pub fn breaker<K, C: palisade_core::Clock>(
         self,

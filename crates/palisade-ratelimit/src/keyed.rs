@@ -359,8 +359,9 @@ where
         self.run(key, n, Op::Peek)
     }
 
-    /// Gives back `n` cells `key` took earlier (never above full capacity). A key no longer
-    /// tracked has nothing to give back to.
+    /// Gives back `n` cells `key` took earlier (never above full capacity). Refund only cells
+    /// an allowed check of yours took: the limiter cannot tell whose cells come back. A key no
+    /// longer tracked has nothing to give back to.
     pub fn refund<Q>(&self, key: &Q, n: u32)
     where
         K: Borrow<Q>,

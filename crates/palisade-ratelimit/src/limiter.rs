@@ -170,7 +170,9 @@ impl<A: Algorithm, C: Clock> RateLimiter<A, C> {
 
     /// Gives back `n` cells taken earlier, e.g. when the work they paid for was cancelled
     /// before it touched the protected resource. A refund never raises capacity above full,
-    /// so refunding cells never taken cannot create a burst. A sliding window gives back only
+    /// but it cannot tell whose cells come back: refund only cells an *allowed* check of yours
+    /// took. Refunding after a refused check gives back cells other callers spent, and they are
+    /// admitted again (the quota holds net of refunds). A sliding window gives back only
     /// from the current window's count, so refund cells in the window they were taken in.
     /// While waiters hold reservations
     /// (or a quota change left the limiter owing more than a burst) a refund gives nothing

@@ -217,7 +217,10 @@ where
         if let Mode::Backpressure { max_wait } = self.mode {
             loop {
                 match self.ready.state {
-                    State::Granted(_) | State::Refused(_) => break,
+                    State::Granted(_) => break,
+                    // `call` refuses without the inner service: don't wait for its readiness
+                    // (or make it reserve anything) for a request it will never see.
+                    State::Refused(_) => return Poll::Ready(Ok(())),
                     State::Idle => self.reserve(max_wait),
                     State::Sleeping(end) => {
                         if let Some(sleep) = &mut self.ready.sleep {

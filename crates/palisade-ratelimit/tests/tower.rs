@@ -280,6 +280,32 @@ async fn into_inner_gives_a_reserved_cell_back() {
     assert!(shared.peek().is_allowed());
 }
 
+/// A request the limiter refused is refused at once, even while the inner service is not
+/// ready: `poll_ready` doesn't wait on (or reserve anything in) a service the request will never
+/// reach.
+#[tokio::test(start_paused = true)]
+async fn backpressure_refuses_at_once_while_the_inner_service_is_not_ready() {
+    let shared = limiter(Quota::per_second(1));
+    assert!(shared.check().is_allowed()); // the next cell is 1 s away
+    let inner = Gated::default().clone(); // pending until `open`
+    let mut svc = RateLimitLayer::new(Arc::clone(&shared))
+        .backpressure_within(Duration::from_millis(500))
+        .layer(inner.clone());
+    assert!(
+        poll_once(&mut poll_fn(|cx| Service::<u32>::poll_ready(&mut svc, cx))).is_ready(),
+        "a refused request waited for the inner service's readiness"
+    );
+    let err = svc.call(1_u32).await.unwrap_err();
+    assert_eq!(rate_limited(&err).retry_after(), Duration::from_secs(1));
+    assert_eq!(inner.calls.load(Ordering::SeqCst), 0);
+    // Once a cell is due, the wait for the inner service is back in `poll_ready`.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(poll_once(&mut poll_fn(|cx| Service::<u32>::poll_ready(&mut svc, cx))).is_pending());
+    inner.open.store(true, Ordering::SeqCst);
+    assert_eq!(call(&mut svc, 7).await.unwrap(), 7);
+    assert!(!shared.peek().is_allowed());
+}
+
 /// Counts calls and echoes the request. The service a test builds is always ready; its clones
 /// (keyed backpressure drives one per waiting request) only once `open` is set, and until then
 /// they are pending, or fail readiness if built with [`Gated::failing`].

@@ -85,7 +85,10 @@ impl<C, H, T> RetryLayer<C, H, T> {
     }
 
     /// Cancels an attempt that runs longer than `timeout` (dropping its future) and counts it as
-    /// a retryable failure: the classifier sees `Err(S::Error::from(AttemptTimedOut(timeout)))`.
+    /// a retryable failure, whatever the classifier would say (it is not asked); if it was the
+    /// last attempt, the caller gets `Err(S::Error::from(AttemptTimedOut(timeout)))`. For a
+    /// timeout the classifier decides on, wrap the inner service in a timeout layer instead:
+    /// its error is then an ordinary outcome.
     pub fn attempt_timeout(self, timeout: Duration) -> RetryLayer<C, H, AttemptTimeout> {
         RetryLayer {
             policy: self.policy,
