@@ -1,4 +1,4 @@
-//! The errors of `get()` and `close()`.
+//! The errors of `get()`, `close()` and `PoolService::call`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,6 +76,20 @@ pub struct CloseTimeout {
     /// How long `close()` waited.
     pub waited: Duration,
 }
+
+/// [`PoolService::call`](crate::PoolService) without a successful `poll_ready` first: the
+/// service held no connection for the request, so it was not sent.
+///
+/// The tower contract asks for `poll_ready` to return `Ready(Ok(()))` before each `call`. A call
+/// without one (never readied, a second call after one `poll_ready`, or a call after
+/// `poll_ready` failed) gets this error from its response future at once instead of a panic.
+/// No connection is checked out, created or closed for it. As the service's error it is boxed:
+/// downcast the [`BoxError`](crate::BoxError) to `NotReady` to tell it apart.
+#[cfg(feature = "tower")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("PoolService::call without a successful poll_ready first: the request was not sent")]
+#[non_exhaustive]
+pub struct NotReady;
 
 /// A connect or validation step that failed, as [`Error::Unavailable`] reports the last one.
 #[derive(Debug, thiserror::Error)]

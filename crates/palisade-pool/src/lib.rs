@@ -14,6 +14,8 @@ mod state;
 pub use crate::config::{
     BoxFuture, CheckoutTest, MAX_DURATION, MAX_LIFETIME_JITTER, MAX_SIZE, MIN_DURATION, PoolBuilder,
 };
+#[cfg(feature = "tower")]
+pub use crate::error::NotReady;
 pub use crate::error::{CloseTimeout, ConfigError, Error, Failure};
 pub use crate::manager::Manager;
 pub use crate::metrics::{Discard, Metrics};

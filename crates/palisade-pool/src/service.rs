@@ -9,13 +9,13 @@ use palisade_core::{Clock, FastClock};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::error::Error;
+use crate::error::{Error, NotReady};
 use crate::manager::Manager;
 use crate::pool::Pool;
 use crate::pooled::Pooled;
 
-/// The error type of [`PoolService`]: a pool [`Error`] (no connection in time, closed) or the
-/// connection's own error.
+/// The error type of [`PoolService`]: a pool [`Error`] (no connection in time, closed), a
+/// [`NotReady`] (`call` without a successful `poll_ready`) or the connection's own error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 type Checkout<M, C> =
@@ -32,6 +32,9 @@ type Checkout<M, C> =
 ///   completes with `Ok`. A response future that is dropped (a client gone, a timeout) or ends
 ///   in an error closes the connection instead of returning it, so a connection with a
 ///   half-finished exchange is never reused. On `Ok` it goes back to the pool.
+/// - `call` without a successful `poll_ready` first (never readied, a second `call` after one
+///   `poll_ready`, or after `poll_ready` failed) does not panic: its response future fails at
+///   once with [`NotReady`], and no connection is checked out, created or closed for it.
 /// - Clones share the pool; each clone holds at most one connection between `poll_ready` and
 ///   `call` (dropping a ready service returns it).
 ///
@@ -153,26 +156,50 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let mut conn = self
-            .ready
-            .take()
-            .expect("PoolService::call without a successful poll_ready first");
+        let Some(mut conn) = self.ready.take() else {
+            // Bad use of the tower contract: an error, never a panic, and the pool untouched.
+            return ResponseFuture::not_ready();
+        };
         Pooled::taint(&mut conn);
         let future = conn.call(req);
         ResponseFuture {
-            future,
-            conn: Some(conn),
+            inner: Inner::Call {
+                future,
+                conn: Some(conn),
+            },
         }
     }
 }
 
 pin_project! {
     /// The response future of [`PoolService`]: the connection's future, holding the
-    /// connection (tainted) until it completes.
+    /// connection (tainted) until it completes. For a `call` without a successful
+    /// `poll_ready` it fails at once with [`NotReady`].
     pub struct ResponseFuture<F, M: Manager, C: Clock> {
         #[pin]
-        future: F,
-        conn: Option<Pooled<M, C>>,
+        inner: Inner<F, M, C>,
+    }
+}
+
+pin_project! {
+    #[project = InnerProj]
+    enum Inner<F, M: Manager, C: Clock> {
+        Call {
+            #[pin]
+            future: F,
+            conn: Option<Pooled<M, C>>,
+        },
+        NotReady,
+    }
+}
+
+impl<F, M: Manager, C: Clock> ResponseFuture<F, M, C> {
+    #[cold]
+    #[inline(never)]
+    fn not_ready() -> Self {
+        ResponseFuture {
+            inner: Inner::NotReady,
+        }
     }
 }
 
@@ -192,14 +219,26 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = ready!(this.future.poll(cx));
-        if let Some(mut conn) = this.conn.take() {
-            if result.is_ok() {
-                Pooled::untaint(&mut conn);
+        match self.project().inner.project() {
+            InnerProj::Call { future, conn } => {
+                let result = ready!(future.poll(cx));
+                if let Some(mut conn) = conn.take() {
+                    if result.is_ok() {
+                        Pooled::untaint(&mut conn);
+                    }
+                    drop(conn); // back to the pool, or closed if the exchange failed
+                }
+                Poll::Ready(result.map_err(Into::into))
             }
-            drop(conn); // back to the pool, or closed if the exchange failed
+            InnerProj::NotReady => Poll::Ready(Err(not_ready())),
         }
-        Poll::Ready(result.map_err(Into::into))
     }
+}
+
+/// The error of a `call` without a successful `poll_ready`, out of line so the normal path
+/// inlines.
+#[cold]
+#[inline(never)]
+fn not_ready() -> BoxError {
+    Box::new(NotReady)
 }

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use palisade_core::TokioClock;
-use palisade_pool::{CheckoutTest, Discard, Error, Manager, Pool, PoolService};
+use palisade_pool::{CheckoutTest, Discard, Error, Manager, NotReady, Pool, PoolService};
 use tower_service::Service;
 
 /// A connection that answers each request after `delay`, or fails requests equal to "fail".
@@ -149,4 +149,31 @@ async fn the_service_and_its_future_are_send() {
     let response = service.call("x");
     send(&response);
     assert_eq!(response.await.unwrap(), (0, "x"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn call_without_poll_ready_is_an_error_not_a_panic() {
+    let pool = pool(1);
+    let mut service = PoolService::new(pool.clone());
+    // Never readied: an error at once, and the pool untouched.
+    let error = service.call("x").await.unwrap_err();
+    assert!(error.is::<NotReady>(), "{error}");
+    assert_eq!(
+        error.to_string(),
+        "PoolService::call without a successful poll_ready first: the request was not sent"
+    );
+    let m = pool.metrics();
+    assert_eq!((m.size, m.in_use, m.created), (0, 0, 0), "{m}");
+    // After an exchange the connection is back in the pool: a second call without a new
+    // poll_ready neither sends on it nor checks it out.
+    ready(&mut service).await.unwrap();
+    assert_eq!(service.call("a").await.unwrap(), (0, "a"));
+    let error = service.call("b").await.unwrap_err();
+    assert!(error.downcast_ref::<NotReady>().is_some(), "{error}");
+    let m = pool.metrics();
+    assert_eq!((m.idle, m.in_use, m.created), (1, 0, 1), "{m}");
+    assert_eq!(m.discarded_total(), 0, "{m}");
+    // The service still works afterwards.
+    ready(&mut service).await.unwrap();
+    assert_eq!(service.call("c").await.unwrap(), (0, "c"));
 }
