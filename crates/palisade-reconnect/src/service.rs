@@ -324,9 +324,12 @@ impl<S> Reconnect<S> {
     /// Closes for every clone: stops the background task (an attempt in flight is dropped) and
     /// drops the shared connection; from the moment it returns, `poll_ready` (and
     /// [`connected`](Reconnect::connected)) on every clone fails with [`Closed`], also before
-    /// the task has run and published `Closed`. Requests already
-    /// sent complete on the clones' copies of the connection, and each clone drops its copy at
-    /// its next `poll_ready` (or when it is dropped).
+    /// the task has run and published `Closed`, and so does `call`, also on a clone whose
+    /// `poll_ready` returned `Ok` before the close: no request is sent after `close()` returns.
+    /// A `call` racing with `close()` on another thread is either sent (it came first) or
+    /// fails with [`Closed`] (see [`call`](Reconnect#method.call)). Requests already sent
+    /// complete on the clones' copies of the connection, and each clone drops its copy at its
+    /// next `call` or `poll_ready` (or when it is dropped).
     pub fn close(&self) {
         self.shared.request_close();
     }
@@ -394,6 +397,17 @@ impl<S> Reconnect<S> {
 }
 
 impl<S> Reconnect<S> {
+    /// `call` after closing: drops this clone's copy of the connection (un-readied, as after
+    /// any call) and fails with the [`Closed`] that `poll_ready` returns, sending nothing.
+    #[cold]
+    #[inline(never)]
+    fn closed_call<F>(&mut self) -> ResponseFuture<F> {
+        let conn = self.conn.take();
+        let reason = Shared::closed_reason(&self.shared.core.lock()).unwrap_or(CloseReason::Closed);
+        drop(conn); // the user's service, dropped outside the lock
+        ResponseFuture::failed(Closed { reason }.into())
+    }
+
     /// The connection's own `poll_ready` is pending: also wait for a change of connection, so
     /// a replacement (a heartbeat, `reconnect()`, another clone's report) wakes this clone.
     #[cold]
@@ -441,8 +455,22 @@ where
         }
     }
 
+    /// Sends `request` on the connection `poll_ready` readied, unless the service is closed:
+    /// once [`close`](Reconnect::close) has returned (on any clone), `call` sends nothing, even
+    /// after a `poll_ready` that returned `Ok` before the close. It fails with the [`Closed`]
+    /// that `poll_ready` would return, and drops this clone's copy of the connection (with any
+    /// capacity its `poll_ready` reserved); the next `poll_ready` fails with [`Closed`] too.
+    ///
+    /// A `call` concurrent with `close()` on another thread, ordered with it by nothing, has one
+    /// of two outcomes: it checked before `close()` set the closing flag, and its request is
+    /// sent, as one already sent when `close()` returned; or it fails with [`Closed`] and sends
+    /// nothing. A `call` ordered after `close()` returned (the same thread, or any
+    /// synchronization: a join, a channel, a lock) always fails.
     #[inline]
     fn call(&mut self, request: Request) -> Self::Future {
+        if self.shared.is_closing() {
+            return self.closed_call();
+        }
         match &mut self.conn {
             Some((generation, service)) => {
                 ResponseFuture::new(service.call(request), *generation, self.classifier)

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use palisade_core::sync::Mutex;
-use palisade_core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use palisade_core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use tokio::time::Instant;
 
 use crate::state::{Cause, CloseReason, ConnectionState, Reporter};
@@ -80,6 +80,9 @@ pub(crate) struct Shared<S> {
     publishing: Mutex<()>,
     /// The generation that is up, 0 when none: the clones' lock-free check of their copy.
     current: AtomicU64,
+    /// `Core::closing`, for the clones' lock-free check in `call`: set (`Release`) under the
+    /// core lock beside it, so before `close()` returns, and never cleared.
+    closing: AtomicBool,
     /// Live `Reconnect` handles; the last one's drop closes.
     handles: AtomicUsize,
     pub(crate) reporter: Reporter,
@@ -109,6 +112,7 @@ impl<S> Shared<S> {
             }),
             publishing: Mutex::new(()),
             current: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
             handles: AtomicUsize::new(1),
             reporter: Reporter::new(),
         }
@@ -123,6 +127,13 @@ impl<S> Shared<S> {
     #[inline]
     pub(crate) fn is_current(&self, generation: u64) -> bool {
         self.current.load(Ordering::Acquire) == generation
+    }
+
+    /// Whether `close()`, the last handle's drop or the driver's stop has closed the service:
+    /// a clone's `call` then sends nothing.
+    #[inline]
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     /// Takes the unstarted driver, if this is the first use.
@@ -287,6 +298,7 @@ impl<S> Shared<S> {
             let (waiters, task, old) = {
                 let mut core = self.core.lock();
                 core.closing = true;
+                self.closing.store(true, Ordering::Release);
                 let task = Self::take_task(&mut core);
                 if matches!(core.phase, Phase::Closed(_)) {
                     (None, task, None)
@@ -308,11 +320,13 @@ impl<S> Shared<S> {
 
     /// Asks the driver to close (it publishes `Closed` when it stops); closes at once when
     /// the driver never started. The clones stop using the connection at once, not when the
-    /// driver gets to run: their copies stop being current, and `poll_shared` sees `closing`.
+    /// driver gets to run: their copies stop being current, `poll_shared` sees `closing`, and
+    /// `call` sees the `closing` flag (so a clone readied before sends nothing either).
     pub(crate) fn request_close(&self) {
         let (driver, unstarted) = {
             let mut core = self.core.lock();
             core.closing = true;
+            self.closing.store(true, Ordering::Release);
             self.current.store(0, Ordering::Release);
             (core.driver.take(), core.task.is_some())
         };

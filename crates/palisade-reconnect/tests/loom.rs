@@ -2,7 +2,8 @@
 //! many clones wait or report the connection dead at once, the background task connects once
 //! per generation, and every waiter is woken with that generation's connection, also a waiter
 //! in a slot that a dropped clone freed; and once `close()` has returned, no clone's
-//! `poll_ready` passes, whether or not the task has run since.
+//! `poll_ready` passes and no clone's `call` sends (even one readied before the close),
+//! whether or not the task has run since.
 //!
 //! The task runs on a thread of its own through `spawn_with`, and only that thread enters a
 //! tokio runtime, so that the attempt's deadline timer can be created; it never fires (loom
@@ -238,5 +239,35 @@ fn once_close_returns_no_clone_passes_poll_ready() {
             other => panic!("poll_ready after close() returned: {other:?}"),
         }
         finish(vec![svc, b], &driver);
+    }));
+}
+
+#[test]
+fn a_call_readied_before_close_is_sent_before_it_or_not_at_all() {
+    assert_explored(model_with_preemptions(2, || {
+        let rt = runtime();
+        let (mut svc, _maker, driver) = service(&rt);
+        assert_eq!(use_once(&mut svc), 1);
+        // Two clones readied on connection 1 before the close: one calls while another thread
+        // closes (sent, or closed without sending), the other once `close()` has returned
+        // (closed, whether or not the task has run since).
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let (mut b, mut c) = (svc.clone(), svc.clone());
+        assert!(matches!(b.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+        assert!(matches!(c.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+        let closer = thread::spawn(move || {
+            svc.close();
+            svc
+        });
+        match block_on(b.call(())) {
+            Ok(id) => assert_eq!(id, 1),
+            Err(e) => assert!(e.is::<Closed>(), "{e}"),
+        }
+        let svc = closer.join().unwrap();
+        match block_on(c.call(())) {
+            Err(e) => assert!(e.is::<Closed>(), "{e}"),
+            Ok(id) => panic!("a request was sent after close() returned: {id}"),
+        }
+        finish(vec![svc, b, c], &driver);
     }));
 }

@@ -37,6 +37,8 @@ struct ConnState {
     dead: AtomicBool,
     /// Dead without telling `poll_ready` (only requests and heartbeats notice).
     silent: AtomicBool,
+    /// Requests that reached this connection (counted in `call`, before the future runs).
+    calls: AtomicUsize,
 }
 
 impl Backend {
@@ -102,6 +104,7 @@ impl Service<u32> for Conn {
     }
 
     fn call(&mut self, request: u32) -> Self::Future {
+        self.0.calls.fetch_add(1, Ordering::SeqCst);
         let state = self.0.clone();
         Box::pin(async move {
             if request == 0 {
@@ -338,6 +341,60 @@ async fn poll_ready_fails_at_once_after_close_without_waiting_for_the_task() {
         &*a.state().borrow(),
         ConnectionState::Closed(CloseReason::Closed)
     ));
+    assert_eq!(backend.connects(), 1);
+}
+
+/// The README: "From the moment `close()` returns, `poll_ready` fails with `Closed` on every
+/// clone ...: no request is sent after it." A clone whose `poll_ready` returned `Ok` before
+/// `close()` still sent its request when `call` came after it (`call` used its copy of the
+/// connection without looking at the closing state).
+#[tokio::test(start_paused = true)]
+async fn a_call_readied_before_close_sends_nothing_after_close() {
+    let backend = Backend::default();
+    let mut a = builder(&backend).build().unwrap();
+    let mut b = a.clone();
+    assert_eq!(call(&mut a, 1).await.unwrap(), 1);
+    let conn = backend.conn(1);
+    assert_eq!(conn.calls.load(Ordering::SeqCst), 1);
+    // Both clones readied on connection 1, then one closes (no yield: the task has not run).
+    ready_svc(&mut a).await.unwrap();
+    ready_svc(&mut b).await.unwrap();
+    let copies = Arc::strong_count(&conn);
+    a.close();
+    for svc in [&mut a, &mut b] {
+        let result = svc.call(1).await;
+        let e = result.expect_err("a request was sent after close() returned");
+        let closed = e
+            .downcast_ref::<Closed>()
+            .expect("Closed, as poll_ready says");
+        assert!(matches!(closed.reason(), CloseReason::Closed), "{closed:?}");
+    }
+    assert_eq!(
+        conn.calls.load(Ordering::SeqCst),
+        1,
+        "a request reached the connection after close() returned"
+    );
+    // Each clone released its readied copy, and is un-ready: poll_ready fails with Closed.
+    assert_eq!(
+        Arc::strong_count(&conn),
+        copies - 2,
+        "the readied copies are dropped"
+    );
+    for svc in [&mut a, &mut b] {
+        let e = ready_svc(svc).await.unwrap_err();
+        assert!(e.is::<Closed>(), "{e}");
+        let e = svc.call(1).await.unwrap_err();
+        assert!(e.is::<Closed>(), "{e}");
+    }
+    // Once the task has run and closed: the reason is the published one, nothing was sent,
+    // and no copy of the connection is left but the backend's own.
+    tokio::task::yield_now().await;
+    assert!(matches!(
+        &*a.state().borrow(),
+        ConnectionState::Closed(CloseReason::Closed)
+    ));
+    assert_eq!(conn.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(Arc::strong_count(&conn), 2, "the backend's and this test's");
     assert_eq!(backend.connects(), 1);
 }
 
