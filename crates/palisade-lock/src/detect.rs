@@ -721,9 +721,7 @@ mod imp {
                 .collect();
             reports.push(report(kind, e, new.class, acq.site, hops));
         }
-        for r in reports {
-            emit(r);
-        }
+        emit(reports);
         !recursive
     }
 
@@ -746,18 +744,28 @@ mod imp {
         }
     }
 
-    fn emit(report: Report) {
+    /// Delivers one acquisition's reports. Their pairs are already marked reported, so in the
+    /// panic mode one panic carries them all: panicking at the first would lose the others for
+    /// good.
+    fn emit(reports: Vec<Report>) {
+        if reports.is_empty() {
+            return;
+        }
         let d = detector();
-        d.reports.fetch_add(1, Ordering::Relaxed);
+        d.reports.fetch_add(reports.len() as u64, Ordering::Relaxed);
         let mode = d.mode.read().clone();
         match mode {
-            // A second panic while unwinding would abort the process: log that one instead.
-            Mode::Panic if std::thread::panicking() => {
-                tracing::error!(target: "palisade_lock", kind = ?report.kind, "{report}")
+            // A second panic while unwinding would abort the process: log those instead.
+            Mode::Panic if !std::thread::panicking() => {
+                let all: Vec<String> = reports.iter().map(ToString::to_string).collect();
+                panic!("{}", all.join("\n\n"))
             }
-            Mode::Panic => panic!("{report}"),
-            Mode::Log => tracing::error!(target: "palisade_lock", kind = ?report.kind, "{report}"),
-            Mode::Callback(f) => f(&report),
+            Mode::Panic | Mode::Log => {
+                for report in &reports {
+                    tracing::error!(target: "palisade_lock", kind = ?report.kind, "{report}");
+                }
+            }
+            Mode::Callback(f) => reports.iter().for_each(|report| f(report)),
         }
     }
 

@@ -375,8 +375,10 @@ impl<'a, L: Lockable<'a>, const N: usize> LockSet<'a> for [L; N] {
     }
 }
 
-/// Takes every lock of `set` without risking a deadlock, whatever order the locks are given in
-/// and whatever other threads hold.
+/// Takes every lock of `set` without risking a deadlock over them, whatever order the locks are
+/// given in and whatever other threads hold. Locks this thread already holds are not part of
+/// the set: it blocks while holding those, as any acquisition does, so call it holding none
+/// (the detector reports a held lock whose order the set inverts).
 ///
 /// The locks are taken in one global order (by address), and the thread never blocks while
 /// holding part of the set: it blocks on one lock, *tries* the rest, and if one is busy it

@@ -3,7 +3,8 @@
 //! The checks are those of the sync locks, made per *task*: a guard held across an `.await`
 //! stays on its task's held stack wherever the task resumes, and a sync lock taken inside the
 //! task is ordered after the async locks it holds. Every waiting method is cancel-safe: dropping
-//! the future gives up its place in tokio's queue and leaves nothing held or recorded.
+//! the future gives up its place in tokio's queue and leaves nothing held (the order checked at
+//! its first poll stays recorded: the code did try that order).
 
 use std::fmt;
 use std::future::Future;

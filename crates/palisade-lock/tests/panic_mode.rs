@@ -38,6 +38,43 @@ fn an_inversion_panics_with_the_report_and_the_thread_holds_nothing_after() {
 }
 
 #[test]
+fn one_acquisition_that_inverts_two_orders_panics_with_both_reports() {
+    let x = Mutex::named("both-x", ());
+    let y = Mutex::named("both-y", ());
+    let z = Mutex::named("both-z", ());
+    // z before x, and z before y.
+    {
+        let _z = z.lock();
+        let _x = x.lock();
+    }
+    {
+        let _z = z.lock();
+        let _y = y.lock();
+    }
+    let before = detect::stats().reports;
+    // Holding x and y, taking z inverts both orders at once: each pair is reported once, so
+    // the panic must carry both (a report left behind by the first panic is never made).
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        let _x = x.lock();
+        let _y = y.lock();
+        let _z = z.lock();
+    }));
+    let message = caught
+        .unwrap_err()
+        .downcast::<String>()
+        .expect("a formatted message");
+    for held in ["both-x", "both-y"] {
+        assert!(
+            message.contains(&format!(
+                "lock order inversion between `{held}` and `both-z`"
+            )),
+            "no report for `{held}`: {message}"
+        );
+    }
+    assert!(detect::stats().reports >= before + 2);
+}
+
+#[test]
 fn a_report_while_unwinding_is_logged_instead_of_aborting_the_process() {
     let a = Mutex::named("unwind-a", ());
     let b = Mutex::named("unwind-b", ());
