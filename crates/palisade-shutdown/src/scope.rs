@@ -350,8 +350,10 @@ impl Scope {
     /// without shutting the service down. A task tracked before the seal is waited for; one
     /// tracked after it is refused: none slips through.
     ///
-    /// Cancel-safe: dropping the future stops waiting; the scope stays stopped, not sealed, and
-    /// a later drain (or the coordinator's) picks up where it left off.
+    /// Cancel-safe: dropping the future stops waiting, and a later drain (or the coordinator's)
+    /// picks up where it left off; nothing is sealed. Where it was dropped decides what stays
+    /// done: a nested scope made after the first poll is born drained, this scope is told to
+    /// stop only once its nested scopes have drained, and a stop is never undone.
     pub fn drain(&self) -> impl Future<Output = ()> + Send + 'static {
         ScopeInner::drain(self.inner.clone())
     }
