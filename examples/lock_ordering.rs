@@ -8,8 +8,8 @@
 //! What it shows, in order:
 //!
 //! 1. **Lock levels, checked by the compiler.** `Settings` is taken before `Journal` (and the
-//!    async `Subscribers` before `Outbox`); the other way round does not build. The error is
-//!    quoted in `Bank::transfer`.
+//!    async `Flush`, `Subscribers`, `Outbox` in that order); the other way round does not
+//!    build. The error is quoted in `Bank::transfer`.
 //! 2. **The runtime detector** catching a lock-order inversion between two threads. Transfers take
 //!    an account, then the journal; a statement export written later takes the journal, then the
 //!    accounts. The two threads never overlap and nothing blocks, yet the inversion is reported
@@ -21,8 +21,13 @@
 //!    deadlock.
 //! 4. **Timeouts that name the holder.** A transfer waits for its accounts at most
 //!    `lock_timeout`, then answers "busy" with an error naming the line that holds the account.
-//! 5. **Async (tokio) locks.** A notification flusher holds leveled async locks across `.await`;
-//!    an admin endpoint on another task asks with a timeout and learns who holds the outbox.
+//!    A sync lock blocks the thread that waits for it, so an async request handler runs the
+//!    transfer on tokio's blocking pool (`Bank::transfer_async`), never on a runtime worker.
+//! 5. **Async (tokio) locks.** A notification flush holds a leveled async lock across `.await`
+//!    while it delivers, each send bounded by a timeout; an admin endpoint on another task asks
+//!    with a timeout of its own and learns who holds the flush. `notify` and `subscribe` take
+//!    the other locks only for a push, so they never wait behind a slow subscriber, and one that
+//!    stops reading is dropped instead of stalling every flush.
 //!
 //! The detector is compiled into debug builds (palisade-lock's `detect` feature, on by default).
 //! Its default mode panics at the bad acquisition, which is what a test suite wants. This
@@ -31,7 +36,10 @@
 //!
 //! Copy `Bank` and `Notifier` as the pattern: levels for the few long-lived locks, one class
 //! for the many locks of a kind (accounts), `lock_all` whenever a path needs several of those,
-//! and timed acquisitions where a request must answer within a deadline.
+//! timed acquisitions where a request must answer within a deadline, sync locks waited for off
+//! the async runtime, and async locks held across `.await` only for a bounded time. Not the
+//! `DON'T` methods, nor `month_end_statement`, which holds an account while it renders only so
+//! that step 4 has a holder to name.
 
 use std::collections::VecDeque;
 use std::error::Error;
@@ -51,10 +59,15 @@ palisade::lock::lock_levels! {
     Settings,
     /// The journal every movement of money is written to: the last sync lock taken.
     Journal,
-    /// Who gets notified of movements (async).
+    /// The batch a flush is delivering (async): held across `.await` for the whole delivery,
+    /// so that notifications go out in order, one flush at a time. Every send in it is bounded
+    /// by a timeout, so it is held for a bounded time.
+    Flush,
+    /// Who gets notified of movements (async): held to copy or change the list, never across a
+    /// send.
     Subscribers,
-    /// Notifications not delivered yet (async): held across `.await` while a flush delivers
-    /// them, so that they go out in order, one flush at a time.
+    /// Notifications queued for the next flush (async): held to push or take them, never
+    /// across a send.
     Outbox,
 }
 
@@ -124,6 +137,11 @@ impl Error for TransferError {}
 
 /// The bank's shared state, behind an `Arc` in every request handler and background job.
 ///
+/// Its locks are sync (parking_lot) locks, and every method may wait for one, blocking its
+/// thread: a transfer up to `lock_timeout`. Threads call them directly; async code (a tokio
+/// request handler) goes through `transfer_async`, which waits on tokio's blocking pool. Called
+/// on a runtime worker, the wait would stall every task queued on that worker with it.
+///
 /// The lock order, from first to last: `rules` (level `Settings`), the accounts (class
 /// `account`, always taken together with `lock_all`), `journal` (level `Journal`). The compiler
 /// checks the levels; the runtime detector checks everything, accounts included.
@@ -159,6 +177,9 @@ impl Bank {
     /// Deadlock-free whatever other threads do: the rules are read first (level `Settings`),
     /// both accounts are taken together with `lock_all_for` (one global order, never blocking
     /// while holding one of them), and the journal comes last (level `Journal`).
+    ///
+    /// Blocks the calling thread for up to `lock_timeout`: from async code, use
+    /// `transfer_async`.
     fn transfer(&self, from: usize, to: usize, amount: i64) -> Result<(), TransferError> {
         let (Some(src), Some(dst)) = (self.accounts.get(from), self.accounts.get(to)) else {
             return Err(TransferError::Invalid("no such account"));
@@ -204,6 +225,25 @@ impl Bank {
         let (mut journal, _ctx) = self.journal.lock(&mut ctx);
         journal.push(format!("{} -> {}: {amount}", src.owner, dst.owner));
         Ok(())
+    }
+
+    /// `transfer`, for async code such as a tokio request handler: runs it on tokio's blocking
+    /// pool, so that its wait for the accounts (up to `lock_timeout`) blocks a thread made for
+    /// that, not a runtime worker and every task queued there. The locks can stay sync: none is
+    /// held across an `.await`.
+    async fn transfer_async(
+        self: Arc<Self>,
+        from: usize,
+        to: usize,
+        amount: i64,
+    ) -> Result<(), TransferError> {
+        match tokio::task::spawn_blocking(move || self.transfer(from, to, amount)).await {
+            Ok(result) => result,
+            // Only the transfer's panic gets here (a blocking task cannot be aborted, and a
+            // runtime shutting down drops this future with it): carry it on, as a direct call
+            // would.
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        }
     }
 
     /// Changes the transfer limit, and journals it: `Settings` (written), then `Journal`.
@@ -284,26 +324,48 @@ impl Bank {
 
 /// Notifications of account movements, delivered to subscribers by an async flush.
 ///
-/// Both locks are tokio locks at levels (`Subscribers`, then `Outbox`): a flush holds them
-/// across `.await`, which sync locks must never be.
+/// Three tokio locks at levels (`Flush`, `Subscribers`, `Outbox`). Only the flush's is held
+/// across the sends, and only for a bounded time: every send waits at most `send_timeout` for
+/// room, and a subscriber that lets it run out is dropped. The other two are held for a copy or
+/// a push, so `notify` and `subscribe` never wait behind a slow subscriber.
 #[derive(Debug)]
 struct Notifier {
+    /// The batch a flush is delivering, oldest first: taken from the outbox, emptied as it goes
+    /// out. What a cancelled flush leaves here goes out first on the next flush.
+    in_flight: ordered::AsyncMutex<Flush, VecDeque<String>>,
     /// The subscribers' channels.
     subscribers: ordered::AsyncRwLock<Subscribers, Vec<mpsc::Sender<String>>>,
-    /// Notifications not delivered yet, oldest first.
+    /// Notifications queued for the next flush, oldest first.
     outbox: ordered::AsyncMutex<Outbox, VecDeque<String>>,
+    /// How long a send waits for room in a subscriber's channel before that subscriber is
+    /// dropped.
+    send_timeout: Duration,
+}
+
+/// What a flush did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Flushed {
+    /// Notifications that went out to every subscriber still subscribed.
+    delivered: usize,
+    /// Subscribers dropped: gone (receiver dropped), or too slow (a send timed out).
+    dropped: usize,
 }
 
 impl Notifier {
-    /// A notifier with no subscriber and nothing queued.
-    fn new() -> Notifier {
+    /// A notifier with no subscriber and nothing queued, whose sends wait at most
+    /// `send_timeout` for a subscriber to make room.
+    fn new(send_timeout: Duration) -> Notifier {
         Notifier {
+            in_flight: ordered::AsyncMutex::new(VecDeque::new()),
             subscribers: ordered::AsyncRwLock::new(Vec::new()),
             outbox: ordered::AsyncMutex::new(VecDeque::new()),
+            send_timeout,
         }
     }
 
-    /// A new subscriber, whose channel holds `capacity` undelivered notifications.
+    /// A new subscriber, whose channel holds `capacity` undelivered notifications. If it stays
+    /// full for the send timeout, the subscriber is dropped: the receiver sees the end of the
+    /// stream (`recv` returns `None`), and subscribes again to go on.
     async fn subscribe(&self, capacity: usize) -> mpsc::Receiver<String> {
         let (tx, rx) = mpsc::channel(capacity);
         let mut root = Ctx::root();
@@ -319,35 +381,63 @@ impl Notifier {
         outbox.push_back(message.into());
     }
 
-    /// Delivers every queued notification to every subscriber, in order; returns how many.
+    /// Delivers every queued notification to every subscriber, in order.
     ///
-    /// Holds both locks across the sends: one flush at a time, in order. A subscriber that does
-    /// not keep up stalls the flush (its channel is full), and with it everything that needs
-    /// the outbox, which is what `pending`'s timeout is for. Cancel-safe: a notification leaves
-    /// the outbox only once every subscriber has it, so a flush dropped mid-way redelivers it
-    /// (at least once) on the next flush.
-    async fn flush(&self) -> usize {
+    /// One flush at a time: the `Flush` lock is held across the sends. The subscriber list and
+    /// the outbox are held only to copy the one and take the batch from the other, then
+    /// released before the first send. Each send waits at most `send_timeout`; a subscriber
+    /// that stays full that long (connected, but not reading) or whose receiver is gone gets
+    /// nothing more and is dropped from the list. So a flush takes at most about one
+    /// `send_timeout` per subscriber beyond the sends themselves.
+    ///
+    /// At least once, and cancel-safe: a notification leaves the in-flight batch only once
+    /// every subscriber has it (or was dropped), so the rest of a flush dropped mid-way goes
+    /// out first on the next flush, possibly a second time to some subscribers.
+    async fn flush(&self) -> Flushed {
         let mut root = Ctx::root();
-        let (subscribers, mut ctx) = self.subscribers.read(&mut root).await;
-        let (mut outbox, _ctx) = self.outbox.lock(&mut ctx).await;
+        let (mut batch, mut ctx) = self.in_flight.lock(&mut root).await;
+        let subscribers = {
+            let (subscribers, mut ctx) = self.subscribers.read(&mut ctx).await;
+            let (mut outbox, _ctx) = self.outbox.lock(&mut ctx).await;
+            batch.extend(outbox.drain(..));
+            subscribers.clone()
+        };
+        let mut dropped: Vec<mpsc::Sender<String>> = Vec::new();
         let mut delivered = 0;
-        while let Some(message) = outbox.front() {
-            for subscriber in subscribers.iter() {
-                // A subscriber that went away is skipped; the others still get it.
-                let _ = subscriber.send(message.clone()).await;
+        while let Some(message) = batch.front() {
+            for subscriber in &subscribers {
+                if dropped.iter().any(|d| d.same_channel(subscriber)) {
+                    continue;
+                }
+                let sent = subscriber
+                    .send_timeout(message.clone(), self.send_timeout)
+                    .await;
+                if sent.is_err() {
+                    // Closed, or full for the whole timeout: either way, it is done.
+                    dropped.push(subscriber.clone());
+                }
             }
-            outbox.pop_front();
+            batch.pop_front();
             delivered += 1;
         }
-        delivered
+        let (mut list, _ctx) = self.subscribers.write(&mut ctx).await;
+        let before = list.len();
+        // Also those that went away since, so the list never keeps a closed channel for long.
+        list.retain(|s| !s.is_closed() && !dropped.iter().any(|d| d.same_channel(s)));
+        Flushed {
+            delivered,
+            dropped: before - list.len(),
+        }
     }
 
-    /// For an admin endpoint: how many notifications wait, or, if the outbox stays locked for
-    /// `timeout`, an error naming the code that holds it.
+    /// For an admin endpoint: how many notifications wait (in a flush under way and queued),
+    /// or, if a flush keeps its batch for all of `timeout`, an error naming the code that
+    /// holds it.
     async fn pending(&self, timeout: Duration) -> Result<usize, LockTimeout> {
         let mut root = Ctx::root();
-        let (outbox, _ctx) = self.outbox.try_lock_for(&mut root, timeout).await?;
-        Ok(outbox.len())
+        let (batch, mut ctx) = self.in_flight.try_lock_for(&mut root, timeout).await?;
+        let (outbox, _ctx) = self.outbox.lock(&mut ctx).await;
+        Ok(batch.len() + outbox.len())
     }
 }
 
@@ -383,7 +473,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
 
     // In a service a transfer's lock timeout would be its request's remaining deadline (a
-    // second, say). 50 ms keeps step 4, whose whole point is to wait out the timeout, short.
+    // second, say), waited out on a blocking-pool thread when the request is async (step 4).
+    // 50 ms keeps step 4, whose whole point is to wait out the timeout, short.
     let bank = Arc::new(Bank::new(
         &[("alice", 5_000), ("bob", 5_000), ("carol", 100)],
         500,
@@ -467,6 +558,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!();
 
     println!("4. Timeouts that name the holder");
+    // The async runtime of steps 4 and 5: one thread, so a worker blocked on a sync lock would
+    // stall everything on it.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
     let (held_tx, held_rx) = std_mpsc::channel();
     let (release_tx, release_rx) = std_mpsc::channel::<()>();
     let job = thread::spawn({
@@ -481,8 +577,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         }
     });
     let owner = held_rx.recv()?;
-    println!("   a month-end job holds {owner}'s account; a transfer to {owner} waits 50 ms:");
-    match bank.transfer(0, 2, 1) {
+    println!("   a month-end job holds {owner}'s account; an async handler's transfer to {owner}");
+    println!("   waits 50 ms on tokio's blocking pool (Bank::transfer_async), not on a worker:");
+    match runtime.block_on(Arc::clone(&bank).transfer_async(0, 2, 1)) {
         Err(e @ TransferError::Busy(_)) => println!("   {e}"),
         other => return Err(format!("expected a lock timeout, got {other:?}").into()),
     }
@@ -493,11 +590,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!();
 
     println!("5. Async locks: levels across .await, and a timeout naming the holder");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()?;
     runtime.block_on(async {
-        let notifier = Arc::new(Notifier::new());
+        // Sends wait up to 200 ms for room: long enough for a subscriber that pauses (as the
+        // first one does here, for 30 ms), short enough that one that stopped for good holds a
+        // flush back only that long.
+        let notifier = Arc::new(Notifier::new(Duration::from_millis(200)));
         // A subscriber whose channel holds one notification: it falls behind at once.
         let mut subscriber = notifier.subscribe(1).await;
         for message in ["alice -> bob: 30", "bob -> carol: 5", "carol -> alice: 1"] {
@@ -508,22 +605,65 @@ fn main() -> Result<(), Box<dyn Error>> {
             async move { notifier.flush().await }
         });
         let first = subscriber.recv().await.ok_or("the flush ended early")?;
-        println!("   the subscriber reads {first:?}, then stops reading;");
-        // The flush holds the outbox until all three are delivered: the second fills the
+        println!("   the subscriber reads {first:?}, then pauses;");
+        // The flush keeps its batch until all three are delivered: the second fills the
         // subscriber's channel and the third waits for room. An admin endpoint asks with a
         // deadline (a real 30 ms wait: the point is to see it run out).
         match notifier.pending(Duration::from_millis(30)).await {
             Err(timeout) => println!("   the admin endpoint gets: {timeout}"),
             Ok(n) => return Err(format!("expected a lock timeout, got {n} pending").into()),
         }
+        // Meanwhile new notifications are queued without waiting for the flush: it does not
+        // hold the outbox while it sends.
+        tokio::time::timeout(
+            Duration::from_millis(10),
+            notifier.notify("alice -> carol: 1"),
+        )
+        .await
+        .map_err(|_| "notify waited for the flush")?;
+        println!("   meanwhile a new notification is queued at once");
         let mut rest = Vec::new();
         for _ in 0..2 {
             rest.push(subscriber.recv().await.ok_or("the flush ended early")?);
         }
         println!("   the subscriber catches up: {rest:?}");
-        let delivered = flush.await?;
+        let flushed = flush.await?;
         let pending = notifier.pending(Duration::from_millis(30)).await?;
-        println!("   the flush delivered {delivered}; the endpoint now answers: {pending} pending");
+        println!(
+            "   the flush delivered {}; the endpoint now answers: {pending} pending (the new one)",
+            flushed.delivered
+        );
+
+        // A second subscriber that never reads: the next flush fills its channel, waits the
+        // 200 ms out for room and drops it, instead of stalling this flush and every later one.
+        let mut stuck = notifier.subscribe(1).await;
+        notifier.notify("bob -> alice: 2").await;
+        println!(
+            "   a second subscriber never reads; the next flush waits 200 ms for it, then drops it:"
+        );
+        let flush = tokio::spawn({
+            let notifier = Arc::clone(&notifier);
+            async move { notifier.flush().await }
+        });
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            got.push(subscriber.recv().await.ok_or("the flush ended early")?);
+        }
+        let flushed = flush.await?;
+        if flushed.dropped != 1 {
+            return Err(format!("expected the silent subscriber dropped, got {flushed:?}").into());
+        }
+        println!(
+            "   it delivered {}, dropped {}; the first subscriber got {got:?}",
+            flushed.delivered, flushed.dropped
+        );
+        // The dropped subscriber reads what its channel held, then the end of the stream: its
+        // cue to subscribe again (and catch up from the journal).
+        let mut left = Vec::new();
+        while let Some(message) = stuck.recv().await {
+            left.push(message);
+        }
+        println!("   the second finds {left:?} in its channel, then the end of the stream");
         Ok::<(), Box<dyn Error>>(())
     })?;
     println!("   reports: {}", print_new_reports());

@@ -14,7 +14,14 @@
 //! reads (`BLPOP`, `XREAD BLOCK`) stall every command queued behind them, `WATCH` and
 //! `MULTI`/`EXEC` are per-connection state, and one socket is one server thread's worth of
 //! throughput. A pool gives each of those its own connection, bounded in number.
+//!
+//! Each command gets a deadline that fits it (`run`): `COMMAND_TIMEOUT` for an ordinary one, the
+//! time it may block plus that for a blocking one (`pop`), rather than one response timeout for
+//! every command on the connection, which would cut a long `BLPOP`. A command that misses its
+//! deadline closes its connection: the server may still be running it (a `BLPOP` still blocked
+//! there), so the next caller must not get it.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use palisade::pool::{Error, Manager, Pool, Pooled};
@@ -59,7 +66,7 @@ impl Manager for RedisManager {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
     let url = std::env::args()
         .nth(1)
         .or_else(|| std::env::var("REDIS_URL").ok())
@@ -67,11 +74,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let manager = RedisManager {
         client: redis::Client::open(url.as_str())?,
-        // The pool bounds connects and checks itself; the client's response timeout bounds
-        // each command a caller runs on a pooled connection.
+        // The pool bounds connects and checks itself, and `run` each command with a deadline
+        // of its own: no client-wide response timeout (its default, 500 ms, would cut every
+        // `BLPOP` that waits longer).
         config: AsyncConnectionConfig::new()
             .set_connection_timeout(None)
-            .set_response_timeout(Some(Duration::from_secs(1))),
+            .set_response_timeout(None),
     };
     let pool = Pool::builder(manager)
         // Enough for the blocking commands and transactions in flight at once; plain commands
@@ -93,11 +101,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     tokio::spawn(pool.maintenance(Duration::from_secs(10)));
 
-    // Fail fast, with a useful message, when there is no Redis at the URL.
+    // Fail fast, with a useful message, when there is no Redis at the URL. Returning from
+    // `main` (not `process::exit`, which skips destructors) shuts the pool and the runtime down
+    // cleanly; the exit status is still 1.
     if let Err(e) = pool.warm_up().await {
         eprintln!("no Redis at {url}: {e}");
         eprintln!("start one (`redis-server`), or pass its URL as the first argument");
-        std::process::exit(1);
+        return Ok(ExitCode::FAILURE);
     }
 
     let prefix = format!("palisade:example:{}", std::process::id());
@@ -123,17 +133,43 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let mut conn = pool.get().await?;
-    let total: i64 = redis::cmd("GET")
-        .arg(&counter)
-        .query_async(&mut *conn)
-        .await?;
+    let total: i64 = run(&mut conn, COMMAND_TIMEOUT, async |c| {
+        redis::cmd("GET").arg(&counter).query_async(c).await
+    })
+    .await?;
     println!("counter after 20 transactions: {total}");
+    drop(conn);
+
+    // A blocking command on a connection of its own: the consumer waits in `BLPOP` for longer
+    // than `COMMAND_TIMEOUT`, and the producer's `RPUSH` goes through another connection
+    // meanwhile.
+    let queue = format!("{prefix}:queue");
+    let consumer = tokio::spawn({
+        let (pool, queue) = (pool.clone(), queue.clone());
+        async move { pop(&pool, &queue, Duration::from_secs(5)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut conn = pool.get().await?;
+    run(&mut conn, COMMAND_TIMEOUT, async |c| {
+        redis::cmd("RPUSH")
+            .arg(&queue)
+            .arg("job-1")
+            .query_async::<()>(c)
+            .await
+    })
+    .await?;
+    println!("BLPOP after 1.5 s -> {:?}", consumer.await??);
+
     let keys: Vec<String> = (0..20).map(|i| format!("{prefix}:item:{i}")).collect();
-    redis::cmd("DEL")
-        .arg(&counter)
-        .arg(&keys)
-        .query_async::<()>(&mut *conn)
-        .await?;
+    run(&mut conn, COMMAND_TIMEOUT, async |c| {
+        redis::cmd("DEL")
+            .arg(&counter)
+            .arg(&queue)
+            .arg(&keys)
+            .query_async::<()>(c)
+            .await
+    })
+    .await?;
     drop(conn);
 
     let metrics = pool.metrics();
@@ -143,7 +179,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     pool.close(Duration::from_secs(5)).await?;
     println!("pool closed");
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The deadline of an ordinary command (or transaction) on a pooled connection; a blocking one
+/// gets the time it may block on top (see `pop`).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Runs `command` on a pooled connection under `deadline`.
+///
+/// The connection is tainted until the reply is in. If the command misses its deadline, fails
+/// on the connection itself, or its caller gives up (this future is dropped), the server may
+/// still be running it, or its reply may still come, so the connection is closed when the guard
+/// drops instead of going back to the pool. A server error (like WRONGTYPE) leaves it fine.
+async fn run<T>(
+    conn: &mut Pooled<RedisManager>,
+    deadline: Duration,
+    command: impl AsyncFnOnce(&mut MultiplexedConnection) -> RedisResult<T>,
+) -> Result<T, TaskError> {
+    Pooled::taint(conn);
+    match tokio::time::timeout(deadline, command(&mut **conn)).await {
+        Ok(Ok(reply)) => {
+            Pooled::untaint(conn);
+            Ok(reply)
+        }
+        Ok(Err(e)) => {
+            if !(e.is_unrecoverable_error() || e.is_connection_dropped()) {
+                Pooled::untaint(conn);
+            }
+            Err(e.into())
+        }
+        Err(_) => Err(TaskError::Timeout(deadline)),
+    }
 }
 
 /// Stores `value` under `key` and counts it, in one transaction on a pooled connection.
@@ -157,31 +224,46 @@ async fn record(
     let mut conn = pool.get().await?;
     // MULTI ... EXEC: atomic on the server, and this connection is ours until the guard
     // drops, so nothing else is interleaved into the transaction.
-    let result: RedisResult<(i64,)> = redis::pipe()
-        .atomic()
-        .set_ex(key, value, 60)
-        .ignore()
-        .incr(counter, 1)
-        .query_async(&mut *conn)
-        .await;
-    match result {
-        Ok((count,)) => Ok(count),
-        Err(e) => {
-            // A connection-level failure: close this connection rather than hand it to the
-            // next caller (a server error, like WRONGTYPE, leaves it fine).
-            if e.is_unrecoverable_error() || e.is_connection_dropped() {
-                Pooled::discard(conn);
-            }
-            Err(e.into())
-        }
-    }
+    let (count,) = run(&mut conn, COMMAND_TIMEOUT, async |c| {
+        redis::pipe()
+            .atomic()
+            .set_ex(key, value, 60)
+            .ignore()
+            .incr(counter, 1)
+            .query_async::<(i64,)>(c)
+            .await
+    })
+    .await?;
+    Ok(count)
 }
 
-/// What a task can fail with: no connection, or the command failed.
+/// Takes the first item of `list`, waiting up to `wait` for one (`BLPOP`): `None` if none came.
+/// The connection is blocked on the server meanwhile, which is why it is a pooled one and not
+/// a shared `MultiplexedConnection`. Its deadline is `wait` plus `COMMAND_TIMEOUT`.
+async fn pop(
+    pool: &Pool<RedisManager>,
+    list: &str,
+    wait: Duration,
+) -> Result<Option<String>, TaskError> {
+    let mut conn = pool.get().await?;
+    let popped: Option<(String, String)> = run(&mut conn, wait + COMMAND_TIMEOUT, async |c| {
+        redis::cmd("BLPOP")
+            .arg(list)
+            .arg(wait.as_secs_f64())
+            .query_async(c)
+            .await
+    })
+    .await?;
+    Ok(popped.map(|(_list, item)| item))
+}
+
+/// What a task can fail with: no connection, the command failed, or it missed its deadline.
 #[derive(Debug)]
 enum TaskError {
     Pool(Error<RedisError>),
     Redis(RedisError),
+    /// No reply within this deadline; the connection was closed.
+    Timeout(Duration),
 }
 
 impl std::fmt::Display for TaskError {
@@ -189,6 +271,9 @@ impl std::fmt::Display for TaskError {
         match self {
             TaskError::Pool(e) => e.fmt(f),
             TaskError::Redis(e) => e.fmt(f),
+            TaskError::Timeout(after) => {
+                write!(f, "no reply within {after:?}; the connection was closed")
+            }
         }
     }
 }

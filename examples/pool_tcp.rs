@@ -1,7 +1,7 @@
 //! A connection pool for a line-protocol TCP backend, set up the way a production service
 //! would: bounded size and waits, connections renewed before the backend or a proxy cuts them,
-//! idle ones checked in the background, leaks reported, requests that cannot leave a half-read
-//! connection behind, and a graceful close.
+//! idle ones checked in the background, leaks reported, requests with a deadline that cannot
+//! leave a half-read connection behind, and a graceful close.
 //!
 //! ```text
 //! cargo run --example pool_tcp --features pool
@@ -31,7 +31,8 @@ struct LineConn {
 }
 
 impl LineConn {
-    /// Sends one request line and reads its reply line.
+    /// Sends one request line and reads its reply line. The caller checks the line first (see
+    /// `check_line`): a line break in it would send the backend a second request.
     ///
     /// Not cancel-safe on its own: dropped after the write and before the whole reply is read,
     /// it leaves the reply on the wire for the next request to read as its own. The caller
@@ -118,12 +119,35 @@ enum CallError {
     Overloaded(String),
     /// The pool is closed: we are shutting down.
     ShuttingDown,
+    /// The request cannot be sent as one line (it holds a line break). Nothing was sent.
+    Invalid(String),
+    /// No reply within `REQUEST_TIMEOUT`. The backend may have run the request; the connection
+    /// was closed, since its reply may still arrive.
+    Timeout(Duration),
     /// The request itself failed on a good connection.
     Io(io::Error),
 }
 
+/// The deadline of one request on a connection: the write of the request and the read of its
+/// reply. A backend that never answers costs the caller this long, and its connection.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Refuses a request that is not exactly one line: with a `\n` (or a `\r`) in it, the backend
+/// would read the rest as a second request, and its extra reply would be read by the
+/// connection's next user as the answer to theirs.
+fn check_line(request: &str) -> Result<(), CallError> {
+    if request.contains(['\r', '\n']) {
+        return Err(CallError::Invalid(format!(
+            "request {request:?} holds a line break"
+        )));
+    }
+    Ok(())
+}
+
 /// One request through the pool.
 async fn call(pool: &Pool<LineManager>, request: &str) -> Result<String, CallError> {
+    // Before a connection is taken, let alone a byte written.
+    check_line(request)?;
     let mut conn = match pool.get().await {
         Ok(conn) => conn,
         // The error carries the last connect error and the pool's metrics at the deadline:
@@ -136,9 +160,14 @@ async fn call(pool: &Pool<LineManager>, request: &str) -> Result<String, CallErr
     };
     // From the write of the request until its whole reply is read, the connection's state is
     // unknown: if this future is dropped in between (a client hung up, a timeout fired), or
-    // the request fails, the tainted connection is closed instead of going back to the pool.
+    // the request fails or times out, the tainted connection is closed instead of going back
+    // to the pool.
     Pooled::taint(&mut conn);
-    let reply = conn.request(request).await.map_err(CallError::Io)?;
+    let reply = match tokio::time::timeout(REQUEST_TIMEOUT, conn.request(request)).await {
+        Ok(reply) => reply.map_err(CallError::Io)?,
+        // Still tainted: the late reply would be read as the next request's.
+        Err(_) => return Err(CallError::Timeout(REQUEST_TIMEOUT)),
+    };
     Pooled::untaint(&mut conn);
     Ok(reply)
     // `conn` goes back to the pool here: no I/O, never blocks, straight to the longest waiter.
@@ -156,8 +185,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Connections kept open when idle, so the first requests after a quiet spell do not
         // pay for a connect. Exempt from `idle_timeout`.
         .min_idle(2)
-        // The one deadline over a whole `get()` (waiting, connecting, validating). Keep it
-        // below your request timeout, so a caller still has time to answer "unavailable".
+        // The one deadline over a whole `get()` (waiting, connecting, validating). A call takes
+        // up to this plus `REQUEST_TIMEOUT`: keep the sum below your caller's own deadline (an
+        // HTTP handler's, say), so it still has time to answer "unavailable".
         .acquire_timeout(Duration::from_secs(2))
         // One connect attempt; failed attempts are retried on `connect_backoff` while callers
         // wait.
@@ -210,6 +240,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Err(CallError::BackendDown(e)) => eprintln!("backend down: {e}"),
             Err(CallError::Overloaded(e)) => eprintln!("overloaded: {e}"),
             Err(CallError::ShuttingDown) => eprintln!("shutting down"),
+            Err(CallError::Invalid(e)) => eprintln!("refused: {e}"),
+            Err(CallError::Timeout(after)) => eprintln!("no reply within {after:?}"),
             Err(CallError::Io(e)) => eprintln!("request failed: {e}"),
         }
     }

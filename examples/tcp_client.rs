@@ -25,6 +25,7 @@
 //!   | the connection failed before the request's first byte was written | no | always |
 //!   | written, then the connection failed or the reply was late | maybe | if idempotent |
 //!   | the server answered `ERR ...` (an application error) | yes | never: same answer |
+//!   | a line break in a key or value, a space in a key | no | never: same answer |
 //!   | every connection busy, or the client closing | no | never: adds load, or fails |
 //!
 //! - `subscription` and `run_subscription`: a `palisade::reconnect::ReconnectingStream` whose
@@ -33,11 +34,11 @@
 //!   watch channel is printed by `watch_state`.
 //!
 //! The example starts its own server on 127.0.0.1 (a free port), then runs a short script:
-//! requests succeed; an application error is not retried; replies lost after the server did
-//! the work are retried for `GET` but not for `INCR`; the server stops and comes back on the same
-//! port while a request is retried through the outage and the subscription reconnects and
-//! resumes. It prints what happens and exits 0 in well under a second. The protocol, one line
-//! each way:
+//! requests succeed; an application error is not retried, and a request the protocol cannot
+//! carry is refused before it is sent; replies lost after the server did the work are retried
+//! for `GET` but not for `INCR`; the server stops and comes back on the same port while a
+//! request is retried through the outage and the subscription reconnects and resumes. It
+//! prints what happens and exits 0 in well under a second. The protocol, one line each way:
 //!
 //! ```text
 //! PING -> PONG        GET key -> VALUE v | NIL      SET key value -> OK       INCR key -> VALUE n
@@ -196,6 +197,8 @@ enum RequestError {
     Interrupted(io::Error),
     /// The server answered `ERR ...`: it would answer the same again.
     Server(String),
+    /// A key or value the line protocol cannot carry (see `check_key`). Nothing was sent.
+    Invalid(String),
     /// A reply this client does not understand.
     Protocol(String),
 }
@@ -212,6 +215,7 @@ impl RequestError {
             RequestError::Exhausted(_)
             | RequestError::Closed
             | RequestError::Server(_)
+            | RequestError::Invalid(_)
             | RequestError::Protocol(_) => false,
         }
     }
@@ -228,6 +232,7 @@ impl fmt::Display for RequestError {
                 write!(f, "connection failed after sending, outcome unknown: {e}")
             }
             RequestError::Server(message) => write!(f, "server error: {message}"),
+            RequestError::Invalid(message) => write!(f, "invalid request, not sent: {message}"),
             RequestError::Protocol(reply) => write!(f, "unexpected reply {reply:?}"),
         }
     }
@@ -305,6 +310,7 @@ impl Client {
 
     /// `GET key`: the value, if the key is set. Idempotent.
     async fn get(&self, key: &str) -> Result<Option<String>, RequestError> {
+        check_key(key)?;
         let reply = self.request(format!("GET {key}"), true).await?;
         match reply.split_once(' ') {
             Some(("VALUE", value)) => Ok(Some(value.to_owned())),
@@ -316,6 +322,8 @@ impl Client {
     /// `SET key value`. Idempotent: setting the same value twice leaves what setting it once
     /// does.
     async fn set(&self, key: &str, value: &str) -> Result<(), RequestError> {
+        check_key(key)?;
+        check_value(value)?;
         match self.request(format!("SET {key} {value}"), true).await? {
             reply if reply == "OK" => Ok(()),
             reply => Err(RequestError::Protocol(reply)),
@@ -324,6 +332,7 @@ impl Client {
 
     /// `INCR key`: the new value. *Not* idempotent: sent twice, it counts twice.
     async fn incr(&self, key: &str) -> Result<i64, RequestError> {
+        check_key(key)?;
         let reply = self.request(format!("INCR {key}"), false).await?;
         reply
             .strip_prefix("VALUE ")
@@ -410,6 +419,30 @@ impl Client {
     }
 }
 
+/// Refuses a key the protocol cannot carry, before anything is sent: a line break would end the
+/// request early and make the rest a second request (whose extra reply the connection's next
+/// user would read as theirs), and a space would make the server read part of the key as the
+/// value. An empty key would be read as a missing one.
+fn check_key(key: &str) -> Result<(), RequestError> {
+    if key.is_empty() || key.contains([' ', '\r', '\n']) {
+        return Err(RequestError::Invalid(format!(
+            "key {key:?} is empty or holds a space or a line break"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a value holding a line break, for the reason `check_key` gives. Spaces are fine: the
+/// value is the rest of the line.
+fn check_value(value: &str) -> Result<(), RequestError> {
+    if value.contains(['\r', '\n']) {
+        return Err(RequestError::Invalid(format!(
+            "value {value:?} holds a line break"
+        )));
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The subscription: one long-lived, reconnecting connection the server pushes events on.
 // ---------------------------------------------------------------------------------------------
@@ -474,13 +507,17 @@ async fn read_line_unbuffered(conn: &mut TcpStream) -> io::Result<String> {
     String::from_utf8(line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// Reads the subscription until `stop` fires: forwards each event once, in order, with its
-/// sequence number, to `events`, and carries on across lost connections (the next read
-/// reconnects and the hook resubscribes).
+/// Reads the subscription until `stop` fires or `events`' receiver is dropped: forwards each
+/// event once, in order, with its sequence number, to `events`, and carries on across lost
+/// connections (the next read reconnects and the hook resubscribes).
+///
+/// `events` is bounded: while its receiver lags, this stops reading, the server's buffer fills,
+/// and a server that cuts a lagging subscriber (this one does) is resumed from `last_seen` on
+/// the next connection. Memory stays bounded on both sides.
 async fn run_subscription(
     stream: ReconnectingStream<TcpStream>,
     last_seen: Arc<AtomicU64>,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut lines = BufReader::new(stream).lines();
@@ -502,7 +539,14 @@ async fn run_subscription(
                 // live between the reconnect and the replay: keep each event once.
                 if seq > last_seen.load(Ordering::Acquire) {
                     last_seen.store(seq, Ordering::Release);
-                    let _ = events.send((seq, event.to_owned()));
+                    let sent = tokio::select! {
+                        sent = events.send((seq, event.to_owned())) => sent.is_ok(),
+                        _ = &mut stop => false,
+                    };
+                    // Nobody listens any more (or we were told to stop): stop reading.
+                    if !sent {
+                        break;
+                    }
                 }
             }
             // Closed by its owner.
@@ -588,7 +632,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let stream = subscription(addr, "keyspace", Arc::clone(&last_seen))?;
     let mut state = stream.state();
     let watcher = tokio::spawn(watch_state(stream.state()));
-    let (events_tx, mut events) = mpsc::unbounded_channel();
+    // Bounded: a consumer that falls behind slows the subscription down (see
+    // `run_subscription`) instead of growing a queue without limit.
+    let (events_tx, mut events) = mpsc::channel(64);
     let (stop, stop_rx) = oneshot::channel();
     let reader = tokio::spawn(run_subscription(stream, last_seen, events_tx, stop_rx));
     // Connected means subscribed: the hook runs before the connection is published.
@@ -604,12 +650,18 @@ async fn main() -> Result<(), Box<dyn Error>> {
     expect_event(&mut events, "incr visits 1").await?;
     println!();
 
-    println!("2. An application error is not retried");
+    println!("2. An application error is not retried; an invalid request is not sent");
     match client.incr("greeting").await {
         Err(e @ RequestError::Server(_)) => {
             println!("   INCR greeting -> {e} (no retry: the answer would be the same)");
         }
         other => return Err(format!("expected a server error, got {other:?}").into()),
+    }
+    // A value with a line break would make the server run a second command ("INCR visits")
+    // and leave its reply on the connection for the next request: refused, nothing sent.
+    match client.set("greeting", "v\nINCR visits").await {
+        Err(e @ RequestError::Invalid(_)) => println!("   SET greeting ... -> {e}"),
+        other => return Err(format!("expected an invalid request, got {other:?}").into()),
     }
     println!();
 
@@ -692,7 +744,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
 /// Waits for the subscription's next event and checks it is `expected`. It is an event, not a
 /// sleep; the 5 s bound only makes a broken run fail instead of hang.
 async fn expect_event(
-    events: &mut mpsc::UnboundedReceiver<Event>,
+    events: &mut mpsc::Receiver<Event>,
     expected: &str,
 ) -> Result<(), Box<dyn Error>> {
     let (seq, event) = tokio::time::timeout(Duration::from_secs(5), events.recv())

@@ -465,7 +465,7 @@ fn prologue(run: Duration, seed: u64) {
     println!("  request");
     println!("    │ shutdown    once the client stops: refuses new requests, waits for the rest");
     println!(
-        "    │ rate limit  {RATE} requests a second, burst {BURST} (GCRA); refuses the excess at once"
+        "    │ rate limit  {RATE} requests a second, burst {BURST} (GCRA); refuses the excess"
     );
     println!(
         "    │ bulkhead    {CONCURRENCY} at once, {QUEUE} more may wait {} ms; refuses the rest at once",
@@ -1262,7 +1262,7 @@ impl Tally {
                 Some((
                     0,
                     "rate limit",
-                    format!("over {RATE}/s: the excess is refused at once, with a retry-after"),
+                    format!("over {RATE}/s: the excess is refused, with a retry-after"),
                 )),
             ),
             End::Overloaded => (
@@ -1574,7 +1574,7 @@ impl RunReport<'_> {
         let all_ok = self.tally().total(|s| get(&s.ok));
         let all_failed = self.tally().total(|s| get(&s.failed));
         println!(
-            "(the outage included), {} succeeded, {} were refused at once and {} failed.",
+            "(the outage included), {} succeeded, {} were refused fast and {} failed.",
             percent(all_ok, self.sent),
             percent(self.sent - all_ok - all_failed, self.sent),
             percent(all_failed, self.sent)
@@ -1617,7 +1617,7 @@ impl RunReport<'_> {
             admitted as f64 / surge_for.as_secs_f64()
         );
         println!(
-            "the rate and the burst of {BURST}) and refused {} at once, each with the time it would",
+            "the rate and the burst of {BURST}) and refused {}, each with the time it would",
             get(&surge.rate_limited),
         );
         // A debug build would time its own overhead: the cost is told in release builds only.
@@ -1632,6 +1632,14 @@ impl RunReport<'_> {
             );
             println!("spend the quota.");
         }
+        println!("A refusal comes at once while the bulkhead has a free slot: the limiter decides");
+        println!(
+            "in `call`, after the bulkhead's `poll_ready`, so with every slot busy an over-rate"
+        );
+        println!(
+            "request first queues for one like any other (up to {} ms; see docs/layer-order.md).",
+            QUEUE_WAIT.as_millis()
+        );
         println!("The crate also has keyed limiters (one limit per client IP, bounded memory: see");
         println!("examples/axum_service.rs), sliding windows, fair async waiting and refunds.");
         println!();
