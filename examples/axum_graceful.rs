@@ -12,14 +12,18 @@
 //!    in a scope of its own, is told to stop; the server task ends once its last connection
 //!    has closed. New connections are refused; a request that still reaches the service on an
 //!    open one is answered `503` with `Connection: close`, so the client retries elsewhere.
+//!    Every request has a time limit a little under the drain timeout (90 % of it): one that
+//!    runs longer is cut and answered `503`, so the drain always sees the requests end.
 //! 4. Cleanup hooks run, in reverse order of registration (`phase: cleanup`): metrics are
-//!    flushed, then the database is closed, now that nothing uses it.
+//!    flushed, then the database is closed, now that no request uses it.
 //! 5. Whatever still runs at the deadline is aborted (`phase: aborting`), the report is printed
 //!    (`phase: done`), and the exit code tells the supervisor how it went: 0 clean, 1 not clean
-//!    (something timed out, failed or was aborted), 130 escalated.
+//!    (something timed out, failed or was aborted), 128 + the number of the signal that
+//!    escalated it.
 //!
 //! A second signal escalates: the phase under way is cut short, remaining hooks are skipped,
-//! tracked tasks are aborted and the process exits with 130 (the default `Escalation::Abort`).
+//! tracked tasks are aborted and the process exits with 128 + the number of that signal, as if
+//! the signal had killed it: 143 for SIGTERM, 130 for Ctrl-C (the default `Escalation::Abort`).
 //!
 //! Run it:
 //!
@@ -39,6 +43,10 @@
 //!                                             # then the slow request completes with 200,
 //!                                             # the hooks run and the report is printed
 //! ```
+//!
+//! A request longer than the time limit (`/slow?ms=25000` with the defaults, or
+//! `/slow?ms=4000` with `--drain-timeout-ms 1000`) is answered `503` at the limit, before
+//! the hooks close what it used.
 //!
 //! Send `kill -TERM <pid>` twice (or press Ctrl-C twice) to see an escalation.
 //!
@@ -63,21 +71,25 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use palisade::shutdown::{Coordinator, Draining, Phase, Scope, Shutdown};
+use palisade::shutdown::{Coordinator, Draining, Phase, Scope, Shutdown, Signal};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
+use tower::timeout::TimeoutLayer;
+use tower::timeout::error::Elapsed;
 
 const USAGE: &str = "\
 usage: cargo run --example axum_graceful [-- OPTIONS]
 
 Serves HTTP until SIGTERM or Ctrl-C, then shuts down gracefully. A second signal escalates.
-Exit code: 0 clean shutdown, 1 not clean, 130 escalated, 2 bad options.
+Exit code: 0 clean shutdown, 1 not clean, 2 bad options; escalated, 128 + the number of the
+signal that escalated it (143 for SIGTERM, 130 for Ctrl-C).
 
 options (flag, or environment variable; a flag wins):
   --host HOST                 HOST                 address to bind [127.0.0.1; 0.0.0.0 in a container]
   --port PORT                 PORT                 port to bind, 0 for any free one [3000]
   --readiness-delay-ms MS     READINESS_DELAY_MS   serve on after readiness turns off [5000]
-  --drain-timeout-ms MS       DRAIN_TIMEOUT_MS     wait for in-flight requests and tasks [20000]
+  --drain-timeout-ms MS       DRAIN_TIMEOUT_MS     wait for in-flight requests and tasks [20000];
+                                                   each request is cut at 90 % of it
   --hook-timeout-ms MS        HOOK_TIMEOUT_MS      time each cleanup hook gets [5000]
   --deadline-ms MS            DEADLINE_MS          from the signal to the abort of what is left [25000]
 
@@ -87,7 +99,8 @@ routes:
   GET /ready       200 while ready, 503 once shutting down (the readiness probe)
   GET /live        always 200 (the liveness probe)
   GET /            200 hello
-  GET /slow?ms=N   answers 200 after N ms (an in-flight request to drain)";
+  GET /slow?ms=N   answers 200 after N ms, N up to 60000 (an in-flight request to drain);
+                   503 if it outlasts the request time limit";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -105,7 +118,8 @@ async fn main() -> ExitCode {
     match serve(settings).await {
         Ok(code) => code,
         Err(error) => {
-            // Start-up failed (a bad timeout, the port taken): nothing to shut down.
+            // Start-up failed (a bad timeout, the port taken) before it opened anything that
+            // needs cleaning up: nothing to shut down.
             eprintln!("axum_graceful: {error}");
             ExitCode::FAILURE
         }
@@ -127,13 +141,20 @@ async fn serve(settings: Settings) -> Result<ExitCode, Box<dyn Error>> {
     // A cheap, cloneable handle for everything that serves, spawns or cleans up.
     let shutdown = coordinator.handle();
 
+    // The listener, before anything that needs cleaning up: if the port is taken, start-up
+    // fails here, with no database open and no hook that would never run.
+    let listener = TcpListener::bind((settings.host, settings.port)).await?;
+    let addr = listener.local_addr()?;
+
     // Prints each phase as the sequence enters it. A plain `tokio::spawn`, not a tracked task:
     // the draining phase would otherwise wait for it, and it waits for the very end.
     let phases = tokio::spawn(print_phases(shutdown.clone()));
 
-    // Resources released by cleanup hooks. Hooks run after draining, so no request uses them
-    // any more, and in reverse order of registration, like destructors: the database, opened
-    // first, is closed last, after the metrics (which might still write to it) are flushed.
+    // Resources released by cleanup hooks. Hooks run after draining, and every request ends
+    // before the drain times out (the request time limit in `router` is shorter), so no
+    // request uses them any more. They run in reverse order of registration, like
+    // destructors: the database, opened first, is closed last, after the metrics (which might
+    // still write to it) are flushed.
     let database = Arc::new(Database::connect().await?);
     let db = database.clone();
     shutdown
@@ -151,14 +172,15 @@ async fn serve(settings: Settings) -> Result<ExitCode, Box<dyn Error>> {
     let worker = shutdown.scope("worker");
     worker.spawn(run_worker(worker.clone()))?;
 
-    // The HTTP server.
-    let listener = TcpListener::bind((settings.host, settings.port)).await?;
-    let addr = listener.local_addr()?;
-    let app = router(AppState {
-        shutdown: shutdown.clone(),
-        metrics,
-        database,
-    });
+    // The HTTP server, on the listener bound above.
+    let app = router(
+        AppState {
+            shutdown: shutdown.clone(),
+            metrics,
+            database,
+        },
+        settings.request_timeout,
+    );
     // `listener("http")` registers the listener with the stop-accepting phase; its
     // `stop_accepting()` future completes when the listener should stop, which is when axum
     // stops accepting and tells open connections to close after their current request.
@@ -188,14 +210,26 @@ async fn serve(settings: Settings) -> Result<ExitCode, Box<dyn Error>> {
     }
     say(&report);
 
-    Ok(if report.is_clean() {
-        ExitCode::SUCCESS
-    } else if report.escalated.is_some() {
-        // 130 = 128 + SIGINT, the conventional code of a process interrupted by the operator.
-        ExitCode::from(130)
-    } else {
-        ExitCode::FAILURE
+    Ok(match report.escalated {
+        _ if report.is_clean() => ExitCode::SUCCESS,
+        Some(signal) => escalated_exit_code(signal),
+        None => ExitCode::FAILURE,
     })
+}
+
+/// The exit code of a shutdown escalated by `signal`: 128 + its number (143 for SIGTERM, 130
+/// for Ctrl-C), what a shell reports for a process the signal ended, so a supervisor tells
+/// it from a crash; 1 when no signal escalated it (`Shutdown::escalate`).
+fn escalated_exit_code(signal: Option<Signal>) -> ExitCode {
+    // The same numbers on every Unix (and Ctrl-C is 130 by convention elsewhere too).
+    let number = match signal {
+        Some(Signal::Hangup) => 1,
+        Some(Signal::Interrupt) => 2,
+        Some(Signal::Quit) => 3,
+        Some(Signal::Terminate) => 15,
+        _ => return ExitCode::FAILURE,
+    };
+    ExitCode::from(128 + number)
 }
 
 /// What every handler can reach.
@@ -206,8 +240,9 @@ struct AppState {
     database: Arc<Database>,
 }
 
-/// The application: probes outside the shutdown layer, everything else inside it.
-fn router(state: AppState) -> Router {
+/// The application: probes outside the shutdown layer, everything else inside it and inside a
+/// time limit per request.
+fn router(state: AppState, request_timeout: Duration) -> Router {
     // The probes sit outside `ShutdownLayer`: they must keep answering while the service
     // shuts down (`/ready` says 503 by itself), and must not count as in-flight requests.
     // They share the listener, so they go quiet with it once it stops accepting: the kubelet
@@ -222,21 +257,28 @@ fn router(state: AppState) -> Router {
     // which `HandleErrorLayer` (outside it) turns into a response. With `axum::serve` few get
     // that far (the listener is closed by then, and idle HTTP/1 connections too); the refusal
     // is the safety net for whatever still comes in on an open connection.
+    //
+    // The time limit, inside the shutdown layer, is shorter than the drain timeout: a request
+    // in flight when the drain begins started before it, so it ends (answered, or cut and
+    // answered 503) before the drain times out, and the cleanup hooks never run under a
+    // request still using what they close.
     let api = Router::new()
         .route("/", get(hello))
         .route("/slow", get(slow))
         .layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(refused))
-                .layer(state.shutdown.layer()),
+                .layer(state.shutdown.layer())
+                .layer(TimeoutLayer::new(request_timeout)),
         );
 
     api.merge(probes).with_state(state)
 }
 
-/// Turns the shutdown layer's error into a response: `Draining` becomes 503 with
-/// `Connection: close` (the client should retry on another instance, on a new connection);
-/// any other error (none in this router) becomes 500.
+/// Turns the layers' errors into responses: `Draining` becomes 503 with `Connection: close`
+/// (the client should retry on another instance, on a new connection); the time limit's
+/// `Elapsed` 503 (the handler was dropped, so whatever it used is free again); any other
+/// error (none in this router) 500, its details logged rather than sent to the client.
 async fn refused(error: BoxError) -> Response {
     if error.is::<Draining>() {
         (
@@ -245,12 +287,16 @@ async fn refused(error: BoxError) -> Response {
             "shutting down, retry elsewhere\n",
         )
             .into_response()
-    } else {
+    } else if error.is::<Elapsed>() {
+        say("request: cut at the time limit");
         (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("internal error: {error}\n"),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the request took too long\n",
         )
             .into_response()
+    } else {
+        eprintln!("axum_graceful: internal error: {error}");
+        (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
     }
 }
 
@@ -273,8 +319,12 @@ async fn hello(State(state): State<AppState>) -> &'static str {
     "hello\n"
 }
 
-/// `GET /slow?ms=N`: answers after N ms (default 1000), the in-flight request a graceful
-/// shutdown lets finish.
+/// The longest `/slow` request, in ms.
+const MAX_SLOW_MS: u64 = 60_000;
+
+/// `GET /slow?ms=N`: answers after N ms (default 1000, at most [`MAX_SLOW_MS`]), the in-flight
+/// request a graceful shutdown lets finish. One longer than the request time limit is cut
+/// there.
 async fn slow(State(state): State<AppState>, uri: Uri) -> Result<String, (StatusCode, String)> {
     let ms = match uri
         .query()
@@ -290,6 +340,12 @@ async fn slow(State(state): State<AppState>, uri: Uri) -> Result<String, (Status
             )
         })?,
     };
+    if ms > MAX_SLOW_MS {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!("ms must be at most {MAX_SLOW_MS}\n"),
+        ));
+    }
     say(format_args!("slow request: started ({ms} ms)"));
     state.database.query(Duration::from_millis(ms)).await;
     state.metrics.served.fetch_add(1, Ordering::Relaxed);
@@ -381,6 +437,8 @@ struct Settings {
     drain_timeout: Duration,
     hook_timeout: Duration,
     deadline: Duration,
+    /// Each request's time limit: 90 % of the drain timeout.
+    request_timeout: Duration,
 }
 
 /// Every option: its flag (without `--`) and its environment variable.
@@ -429,13 +487,24 @@ impl Settings {
         // defaults; an explicit value is passed on as given, for `build` to check.
         let or_default =
             |value: Option<Duration>, default: Duration| value.unwrap_or(default.min(deadline));
+        let drain_timeout = or_default(ms("drain-timeout-ms")?, Duration::from_secs(20));
+        // A little under the drain timeout, with room for the answer to be written and the
+        // connection closed before the drain gives up.
+        let request_timeout = drain_timeout * 9 / 10;
+        if request_timeout.is_zero() {
+            return Err(format!(
+                "--drain-timeout-ms {}: requests need time to finish (each is cut at 90 % of it)",
+                drain_timeout.as_millis()
+            ));
+        }
         Ok(Some(Settings {
             host: parse(&given, "host")?.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             port: parse(&given, "port")?.unwrap_or(3000),
             readiness_delay: or_default(ms("readiness-delay-ms")?, Duration::from_secs(5)),
-            drain_timeout: or_default(ms("drain-timeout-ms")?, Duration::from_secs(20)),
+            drain_timeout,
             hook_timeout: or_default(ms("hook-timeout-ms")?, Duration::from_secs(5)),
             deadline,
+            request_timeout,
         }))
     }
 }

@@ -20,17 +20,26 @@
 //! - **The upstream's quota** (`--upstream-rps`) counts every attempt, retries included.
 //! - **A dead upstream** trips the breaker: requests fail at once with `503` and `Retry-After`
 //!   instead of waiting on timeouts, and a few probes find out when it is back.
+//! - **A symbol that could rewrite the upstream's URL** (`..%2Fadmin`, `X%3Fadmin%3Dtrue`) gets
+//!   `400`: a symbol is 1 to 16 ASCII letters, digits, `.`, `_` or `-`, starting with a letter
+//!   or digit, checked before anything is sent. The upstream's `404` (no such symbol) is passed
+//!   on as `404`.
 //! - **Shutdown** (SIGTERM, Ctrl-C): readiness off, stop accepting, in-flight requests finish,
-//!   then the pool closes; the exit code says whether it was clean.
+//!   then the pool closes; the exit code says whether it was clean (0), not (1), or escalated
+//!   by a second signal (128 + its number: 130 for Ctrl-C, 143 for SIGTERM).
 //!
 //! Every refusal carries an `x-palisade-error` header naming its kind (`rate_limited`,
 //! `overloaded`, `breaker_open`, `upstream_quota`, `upstream_failed`, `upstream_timeout`,
-//! `draining`), so a client or a test can tell them apart. `GET /stats` shows the counters.
+//! `draining`, `invalid_symbol`, `not_found`, `internal`), so a client or a test can tell them
+//! apart, and a short body; the details (upstream addresses, pool metrics) go to stderr, not to
+//! the client. `GET /stats` shows the counters.
 //!
 //! ```text
 //! cargo run --example axum_service
 //! curl -i localhost:3000/quote/ACME
-//! for i in $(seq 50); do curl -s -o /dev/null -w '%{http_code} ' localhost:3000/quote/ACME; done
+//! # 50 requests at once from one IP: beyond the burst of 20 (and 20 more a second), 429
+//! seq 50 | xargs -P 50 -I{} curl -s -o /dev/null -w '%{http_code} ' localhost:3000/quote/ACME; echo
+//! curl -i localhost:3000/quote/..%2Fadmin     # 400 invalid_symbol, nothing sent upstream
 //! curl localhost:3000/stats
 //! ```
 //!
@@ -58,7 +67,7 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -68,7 +77,7 @@ use palisade::bulkhead::{Bulkhead, BulkheadLayer, MAX_CONCURRENT, Rejected as Ov
 use palisade::pool::{Error as PoolError, Manager, Pool, Pooled};
 use palisade::ratelimit::{KeyedRateLimiter, Quota, RateLimitLayer, RateLimited, RateLimiter};
 use palisade::retry::{Backoff, Decision, RetryEvent, RetryLayer, RetryPolicy, TpsBudget};
-use palisade::shutdown::{Coordinator, Draining};
+use palisade::shutdown::{Coordinator, Draining, Signal};
 use tokio::net::{TcpListener, TcpStream};
 use tower::timeout::TimeoutLayer;
 use tower::timeout::error::Elapsed;
@@ -90,6 +99,7 @@ options:
   --upstream-rps N          attempts per second sent upstream, retries included, burst N [200]
   --pool-size N             most connections to the upstream [64]
   --acquire-timeout-ms MS   longest wait for a pooled connection, connecting included [50]
+  --connect-timeout-ms MS   one connect to the upstream (it outlives a wait that gave up) [1000]
   --attempt-timeout-ms MS   each attempt's time limit [500]
   --readiness-delay-ms MS   serve on after readiness turns off, for the load balancer [1000]
   --deadline-ms MS          from the shutdown signal to the abort of what is left [10000]
@@ -140,12 +150,27 @@ async fn serve(settings: Settings) -> Result<ExitCode, Box<dyn Error>> {
     let stats = Arc::new(Stats::default());
     let pool = Pool::builder(HttpManager { addr: upstream })
         .max_size(settings.pool_size)
+        // Connections kept open when idle (opened by `warm_up` below, refilled after discards),
+        // so the first requests, and those after a connection broke, do not wait for a connect.
+        .min_idle(MIN_IDLE.min(settings.pool_size))
         // Short: the upstream quota's cell is spent before this wait, so a long wait would let
         // attempts that waited through an outage arrive together when it ends, above the
         // quota; and a dead upstream must fail attempts fast for the breaker to see it.
         .acquire_timeout(settings.acquire_timeout)
-        .connect_timeout(settings.acquire_timeout)
+        // One connect attempt: as long as a connect may really take, not the acquire timeout.
+        // A connect outlives the `get()` that started it and gave up: it finishes on its own
+        // task and the connection serves the next caller. Were it cut at the acquire timeout,
+        // an upstream slower to connect than that could never get a connection.
+        .connect_timeout(settings.connect_timeout)
         .build()?;
+    // Open `min_idle` connections before taking traffic. An upstream that is down (or slow to
+    // connect) is no reason not to start: the breaker and the refusals handle it, and the
+    // connects already started finish into the pool.
+    if let Err(error) = pool.warm_up().await {
+        log(format_args!(
+            "upstream pool warm-up: {error}; serving anyway"
+        ));
+    }
     // After the drain, nothing uses the pool: close its connections (the hook's time limit is
     // the coordinator's `hook_timeout`).
     let closing = pool.clone();
@@ -207,17 +232,62 @@ async fn serve(settings: Settings) -> Result<ExitCode, Box<dyn Error>> {
 
     let report = coordinator.run().await;
     say(&report);
-    Ok(if report.is_clean() {
-        ExitCode::SUCCESS
-    } else if report.escalated.is_some() {
-        ExitCode::from(130)
-    } else {
-        ExitCode::FAILURE
+    Ok(match report.escalated {
+        _ if report.is_clean() => ExitCode::SUCCESS,
+        Some(signal) => escalated_exit_code(signal),
+        None => ExitCode::FAILURE,
     })
 }
 
-/// The symbol of a quote: cheap to clone for each attempt.
-type Symbol = Arc<str>;
+/// The exit code of a shutdown escalated by `signal`: 128 + its number (130 for Ctrl-C, 143
+/// for SIGTERM), what a shell reports for a process the signal ended; 1 when no signal
+/// escalated it (`Shutdown::escalate`).
+fn escalated_exit_code(signal: Option<Signal>) -> ExitCode {
+    // The same numbers on every Unix (and Ctrl-C is 130 by convention elsewhere too).
+    let number = match signal {
+        Some(Signal::Hangup) => 1,
+        Some(Signal::Interrupt) => 2,
+        Some(Signal::Quit) => 3,
+        Some(Signal::Terminate) => 15,
+        _ => return ExitCode::FAILURE,
+    };
+    ExitCode::from(128 + number)
+}
+
+/// Connections the pool keeps open to the upstream when idle (at most `--pool-size`).
+const MIN_IDLE: usize = 4;
+
+/// The most the upstream's answer may hold: a quote is a line. A bigger body is refused
+/// (`upstream_failed`) instead of read into memory.
+const MAX_UPSTREAM_BODY: usize = 16 * 1024;
+
+/// The symbol of a quote, checked: 1 to 16 bytes, an ASCII letter or digit first, then ASCII
+/// letters, digits, `.`, `_` or `-`. Nothing in it can change the upstream request's path or
+/// query: no `/`, `?`, `#` or `%`, no `.` or `..` segment. Cheap to clone for each attempt.
+#[derive(Debug, Clone)]
+struct Symbol(Arc<str>);
+
+impl Symbol {
+    /// The longest symbol, in bytes.
+    const MAX_LEN: usize = 16;
+
+    /// `symbol` (as axum decoded it from the path), if it is a valid symbol.
+    fn parse(symbol: &str) -> Option<Symbol> {
+        let bytes = symbol.as_bytes();
+        let valid = bytes.len() <= Self::MAX_LEN
+            && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+            && bytes
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        valid.then(|| Symbol(Arc::from(symbol)))
+    }
+}
+
+impl Display for Symbol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// The client stack, type-erased so the handler state has one type whatever `--without` says.
 type Client = BoxCloneSyncService<Symbol, Bytes, BoxError>;
@@ -279,8 +349,13 @@ fn client_stack(
     let count_failures = !settings.without(Layer::Breaker);
     let breaker = CircuitBreakerLayer::new(Arc::new(breaker)).classify(
         move |result: &Result<Bytes, BoxError>| match result {
+            Ok(_) => Outcome::Success,
             Err(error) if count_failures && is_upstream_failure(error) => Outcome::Failure,
-            _ => Outcome::Success,
+            // Says nothing about the upstream's health: a 4xx (the request's fault), a full
+            // pool (our own saturation), an oversized answer, a closed pool. Ignored, as the
+            // breaker's docs recommend: neither a failure nor a success that would dilute the
+            // failure rate, and a half-open probe's slot goes to the next call.
+            Err(_) => Outcome::Ignored,
         },
     );
 
@@ -347,12 +422,24 @@ impl Service<Symbol> for Upstream {
             // future is dropped in between (an attempt timeout, a client that hung up), the
             // tainted connection is closed instead of going back to the pool.
             Pooled::taint(&mut conn);
+            // `Symbol` holds nothing that changes the path or adds a query; an error here would
+            // be our bug (`internal`), not the upstream's.
             let request = Request::get(format!("/price/{symbol}"))
                 .header(header::HOST, this.pool.manager().addr.to_string())
                 .body(Empty::<Bytes>::new())?;
             let response = conn.send_request(request).await?;
             let status = response.status();
-            let body = response.into_body().collect().await?.to_bytes();
+            // Read to the end (so the connection can serve another request), but no further
+            // than the limit: an upstream can't make us buffer whatever it sends. Over the
+            // limit, the connection stays tainted and is closed.
+            let body = Limited::new(response.into_body(), MAX_UPSTREAM_BODY)
+                .collect()
+                .await
+                .map_err(|error| match error.downcast::<LengthLimitError>() {
+                    Ok(_) => UpstreamError::TooLarge.into(),
+                    Err(error) => error,
+                })?
+                .to_bytes();
             Pooled::untaint(&mut conn);
             if status.is_success() {
                 Ok(body)
@@ -368,12 +455,18 @@ impl Service<Symbol> for Upstream {
 enum UpstreamError {
     /// The upstream answered with this non-2xx status.
     Status(StatusCode),
+    /// The upstream's body was longer than [`MAX_UPSTREAM_BODY`].
+    TooLarge,
 }
 
 impl Display for UpstreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             UpstreamError::Status(status) => write!(f, "the upstream answered {status}"),
+            UpstreamError::TooLarge => write!(
+                f,
+                "the upstream's answer is longer than {MAX_UPSTREAM_BODY} bytes"
+            ),
         }
     }
 }
@@ -396,8 +489,16 @@ impl Manager for HttpManager {
             .await
             .map_err(io::Error::other)?;
         // The connection's I/O runs on its own task; it ends when the sender is dropped (the
-        // pool discards or closes it) or the upstream hangs up.
-        tokio::spawn(connection);
+        // pool discards or closes it) or the upstream hangs up. An error that a request was
+        // waiting for reaches that request (and its refusal is logged); one that ends an idle
+        // connection (a reset, bytes nobody asked for) would leave no trace: log it. The pool
+        // sees the sender closed (`is_broken`) and discards it.
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                log(format_args!("upstream connection to {addr}: {error}"));
+            }
+        });
         Ok(sender)
     }
 
@@ -423,21 +524,26 @@ struct App {
 /// `GET /quote/{symbol}`: the upstream's answer, or a refusal saying which layer refused.
 async fn quote(State(app): State<App>, Path(symbol): Path<String>) -> Response {
     app.stats.requests.fetch_add(1, Ordering::Relaxed);
-    match app.client.oneshot(Symbol::from(symbol)).await {
+    // Checked before anything is sent: axum has percent-decoded the path parameter, so
+    // `..%2Fadmin` arrives as `../admin`, which must not become part of the upstream's path.
+    let Some(symbol) = Symbol::parse(&symbol) else {
+        return refusal(StatusCode::BAD_REQUEST, "invalid_symbol", None);
+    };
+    match app.client.oneshot(symbol.clone()).await {
         Ok(body) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response(),
-        Err(error) => client_refusal(&error),
+        Err(error) => client_refusal(&symbol, &error),
     }
 }
 
-/// The client stack's errors as responses.
-fn client_refusal(error: &BoxError) -> Response {
+/// The client stack's errors as responses. The client gets the kind and a short message; the
+/// error itself, which may name upstream addresses or hold pool metrics, goes to the log.
+fn client_refusal(symbol: &Symbol, error: &BoxError) -> Response {
     if let Some(open) = error.downcast_ref::<BreakerOpen>() {
         return refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             "breaker_open",
             // Half-open with every probe slot taken has no reopening time: try again soon.
             open.retry_after().or(Some(Duration::from_secs(1))),
-            error,
         );
     }
     // A full pool (every connection busy until the wait ran out) is our own saturation too.
@@ -446,48 +552,63 @@ fn client_refusal(error: &BoxError) -> Response {
         Some(PoolError::Exhausted { .. })
     );
     if error.is::<Overloaded>() || pool_full {
-        return refusal(StatusCode::SERVICE_UNAVAILABLE, "overloaded", None, error);
+        return refusal(StatusCode::SERVICE_UNAVAILABLE, "overloaded", None);
     }
     if let Some(limited) = error.downcast_ref::<RateLimited>() {
         let wait = Some(limited.retry_after());
-        return refusal(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream_quota",
-            wait,
-            error,
-        );
+        return refusal(StatusCode::SERVICE_UNAVAILABLE, "upstream_quota", wait);
+    }
+    if let Some(UpstreamError::Status(StatusCode::NOT_FOUND)) = error.downcast_ref() {
+        // The upstream knows no such symbol: the client's answer too, not a gateway error.
+        return refusal(StatusCode::NOT_FOUND, "not_found", None);
+    }
+    if error.is::<axum::http::Error>() {
+        // The request to the upstream could not be built: our bug, not the upstream's.
+        log(format_args!("quote {symbol}: internal: {error}"));
+        return refusal(StatusCode::INTERNAL_SERVER_ERROR, "internal", None);
     }
     if error.is::<Elapsed>() {
-        return refusal(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", None, error);
+        log(format_args!("quote {symbol}: upstream_timeout: {error}"));
+        return refusal(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", None);
     }
-    refusal(StatusCode::BAD_GATEWAY, "upstream_failed", None, error)
+    log(format_args!("quote {symbol}: upstream_failed: {error}"));
+    refusal(StatusCode::BAD_GATEWAY, "upstream_failed", None)
 }
 
 /// The server stack's errors (`HandleErrorLayer`): the per-IP limit and the drain.
 async fn server_refusal(error: BoxError) -> Response {
     if let Some(limited) = error.downcast_ref::<RateLimited>() {
         let wait = Some(limited.retry_after());
-        return refusal(StatusCode::TOO_MANY_REQUESTS, "rate_limited", wait, &error);
+        return refusal(StatusCode::TOO_MANY_REQUESTS, "rate_limited", wait);
     }
     if error.is::<Draining>() {
-        let mut response = refusal(StatusCode::SERVICE_UNAVAILABLE, "draining", None, &error);
+        let mut response = refusal(StatusCode::SERVICE_UNAVAILABLE, "draining", None);
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return response;
     }
-    (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response()
+    log(format_args!("server stack: internal: {error}"));
+    refusal(StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
 }
 
 /// A refusal: the status, `x-palisade-error: kind`, `Retry-After` in whole seconds (rounded up)
-/// when the layer knows when to come back, and the error as the body.
-fn refusal(
-    status: StatusCode,
-    kind: &'static str,
-    retry_after: Option<Duration>,
-    error: &BoxError,
-) -> Response {
-    let mut response = (status, format!("{kind}: {error}\n")).into_response();
+/// when the layer knows when to come back, and a short body (`kind: what to do`) that tells
+/// the client nothing about our internals.
+fn refusal(status: StatusCode, kind: &'static str, retry_after: Option<Duration>) -> Response {
+    let message = match kind {
+        "rate_limited" => "too many requests from your address, retry later",
+        "overloaded" => "too many requests in progress, retry later",
+        "breaker_open" => "the upstream is unavailable, retry later",
+        "upstream_quota" => "the upstream's quota is spent, retry later",
+        "upstream_timeout" => "the upstream did not answer in time",
+        "upstream_failed" => "the upstream failed",
+        "draining" => "shutting down, retry elsewhere",
+        "invalid_symbol" => "a symbol is 1 to 16 of A-Z a-z 0-9 . _ -, a letter or digit first",
+        "not_found" => "no such symbol",
+        _ => "internal error",
+    };
+    let mut response = (status, format!("{kind}: {message}\n")).into_response();
     let headers = response.headers_mut();
     headers.insert("x-palisade-error", HeaderValue::from_static(kind));
     if let Some(wait) = retry_after {
@@ -608,6 +729,7 @@ struct Settings {
     upstream_rps: u32,
     pool_size: usize,
     acquire_timeout: Duration,
+    connect_timeout: Duration,
     attempt_timeout: Duration,
     readiness_delay: Duration,
     deadline: Duration,
@@ -628,6 +750,7 @@ impl Settings {
             upstream_rps: 200,
             pool_size: 64,
             acquire_timeout: Duration::from_millis(50),
+            connect_timeout: Duration::from_millis(1000),
             attempt_timeout: Duration::from_millis(500),
             readiness_delay: Duration::from_millis(1000),
             deadline: Duration::from_millis(10_000),
@@ -660,6 +783,7 @@ impl Settings {
                 "--upstream-rps" => s.upstream_rps = value.parse().map_err(|e| bad(&e))?,
                 "--pool-size" => s.pool_size = value.parse().map_err(|e| bad(&e))?,
                 "--acquire-timeout-ms" => s.acquire_timeout = ms(&value)?,
+                "--connect-timeout-ms" => s.connect_timeout = ms(&value)?,
                 "--attempt-timeout-ms" => s.attempt_timeout = ms(&value)?,
                 "--readiness-delay-ms" => s.readiness_delay = ms(&value)?,
                 "--deadline-ms" => s.deadline = ms(&value)?,
@@ -693,4 +817,10 @@ fn say(line: impl Display) {
     let mut out = io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+/// Logs an error's details to stderr (unbuffered), for the operator, not the client. A real
+/// service would use its logger (`tracing::warn!`) here.
+fn log(line: impl Display) {
+    eprintln!("axum_service: {line}");
 }

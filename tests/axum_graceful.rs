@@ -138,10 +138,10 @@ fn sigterm_drains_in_flight_requests_and_exits_cleanly() {
     eprintln!("graceful shutdown: exited {took:?} after SIGTERM");
 }
 
-/// A second SIGTERM while draining escalates: the process exits at once with 130, although a
-/// request is still in flight and the deadline is far.
+/// A second SIGTERM while draining escalates: the process exits at once with 143 (128 +
+/// SIGTERM), although a request is still in flight and the deadline is far.
 #[test]
-fn a_second_sigterm_escalates_and_exits_130() {
+fn a_second_sigterm_escalates_and_exits_143() {
     const DEADLINE: Duration = Duration::from_secs(20);
     let mut server = Server::start(&[
         "--port",
@@ -165,8 +165,8 @@ fn a_second_sigterm_escalates_and_exits_130() {
     let output = server.output();
     assert_eq!(
         status.code(),
-        Some(130),
-        "an escalated shutdown exits 130:\n{output}"
+        Some(143),
+        "a shutdown escalated by SIGTERM exits 128 + 15:\n{output}"
     );
     // The abort grace is 1 s; the slow request would take a minute, the deadline 20 s.
     assert!(
@@ -186,6 +186,66 @@ fn a_second_sigterm_escalates_and_exits_130() {
         assert_ne!(response.status, 200, "{response:?}");
     }
     eprintln!("escalation: exited {took:?} after the second SIGTERM");
+}
+
+/// A request longer than the drain timeout is cut at the request time limit (90 % of the drain
+/// timeout) and answered 503, so the drain sees it end and the cleanup hooks run after it, never
+/// under it; the shutdown stays clean. `/slow` beyond its cap is refused with 400.
+#[test]
+fn a_request_longer_than_the_drain_is_cut_before_the_hooks_run() {
+    const DEADLINE: Duration = Duration::from_millis(5000);
+    let mut server = Server::start(&[
+        "--port",
+        "0",
+        "--readiness-delay-ms",
+        "300",
+        "--drain-timeout-ms",
+        "2000",
+        "--deadline-ms",
+        "5000",
+    ]);
+    let addr = server.addr;
+    let capped = get(addr, "/slow?ms=60001").expect("/slow beyond the cap answers");
+    assert_eq!(capped.status, 400, "{capped:?}");
+
+    // 4 s, twice the drain timeout: the time limit (1.8 s) cuts it.
+    let started = Instant::now();
+    let slow = thread::spawn(move || get(addr, "/slow?ms=4000"));
+    server.wait_for_line("slow request: started");
+    server.signal("-TERM");
+
+    let response = slow
+        .join()
+        .expect("the slow request's thread")
+        .expect("the slow request is answered");
+    let took = started.elapsed();
+    assert_eq!(response.status, 503, "{response:?}");
+    assert!(
+        took < Duration::from_millis(3500),
+        "cut after {took:?}, not at the 1.8 s time limit"
+    );
+
+    let status = server.wait_exit(DEADLINE + PATIENCE);
+    let output = server.output();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a clean shutdown exits 0:\n{output}"
+    );
+    assert!(
+        output.contains(", clean") && !output.contains("slow request: done"),
+        "the drain saw the request end (cut, not completed); the report says clean:\n{output}"
+    );
+    // The request ended during the drain, before the hooks closed what it used.
+    server.assert_in_order(&[
+        "slow request: started",
+        "phase: draining",
+        "request: cut at the time limit",
+        "phase: cleanup",
+        "flush-metrics: ",
+        "close-database: connections closed",
+        "phase: done",
+    ]);
 }
 
 /// The example binary, running; killed when dropped, so a failing test leaves nothing behind.

@@ -69,7 +69,7 @@ const SYMBOLS: [&str; 8] = [
     "AAPL", "MSFT", "GOOG", "AMZN", "NVDA", "TSLA", "META", "ORCL",
 ];
 /// Every `x-palisade-error` value of the contract, with the status it comes with.
-const KINDS: [(&str, u16); 7] = [
+const KINDS: [(&str, u16); 10] = [
     ("rate_limited", 429),
     ("overloaded", 503),
     ("breaker_open", 503),
@@ -77,6 +77,9 @@ const KINDS: [(&str, u16); 7] = [
     ("upstream_failed", 502),
     ("upstream_timeout", 504),
     ("draining", 503),
+    ("invalid_symbol", 400),
+    ("not_found", 404),
+    ("internal", 500),
 ];
 /// The address control requests (`/stats`, `/ready`, the retry probes) come from; the load
 /// comes from 127.0.0.2 and up, so control traffic never spends a load IP's quota.
@@ -278,7 +281,7 @@ async fn chaos_soak() {
     );
     let mut verdicts: Vec<(&str, Result<(), String>)> = Vec::new();
     verdicts.push((
-        "0. /ready, /live; 5xx retried, 4xx not",
+        "0. /ready, /live; 5xx retried, 404 passed on, bad symbols not sent",
         check_basics(addr, &upstream).await,
     ));
 
@@ -529,7 +532,9 @@ async fn layer_removed_run(layer: &str, fault: Fault, load_config: LoadConfig) -
 }
 
 /// `/ready` and `/live` answer 200; a 500 is retried (two attempts, then the upstream's 200
-/// and body), a 404 is not (one attempt, a known error).
+/// and body), a 404 is not (one attempt, passed on as 404 `not_found`); a symbol that would
+/// change the upstream's path or query is refused with 400 `invalid_symbol`, and nothing
+/// reaches the upstream.
 async fn check_basics(addr: SocketAddr, upstream: &Upstream) -> Result<(), String> {
     let mut errors = Vec::new();
     for path in ["/ready", "/live"] {
@@ -559,8 +564,11 @@ async fn check_basics(addr: SocketAddr, upstream: &Upstream) -> Result<(), Strin
     }
     match get(addr, "/quote/MISSING").await {
         Ok(response) => match judge(&response, "MISSING") {
-            Ok(()) if response.status == 200 => {
-                errors.push("/quote/MISSING (upstream 404) answered 200".to_owned());
+            Ok(()) if response.status != 404 => {
+                errors.push(format!(
+                    "/quote/MISSING (upstream 404) answered {}, not 404",
+                    response.status
+                ));
             }
             Ok(()) => {}
             Err(error) => errors.push(format!("/quote/MISSING (upstream 404): {error}")),
@@ -571,6 +579,32 @@ async fn check_basics(addr: SocketAddr, upstream: &Upstream) -> Result<(), Strin
     if attempts != 1 {
         errors.push(format!(
             "/price/MISSING (404) was attempted {attempts} times; a 4xx is not retried"
+        ));
+    }
+    let arrived = lock(&upstream.state.arrivals).len();
+    for path in [
+        "/quote/..%2F..%2Fadmin%2Fdelete",
+        "/quote/X%3Fadmin%3Dtrue%26",
+        "/quote/..",
+        "/quote/ABCDEFGHIJKLMNOPQ",
+    ] {
+        match get(addr, path).await {
+            Ok(response) => {
+                if response.status != 400
+                    || response.header("x-palisade-error") != Some("invalid_symbol")
+                {
+                    errors.push(format!(
+                        "{path} answered {response:?}, not 400 invalid_symbol"
+                    ));
+                }
+            }
+            Err(error) => errors.push(format!("{path}: {error}")),
+        }
+    }
+    let sent = lock(&upstream.state.arrivals).len() - arrived;
+    if sent != 0 {
+        errors.push(format!(
+            "invalid symbols sent {sent} requests to the upstream, not 0"
         ));
     }
     if errors.is_empty() {
