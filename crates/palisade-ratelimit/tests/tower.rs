@@ -306,6 +306,35 @@ async fn backpressure_refuses_at_once_while_the_inner_service_is_not_ready() {
     assert!(!shared.peek().is_allowed());
 }
 
+/// The README's recipe for refusing before the inner readiness: backpressure with no wait takes
+/// the cell in `poll_ready` (so a request within the limit waits for the inner service holding
+/// it) and refuses one over the limit there, without polling the inner service.
+#[tokio::test(start_paused = true)]
+async fn backpressure_with_no_wait_refuses_before_the_inner_readiness() {
+    let shared = limiter(Quota::per_second(1));
+    let inner = Gated::default().clone(); // pending until `open`
+    let layer = RateLimitLayer::new(Arc::clone(&shared)).backpressure_within(Duration::ZERO);
+    let mut within = layer.layer(inner.clone());
+    assert!(
+        poll_once(&mut poll_fn(|cx| Service::<u32>::poll_ready(
+            &mut within,
+            cx
+        )))
+        .is_pending()
+    );
+    assert!(
+        !shared.peek().is_allowed(),
+        "the cell is taken in poll_ready"
+    );
+    let mut over = layer.layer(inner.clone());
+    assert!(poll_once(&mut poll_fn(|cx| Service::<u32>::poll_ready(&mut over, cx))).is_ready());
+    let err = over.call(2_u32).await.unwrap_err();
+    assert_eq!(rate_limited(&err).retry_after(), Duration::from_secs(1));
+    inner.open.store(true, Ordering::SeqCst);
+    assert_eq!(call(&mut within, 1_u32).await.unwrap(), 1);
+    assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
+}
+
 /// Counts calls and echoes the request. The service a test builds is always ready; its clones
 /// (keyed backpressure drives one per waiting request) only once `open` is set, and until then
 /// they are pending, or fail readiness if built with [`Gated::failing`].
