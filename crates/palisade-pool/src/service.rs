@@ -30,8 +30,10 @@ type Checkout<M, C> =
 ///   reaches the caller through the standard tower contract.
 /// - `call` sends the request on it; the connection is **tainted** until the response future
 ///   completes with `Ok`. A response future that is dropped (a client gone, a timeout) or ends
-///   in an error closes the connection instead of returning it, so a connection with a
-///   half-finished exchange is never reused. On `Ok` it goes back to the pool.
+///   in an error closes the connection instead of returning it. On `Ok` it goes back to the
+///   pool, even if the response's body still streams on the connection: the connection's own
+///   `poll_ready` must then wait for the body to end (hyper's `SendRequest` does), since the
+///   next checkout waits only for that.
 /// - `call` without a successful `poll_ready` first (never readied, a second `call` after one
 ///   `poll_ready`, or after `poll_ready` failed) does not panic: its response future fails at
 ///   once with [`NotReady`], and no connection is checked out, created or closed for it.
