@@ -276,12 +276,31 @@ where
 }
 
 impl<S> Reconnect<S> {
-    /// The connection state: a `watch` receiver that sees every change from now on.
+    /// The connection state: a `watch` receiver of the latest [`ConnectionState`].
     ///
-    /// Changes are published from the background task, except `Closed` when `close()` or the
-    /// last clone's drop comes before the task ever ran, or the task's runtime is dropped: then
-    /// from the calling thread, which must not hold a `borrow()` of this channel at that moment
-    /// (it would wait for itself; see the README's guarantees).
+    /// A `watch` channel keeps only the latest value. The receiver is woken when the state
+    /// changes, and `changed()` completes once for any number of changes since it last looked,
+    /// so it can skip states passed through in between: when a connect completes at once, the
+    /// task publishes `Connecting` and then `Connected` in one poll, and a watcher sees only
+    /// `Connected`. For every transition, in order, subscribe to the `tracing` events: each
+    /// published state is one event, target `palisade_reconnect` (`connecting` at `DEBUG`,
+    /// `connected` at `INFO`, `disconnected` and `closed` at `WARN`). The crate has no other
+    /// per-transition hook.
+    ///
+    /// Changes are published from the background task, except `Closed` in two cases, where it
+    /// is published outside the task, on a thread that must not hold a `borrow()` of this
+    /// channel at that moment (it would wait for itself; see the README's guarantees):
+    ///
+    /// - `close()` or the last clone's drop on a service whose task was never spawned (no
+    ///   `poll_ready` or [`connected`](Reconnect::connected) yet): `Closed` is published
+    ///   before it returns;
+    /// - the task dropped unfinished from outside (its runtime dropped or shut down, or a
+    ///   spawner that drops it): by the thread that drops it.
+    ///
+    /// Once the task has been spawned, `close()` and the last clone's drop only ask it to
+    /// stop: they return with the state unchanged (still `Idle` if the task has not run yet),
+    /// and the task publishes `Closed` when it next runs. `poll_ready`, `call` and
+    /// `connected` fail with [`Closed`] from the moment `close()` returns either way.
     pub fn state(&self) -> watch::Receiver<ConnectionState> {
         self.shared.reporter.subscribe()
     }
@@ -486,7 +505,8 @@ where
     }
 }
 
-/// The optional heartbeat: every `interval` while connected, `probe` a copy of the service.
+/// The optional heartbeat: while connected, `probe` a copy of the service `interval` after
+/// connecting and then `interval` after each probe answered.
 pub(crate) struct Heartbeat<S> {
     interval: Duration,
     timeout: Duration,
@@ -786,9 +806,12 @@ where
         self
     }
 
-    /// Every `interval` while connected, calls `probe` with a copy of the service; an error,
-    /// or no answer within `timeout`, declares the connection dead and reconnects. Both in
-    /// `[1ms, 24h]`. For a connection that can die silently (no `poll_ready` error until a
+    /// While connected, calls `probe` with a copy of the service: first `interval` after the
+    /// connection came up, then `interval` after the previous probe answered. `interval` runs
+    /// from the end of one probe to the start of the next, so probes start every `interval`
+    /// plus the probe's own time (at most `interval + timeout`), not at a fixed rate. An
+    /// error, or no answer within `timeout`, declares the connection dead and reconnects. Both
+    /// in `[1ms, 24h]`. For a connection that can die silently (no `poll_ready` error until a
     /// request times out).
     pub fn heartbeat<P, Fut, E>(mut self, interval: Duration, timeout: Duration, probe: P) -> Self
     where

@@ -287,9 +287,9 @@ impl<S> Shared<S> {
         waiters.into_iter().for_each(Waker::wake);
     }
 
-    /// Closed for good (the driver's last act, or a close before it started). Before it started
-    /// (or from a runtime dropping it) this publishes from the caller's thread: the README's rule
-    /// on `state()` borrows covers it.
+    /// Closed for good (the driver's last act, or a close before it was spawned). Before it was
+    /// spawned (or from a runtime dropping it) this publishes from the caller's thread: the
+    /// README's rule on `state()` borrows covers it.
     pub(crate) fn close(&self, reason: CloseReason) {
         // The unstarted task is dropped last, with no lock held: its guard closes again (a
         // no-op by then).
@@ -318,10 +318,12 @@ impl<S> Shared<S> {
         drop(task);
     }
 
-    /// Asks the driver to close (it publishes `Closed` when it stops); closes at once when
-    /// the driver never started. The clones stop using the connection at once, not when the
-    /// driver gets to run: their copies stop being current, `poll_shared` sees `closing`, and
-    /// `call` sees the `closing` flag (so a clone readied before sends nothing either).
+    /// Asks the driver to close (it publishes `Closed` when it stops); closes at once only when
+    /// the driver was never spawned (`task` still here): a driver spawned but not yet run
+    /// publishes `Closed` at its first poll. The clones stop using the connection at once, not
+    /// when the driver gets to run: their copies stop being current, `poll_shared` sees
+    /// `closing`, and `call` sees the `closing` flag (so a clone readied before sends nothing
+    /// either).
     pub(crate) fn request_close(&self) {
         let (driver, unstarted) = {
             let mut core = self.core.lock();

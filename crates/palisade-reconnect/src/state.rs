@@ -13,7 +13,9 @@ use tokio::time::Instant;
 pub type SharedError = Arc<dyn StdError + Send + Sync + 'static>;
 
 /// Where a connection is in its life. Every change is published on the channel that
-/// `state()` subscribes to, and logged as a `tracing` event (target `palisade_reconnect`).
+/// `state()` subscribes to (which keeps only the latest: a watcher can skip states passed
+/// through in between), and logged as a `tracing` event (target `palisade_reconnect`), one
+/// per change.
 ///
 /// ```text
 ///            first use                     connected
@@ -21,14 +23,22 @@ pub type SharedError = Arc<dyn StdError + Send + Sync + 'static>;
 ///                             ▲    │ failed, timed out          │ lost (error, EOF, idle,
 ///                  backoff    │    ▼                            │ heartbeat, reconnect())
 ///                  elapsed    Disconnected(cause, next_attempt_at) ◀┘
-///                                  │ max_attempts reached, close(), every handle dropped
-///                                  ▼
-///                               Closed(reason)
+///
+///   Connecting ── failed, timed out: the max_attempts-th failure ──▶ Closed(GaveUp)
+///   Connected ─── lost before stable_after: the max_attempts-th ───▶ Closed(GaveUp)
+///   any state ─── close(), every handle dropped, shutdown() ───────▶ Closed(Closed)
+///   any state ─── the service's task panicked or was dropped ──────▶ Closed(TaskStopped)
 /// ```
 ///
-/// A connection lost after it stayed up `stable_after` goes from `Disconnected` to
-/// `Connecting` at once (`next_attempt_at` is the time it was lost); any other
-/// `Disconnected` waits for the backoff. `Closed` is final.
+/// Giving up never passes through `Disconnected`: the failure that reaches `max_attempts` in
+/// a row goes straight to `Closed(GaveUp)`, from `Connecting` (an attempt failed or timed out)
+/// or from `Connected` (a connection lost before it stayed up `stable_after`, which counts as
+/// a failed attempt). Closing by the owner goes to `Closed(Closed)` from whichever state it
+/// finds, `Idle`, `Connecting` and `Connected` included; a stream's `shutdown()` closes at once
+/// with no connection up, and otherwise at the peer's end of file (or the connection's
+/// failure) after it. A connection lost after it stayed up `stable_after` goes from
+/// `Disconnected` to `Connecting` at once (`next_attempt_at` is the time it was lost); any
+/// other `Disconnected` waits for the backoff. `Closed` is final.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum ConnectionState {

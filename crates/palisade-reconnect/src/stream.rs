@@ -35,8 +35,9 @@ type HookFn<T> = Arc<dyn Fn(T) -> ConnectFuture<T> + Send + Sync + 'static>;
 /// - **Cancel-safe.** The connect in flight and the backoff timer belong to the stream, not to
 ///   the operation: dropping a read or a write (a `select!`, a `timeout`) while the stream
 ///   reconnects loses nothing, and the next operation carries on from where it was.
-/// - **Observable.** [`state`](ReconnectingStream::state) is a `watch` channel of
-///   [`ConnectionState`]; each change is also a `tracing` event.
+/// - **Observable.** [`state`](ReconnectingStream::state) is a `watch` channel of the latest
+///   [`ConnectionState`] (a watcher may skip states passed through in between); each change
+///   is also a `tracing` event, so a subscriber sees every transition.
 ///
 /// ```no_run
 /// use palisade_reconnect::ReconnectingStream;
@@ -157,7 +158,16 @@ where
 }
 
 impl<T> ReconnectingStream<T> {
-    /// The connection state: a `watch` receiver that sees every change from now on.
+    /// The connection state: a `watch` receiver of the latest [`ConnectionState`].
+    ///
+    /// A `watch` channel keeps only the latest value. The receiver is woken when the state
+    /// changes, and `changed()` completes once for any number of changes since it last looked,
+    /// so it can skip states passed through in between: a connect that completes at once
+    /// publishes `Connecting` and then `Connected` in one poll, and a watcher sees only
+    /// `Connected`. For every transition, in order, subscribe to the `tracing` events: each
+    /// published state is one event, target `palisade_reconnect` (`connecting` at `DEBUG`,
+    /// `connected` at `INFO`, `disconnected` and `closed` at `WARN`). The crate has no other
+    /// per-transition hook.
     ///
     /// The stream has no task: each change is published from the thread that caused it (a
     /// read, a write, `connect`, `reconnect`, `close`, the drop). Don't hold a `borrow()` of

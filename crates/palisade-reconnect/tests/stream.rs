@@ -14,6 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+mod events;
+
 /// A backend the test controls: up or down, hanging or not; it hands out duplex pipes and keeps
 /// the server ends.
 #[derive(Clone, Default)]
@@ -790,6 +792,93 @@ async fn dropping_the_stream_publishes_closed_and_closes_the_connection() {
     let mut server1 = backend.server(1);
     let mut buf = Vec::new();
     assert_eq!(server1.read_to_end(&mut buf).await.unwrap(), 0);
+}
+
+/// `state()`'s doc: a `watch` receiver holds only the latest state. A connect that completes
+/// at once publishes `Connecting` then `Connected` in one poll: the receiver is told of one
+/// change and sees `Connected`; the `tracing` events have both.
+#[tokio::test(start_paused = true)]
+async fn a_state_receiver_sees_the_latest_state_and_the_tracing_events_every_change() {
+    let events = events::record();
+    let backend = Backend::default();
+    let mut stream = ReconnectingStream::builder(backend.connector())
+        .build()
+        .unwrap();
+    let mut rx = stream.state();
+    stream.connect().await.unwrap();
+    assert!(rx.has_changed().unwrap());
+    assert!(matches!(
+        &*rx.borrow_and_update(),
+        ConnectionState::Connected { generation: 1, .. }
+    ));
+    assert!(!rx.has_changed().unwrap(), "`Connecting` was overwritten");
+    assert_eq!(events.names(), ["connecting", "connected"]);
+}
+
+/// The state diagram: giving up goes to `Closed(GaveUp)` straight from `Connecting` (the last
+/// failed attempt) or from `Connected` (a flap), never through `Disconnected`; `close()` goes
+/// straight from `Connecting` (or `Connected`) to `Closed`.
+#[tokio::test(start_paused = true)]
+async fn closed_is_reached_from_connecting_and_connected_without_disconnected() {
+    let events = events::record();
+
+    // The last attempt fails: Connecting -> Closed(GaveUp).
+    let backend = Backend::default();
+    backend.set_down(true);
+    let mut stream = ReconnectingStream::builder(backend.connector())
+        .max_attempts(2)
+        .build()
+        .unwrap();
+    let e = stream.connect().await.unwrap_err();
+    assert!(matches!(
+        close_reason(&e),
+        CloseReason::GaveUp { attempts: 2, .. }
+    ));
+    assert_eq!(
+        events.names(),
+        ["connecting", "disconnected", "connecting", "closed"]
+    );
+    drop(stream);
+
+    // A connection lost before `stable_after`, the last attempt allowed: Connected ->
+    // Closed(GaveUp).
+    let backend = Backend::default();
+    let mut stream = ReconnectingStream::builder(backend.connector())
+        .max_attempts(1)
+        .build()
+        .unwrap();
+    stream.connect().await.unwrap();
+    backend.kill(1);
+    let mut buf = [0u8; 4];
+    let e = stream.read(&mut buf).await.unwrap_err();
+    assert!(matches!(lost(&e).cause(), Cause::Eof));
+    assert!(matches!(
+        &*stream.state().borrow(),
+        ConnectionState::Closed(CloseReason::GaveUp {
+            attempts: 1,
+            last: Cause::Eof
+        })
+    ));
+    assert_eq!(events.names()[4..], ["connecting", "connected", "closed"]);
+    drop(stream);
+
+    // `close()` while an attempt hangs: Connecting -> Closed(Closed).
+    let backend = Backend::default();
+    backend.0.lock().unwrap().hang = true;
+    let mut stream = ReconnectingStream::builder(backend.connector())
+        .build()
+        .unwrap();
+    assert!(
+        tokio::time::timeout(secs(1.0), stream.connect())
+            .await
+            .is_err()
+    );
+    stream.close();
+    assert!(matches!(
+        &*stream.state().borrow(),
+        ConnectionState::Closed(CloseReason::Closed)
+    ));
+    assert_eq!(events.names()[7..], ["connecting", "closed"]);
 }
 
 #[tokio::test(start_paused = true)]

@@ -19,6 +19,8 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
+mod events;
+
 /// The backend behind the `MakeService`: up or down, and every connection it made.
 #[derive(Clone, Default)]
 struct Backend(Arc<BackendInner>);
@@ -484,6 +486,45 @@ async fn a_silent_death_is_caught_by_the_heartbeat() {
     assert_eq!(call(&mut svc, 1).await.unwrap(), 2);
 }
 
+/// `heartbeat`'s doc: the next probe starts `interval` after the previous one answered, not
+/// every `interval` (the period is `interval` plus the probe's time). A probe that takes 3 s
+/// with a 10 s interval starts at 10 s, 23 s, 36 s after connecting (not 10, 20, 30, 40).
+#[tokio::test(start_paused = true)]
+async fn heartbeat_probes_start_an_interval_after_the_previous_probe_answered() {
+    let backend = Backend::default();
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let seen = starts.clone();
+    let svc = builder(&backend)
+        .heartbeat(
+            Duration::from_secs(10),
+            Duration::from_secs(5),
+            move |_conn: Conn| {
+                seen.lock().unwrap().push(Instant::now());
+                async {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    Ok::<_, io::Error>(())
+                }
+            },
+        )
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    svc.connected().await.unwrap();
+    assert_eq!(Instant::now(), t0, "the connector answers at once");
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    let offsets: Vec<Duration> = starts.lock().unwrap().iter().map(|t| *t - t0).collect();
+    assert_eq!(
+        offsets,
+        [10, 23, 36].map(Duration::from_secs),
+        "probe starts"
+    );
+    assert!(matches!(
+        &*svc.state().borrow(),
+        ConnectionState::Connected { generation: 1, .. }
+    ));
+    assert_eq!(backend.connects(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_on_connect_hook_runs_before_any_clone_sees_the_connection() {
     let backend = Backend::default();
@@ -537,6 +578,118 @@ async fn reconnect_on_request_replaces_the_connection() {
     assert_eq!(call(&mut svc, 1).await.unwrap(), 1);
     svc.reconnect();
     assert_eq!(call(&mut svc, 1).await.unwrap(), 2);
+}
+
+/// `state()`'s doc: a `watch` receiver holds only the latest state. The task publishes
+/// `Connecting` and `Connected` in one poll when the connect completes at once, so a watcher
+/// never sees `Connecting`; the `tracing` events (one per change) have every state.
+#[tokio::test(start_paused = true)]
+async fn a_state_watcher_sees_the_latest_state_and_the_tracing_events_every_change() {
+    let events = events::record();
+    let backend = Backend::default();
+    let svc = builder(&backend).build().unwrap();
+    let mut rx = svc.state();
+    let watcher = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while rx.changed().await.is_ok() {
+            let name = rx.borrow_and_update().name();
+            seen.push(name);
+            if name == "closed" {
+                break;
+            }
+        }
+        seen
+    });
+    svc.connected().await.unwrap();
+    svc.close();
+    assert_eq!(watcher.await.unwrap(), ["connected", "closed"]);
+    assert_eq!(events.names(), ["connecting", "connected", "closed"]);
+}
+
+/// `state()`'s doc on who publishes `Closed`: `close()` on a service whose task was never
+/// spawned publishes it before returning; once a `poll_ready` has spawned the task, `close()`
+/// returns with the state unchanged (`Idle`, though `poll_ready` fails with `Closed` at once)
+/// and the task publishes `Closed` when it runs.
+#[tokio::test(start_paused = true)]
+async fn close_publishes_closed_itself_only_when_the_task_was_never_spawned() {
+    let backend = Backend::default();
+
+    // Never used: `Closed` is published by `close()` itself.
+    let unused = builder(&backend).build().unwrap();
+    let state = unused.state();
+    unused.close();
+    assert!(matches!(
+        &*state.borrow(),
+        ConnectionState::Closed(CloseReason::Closed)
+    ));
+
+    // Spawned by `poll_ready` (pending: the task has not run), then closed.
+    let mut svc = builder(&backend).build().unwrap();
+    let mut state = svc.state();
+    let first = poll_fn(|cx| Poll::Ready(Service::<u32>::poll_ready(&mut svc, cx))).await;
+    assert!(first.is_pending(), "the task has not connected yet");
+    svc.close();
+    assert!(
+        matches!(&*state.borrow_and_update(), ConnectionState::Idle),
+        "close() published nothing: the spawned task will"
+    );
+    let e = ready_svc(&mut svc).await.unwrap_err();
+    assert!(e.is::<Closed>(), "{e}");
+    // The task runs (no time passes) and publishes `Closed` without an attempt.
+    let t0 = Instant::now();
+    tokio::time::timeout(Duration::from_secs(1), state.changed())
+        .await
+        .expect("the task published")
+        .unwrap();
+    assert_eq!(Instant::now(), t0);
+    assert!(matches!(
+        &*state.borrow_and_update(),
+        ConnectionState::Closed(CloseReason::Closed)
+    ));
+    assert_eq!(backend.connects(), 0);
+}
+
+/// The state diagram: giving up goes to `Closed(GaveUp)` straight from `Connecting` (the last
+/// failed attempt) or from `Connected` (a flap), never through `Disconnected`; `close()` goes
+/// straight from `Connected` (or `Connecting`) to `Closed`.
+#[tokio::test(start_paused = true)]
+async fn closed_is_reached_from_connecting_and_connected_without_disconnected() {
+    let events = events::record();
+
+    // The last attempt fails: Connecting -> Closed(GaveUp).
+    let backend = Backend::default();
+    backend.set_down(true);
+    let mut svc = builder(&backend).max_attempts(2).build().unwrap();
+    assert!(ready_svc(&mut svc).await.is_err());
+    assert!(matches!(
+        &*svc.state().borrow(),
+        ConnectionState::Closed(CloseReason::GaveUp { attempts: 2, .. })
+    ));
+    assert_eq!(
+        events.names(),
+        ["connecting", "disconnected", "connecting", "closed"]
+    );
+    drop(svc);
+
+    // A connection lost before `stable_after`, the last attempt allowed: Connected ->
+    // Closed(GaveUp).
+    let backend = Backend::default();
+    let mut svc = builder(&backend).max_attempts(1).build().unwrap();
+    assert_eq!(call(&mut svc, 1).await.unwrap(), 1);
+    backend.conn(1).dead.store(true, Ordering::SeqCst);
+    let e = ready_svc(&mut svc).await.unwrap_err();
+    assert!(
+        matches!(
+            e.downcast_ref::<Closed>().expect("Closed").reason(),
+            CloseReason::GaveUp {
+                attempts: 1,
+                last: Cause::Lost(_)
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(events.names()[4..], ["connecting", "connected", "closed"]);
+    drop(svc);
 }
 
 #[test]
