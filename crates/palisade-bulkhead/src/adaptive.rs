@@ -235,7 +235,8 @@ fn app_limited(in_flight: u32, limit: f64) -> bool {
 ///   limit by 1, which doubles it per window, as TCP's slow start.
 /// - **Decrease**: a dropped sample, or one slower than `timeout`, multiplies the limit by
 ///   `backoff_ratio` (rounding down) and ends slow start. At most one decrease per window:
-///   after a decrease, further overload signals are ignored for the next `limit` samples,
+///   after a decrease, further overload signals are ignored for the next `limit` samples (the
+///   limit after the decrease; every sample counts, whatever its outcome),
 ///   because the work that completes right after a decrease mostly started before it (TCP's
 ///   fast recovery reacts once per round trip for the same reason). Without this, a burst of
 ///   timeouts from work in flight together would multiply the limit down to the floor.
@@ -257,7 +258,7 @@ pub struct Aimd {
     slow_start: bool,
     /// Counted successes towards the next +1 (congestion avoidance).
     acked: u32,
-    /// Samples left during which overload does not decrease again.
+    /// Samples left, after a decrease, during which overload does not decrease again.
     cooldown: u32,
 }
 
@@ -366,11 +367,14 @@ impl LimitAlgorithm for Aimd {
     }
 
     fn update(&mut self, sample: Sample) -> u32 {
+        // Checked before counting this sample down, so that a cut ignores the next `limit`
+        // samples, not `limit - 1`.
+        let cooling = self.cooldown > 0;
         self.cooldown = self.cooldown.saturating_sub(1);
         if sample.dropped || sample.rtt > self.timeout {
             self.slow_start = false;
             self.acked = 0;
-            if self.cooldown == 0 {
+            if !cooling {
                 // Rounding down makes every decrease remove at least one permit.
                 let reduced = (f64::from(self.limit) * self.backoff_ratio) as u32;
                 self.limit = reduced.clamp(self.bounds.min, self.bounds.max);
@@ -418,13 +422,14 @@ impl LimitAlgorithm for Aimd {
 ///   `probe_multiplier × limit` samples Vegas re-measures `rtt_noload` as the lowest RTT over
 ///   the next two windows. Unlike Envoy's gradient controller, which drops the limit to a floor
 ///   while it re-measures (the bursts of 503s of envoyproxy/envoy#8337), Vegas keeps serving:
-///   it lowers the limit only by the standing queue it estimates (capped at `beta` and at a
+///   it lowers the limit only by the standing queue it estimates (capped at `beta × l` and at a
 ///   quarter of the limit), just enough for that queue to drain so the re-measured RTT is a
-///   no-load one, and restores the pre-probe limit when the probe ends unless a drop arrived.
-///   Keeping the full limit instead would re-measure the queue into `rtt_noload` and let the
-///   limit creep up by about `beta` at every probe. If drops arrived since the previous
-///   probe, the estimated queue is not to be trusted (a limit that started above the
-///   overload point never saw an unloaded RTT), and the probe lowers the limit by a quarter.
+///   no-load one, and restores the pre-probe limit when the probe ends unless a drop arrived
+///   during it (its last sample included). Keeping the full limit instead would re-measure the
+///   queue into `rtt_noload` and let the limit creep up by as much as `beta × l` at every
+///   probe. If drops arrived since the previous probe, the estimated queue is not to be
+///   trusted (a limit that started above the overload point never saw an unloaded RTT), and
+///   the probe lowers the limit by a quarter.
 ///
 /// | knob | default | allowed |
 /// |---|---|---|
@@ -617,21 +622,25 @@ impl Vegas {
         self.slow_start
     }
 
-    fn on_drop(&mut self) {
+    /// A dropped sample; `probing` if it counted towards a probe (which then noted it),
+    /// `cooling` if it arrived within the window after the last cut.
+    fn on_drop(&mut self, probing: bool, cooling: bool) {
         self.slow_start = false;
-        match &mut self.probe {
-            Some(probe) => probe.dropped = true,
-            None => self.dropped_since_probe = true,
+        if !probing {
+            self.dropped_since_probe = true;
         }
-        if self.cooldown == 0 {
+        if !cooling {
             self.limit = self.bounds.clamp(self.limit * self.backoff_ratio);
             self.cooldown = window(self.limit);
         }
     }
 
-    /// Counts one sample towards the probe; returns whether one is in progress.
-    fn advance_probe(&mut self, rtt: f64, noload: f64) -> bool {
+    /// Counts one sample towards the probe; returns whether one is in progress (this sample
+    /// started, continued or ended it). A `dropped` sample in it, its last one included, keeps
+    /// the lowered limit at its end.
+    fn advance_probe(&mut self, rtt: f64, noload: f64, dropped: bool) -> bool {
         if let Some(probe) = &mut self.probe {
+            probe.dropped |= dropped;
             probe.min_rtt = probe.min_rtt.min(rtt);
             probe.remaining = probe.remaining.saturating_sub(1);
             if probe.remaining == 0 {
@@ -651,7 +660,7 @@ impl Vegas {
             return false;
         }
         // Lower the limit by the standing queue this sample shows, so that it drains and the
-        // RTTs of the next two windows show no queue; never by more than beta or a quarter.
+        // RTTs of the next two windows show no queue; never by more than beta × l or a quarter.
         // Drops since the last probe contradict a small estimated queue: rtt_noload was
         // never seen unloaded (say, the limit started above the overload point), so lower by
         // the full quarter to find a lower RTT.
@@ -670,7 +679,7 @@ impl Vegas {
             remaining: 2 * window(self.limit),
             min_rtt: f64::INFINITY,
             restore,
-            dropped: false,
+            dropped,
         });
         true
     }
@@ -698,6 +707,9 @@ impl LimitAlgorithm for Vegas {
 
     fn update(&mut self, sample: Sample) -> u32 {
         let rtt = nanos(sample.rtt);
+        // Checked before counting this sample down, so that a cut ignores the next `limit`
+        // samples, not `limit - 1`.
+        let cooling = self.cooldown > 0;
         self.cooldown = self.cooldown.saturating_sub(1);
         let noload = match self.rtt_noload {
             Some(noload) if noload <= rtt => noload,
@@ -706,9 +718,9 @@ impl LimitAlgorithm for Vegas {
                 rtt
             }
         };
-        let probing = self.advance_probe(rtt, noload);
+        let probing = self.advance_probe(rtt, noload, sample.dropped);
         if sample.dropped {
-            self.on_drop();
+            self.on_drop(probing, cooling);
         } else if !probing {
             let queue = self.limit * (1.0 - noload / rtt);
             let l = log10_at_least_one(self.limit);
@@ -748,9 +760,10 @@ impl LimitAlgorithm for Vegas {
 ///   tens of samples instead of hundreds.
 /// - `gradient = clamp(rtt_tolerance × long_rtt / rtt, 0.5, 1.0)`; a dropped sample counts
 ///   as the steepest gradient, 0.5, and does not feed the average (its RTT measured a failure).
-///   After a drop cuts the limit, further drops are ignored for as many samples as the limit
-///   was (the work in flight at the cut reports the same overload; cutting once per window
-///   keeps a burst of timeouts from collapsing the limit to its minimum).
+///   After a drop cuts the limit, further drops are ignored for the next `limit` samples,
+///   `limit` as it was before the cut (the work in flight at the cut reports the same
+///   overload; cutting once per window keeps a burst of timeouts from collapsing the limit to
+///   its minimum).
 /// - `new = limit × gradient + queue_size`, then smoothed:
 ///   `limit = limit × (1 − smoothing) + new × smoothing`, applied once per window: each sample
 ///   applies `1 / limit` of that change (so about `limit` samples, one round trip of the work
@@ -758,6 +771,10 @@ impl LimitAlgorithm for Vegas {
 ///   `Gradient2Limit` applies a whole step per sample, which grows the limit by about
 ///   `queue_size × smoothing × limit` per window: it overshoots and saws through the timeout
 ///   point under a steady load.
+/// - A drop gets no `queue_size` headroom: `new = limit × 0.5`, so it cuts the limit by
+///   `smoothing / 2` of itself (10% by default), multiplicatively, however small the limit.
+///   It never raises the limit, and drops that keep coming take it down to `min_limit`. (With
+///   the headroom, a limit below `2 × queue_size` would rise on a drop.)
 /// - App-limited samples (`in_flight` below half the limit) may lower the limit, never raise
 ///   it. The limit is kept as `f64` and reported rounded, within `[min_limit, max_limit]`.
 ///
@@ -828,7 +845,8 @@ impl Gradient2Builder {
         self
     }
 
-    /// The headroom added on top of `limit × gradient` (default 4, allowed `0..=10000`).
+    /// The headroom added on top of `limit × gradient` (default 4, allowed `0..=10000`); not
+    /// on a dropped sample, which always cuts the limit.
     pub fn queue_size(mut self, queue_size: u32) -> Self {
         self.queue_size = queue_size;
         self
@@ -936,20 +954,27 @@ impl LimitAlgorithm for Gradient2 {
     }
 
     fn update(&mut self, sample: Sample) -> u32 {
+        // Checked before counting this sample down, so that a cut ignores the next `limit`
+        // samples, not `limit - 1`.
+        let cooling = self.cooldown > 0;
         self.cooldown = self.cooldown.saturating_sub(1);
-        let gradient = if sample.dropped {
-            if self.cooldown > 0 {
+        let estimate = if sample.dropped {
+            if cooling {
                 // The work that was in flight at the last cut reports the same overload.
                 return self.bounds.report(self.limit);
             }
             self.cooldown = self.bounds.report(self.limit);
-            0.5
+            // The steepest gradient, without the `queue_size` headroom: a drop is overload,
+            // so the limit is cut by `smoothing / 2` of itself. (With the headroom, a limit
+            // below `2 × queue_size` would rise on a drop, and sustained overload would hold
+            // it at `2 × queue_size` instead of taking it down to `min_limit`.)
+            self.limit * 0.5
         } else {
             let short = nanos(sample.rtt);
             self.track(short);
-            (self.rtt_tolerance * self.long_rtt / short).clamp(0.5, 1.0)
+            let gradient = (self.rtt_tolerance * self.long_rtt / short).clamp(0.5, 1.0);
+            self.limit * gradient + self.queue_size
         };
-        let estimate = self.limit * gradient + self.queue_size;
         // One step of the smoothed formula per window of samples (about `limit` of them):
         // a sample moves the limit by its share of the step; a drop, once per window, by all of
         // it. (A whole step per sample grows the limit by ~`queue_size × smoothing × limit` per

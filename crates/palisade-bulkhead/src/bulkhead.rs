@@ -122,9 +122,10 @@ impl Bulkhead<FastClock> {
 
     /// A builder for an **adaptive** bulkhead: its limit starts at the algorithm's initial
     /// limit and from then on follows the algorithm, fed one [`Sample`] by every permit that is
-    /// released (its latency from acquire to release, the permits in flight when it was taken,
-    /// and whether it was marked [`Outcome::Dropped`]). The other knobs are the same as for
-    /// [`builder`](Bulkhead::builder); `max_queued` defaults to the initial limit.
+    /// released (its latency from acquire to release, the permits in flight as it is released,
+    /// its own included, and whether it was marked [`Outcome::Dropped`]). The other knobs are
+    /// the same as for [`builder`](Bulkhead::builder); `max_queued` defaults to the initial
+    /// limit.
     ///
     /// ```
     /// use palisade_bulkhead::{Bulkhead, Gradient2, Outcome};

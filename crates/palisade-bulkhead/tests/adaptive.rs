@@ -481,8 +481,9 @@ fn aimd_decreases_on_timeout_and_once_per_window() {
         .unwrap();
     assert_eq!(aimd.update(fixed(Duration::from_secs(1), 100)), 101);
     assert_eq!(aimd.update(fixed(Duration::from_millis(1001), 101)), 90);
-    // A burst of drops from work that was in flight together: one more cut per window only.
-    for _ in 0..89 {
+    // A burst of drops from work that was in flight together: one more cut per window only
+    // (the next 90 samples are ignored).
+    for _ in 0..90 {
         assert_eq!(aimd.update(Sample::new(MS, 101, true)), 90);
     }
     assert_eq!(aimd.update(Sample::new(MS, 101, true)), 81);
@@ -683,27 +684,194 @@ fn gradient2_long_rtt_recovers_from_a_latency_drop() {
     assert!(limit < 200, "a 4x latency rise went unnoticed: {limit}");
 }
 
-/// The work in flight at a cut reports the same overload as it finishes: a window's worth of
-/// drops in a row cuts once, and the next window's first drop cuts again.
+/// The work in flight at a cut reports the same overload as it finishes: a cut and the
+/// window's worth of drops after it (as many as the limit was, 100) cut once, and the next
+/// window's first drop cuts again.
 #[test]
 fn gradient2_cuts_once_per_window_on_a_burst_of_drops() {
     let mut g = Gradient2::builder().initial_limit(100).build().unwrap();
     let drop = Sample::new(10 * MS, 100, true);
-    let burst: Vec<u32> = (0..100).map(|_| g.update(drop)).collect();
-    assert!(burst.iter().all(|&l| l == 91), "{burst:?}");
-    assert!(g.update(drop) < 91, "the next window's drop cuts again");
+    let burst: Vec<u32> = (0..101).map(|_| g.update(drop)).collect();
+    assert!(burst.iter().all(|&l| l == 90), "{burst:?}");
+    assert!(g.update(drop) < 90, "the next window's drop cuts again");
 }
 
 #[test]
 fn gradient2_dropped_samples_cut_the_limit_and_skip_the_average() {
     let mut g = Gradient2::builder().initial_limit(100).build().unwrap();
-    // Gradient 0.5 at smoothing 0.2: 100 × 0.8 + (50 + 4) × 0.2 = 90.8.
-    assert_eq!(g.update(Sample::new(Duration::ZERO, 100, true)), 91);
+    // Gradient 0.5, without the queue_size headroom, at smoothing 0.2: 100 × 0.8 + 50 × 0.2.
+    assert_eq!(g.update(Sample::new(Duration::ZERO, 100, true)), 90);
     assert_eq!(g.long_rtt(), None);
     g.update(fixed(10 * MS, 100));
     assert_eq!(g.long_rtt(), Some(10 * MS));
     g.update(Sample::new(Duration::MAX, 100, true));
     assert_eq!(g.long_rtt(), Some(10 * MS));
+}
+
+/// A drop is overload: it never raises the limit, however small the limit is against
+/// `queue_size` (the headroom is for growth, not for a cut). At a limit below `2 × queue_size`
+/// the old `limit × 0.5 + queue_size` estimate was above the limit, so a drop raised it (2 → 3).
+#[test]
+fn gradient2_a_drop_never_raises_a_small_limit() {
+    for queue_size in [0, 4, 100] {
+        for initial in 1..=40 {
+            let mut g = Gradient2::builder()
+                .initial_limit(initial)
+                .queue_size(queue_size)
+                .build()
+                .unwrap();
+            let limit = g.update(Sample::new(10 * MS, initial, true));
+            assert!(
+                limit <= initial,
+                "queue_size {queue_size}: a drop at {initial} raised it to {limit}"
+            );
+        }
+    }
+    let mut g = Gradient2::builder().initial_limit(2).build().unwrap();
+    assert_eq!(g.update(Sample::new(10 * MS, 2, true)), 2);
+}
+
+/// Under sustained overload (every sample dropped) the limit only falls, and reaches
+/// `min_limit`: a drop is a multiplicative cut, so nothing holds the limit at `2 × queue_size`.
+#[test]
+fn gradient2_sustained_drops_go_down_to_min_limit() {
+    for (min, initial) in [(1, 1), (1, 2), (1, 5), (1, 8), (1, 20), (1, 100), (3, 50)] {
+        for queue_size in [4, 100] {
+            let mut g = Gradient2::builder()
+                .min_limit(min)
+                .initial_limit(initial)
+                .queue_size(queue_size)
+                .build()
+                .unwrap();
+            let mut limit = initial;
+            for i in 0..10_000 {
+                let next = g.update(Sample::new(10 * MS, limit, true));
+                assert!(
+                    next <= limit,
+                    "queue_size {queue_size}, initial {initial}: drop {i} raised {limit} to {next}"
+                );
+                limit = next;
+            }
+            assert_eq!(
+                limit, min,
+                "queue_size {queue_size}, initial {initial}: 10000 drops in a row"
+            );
+        }
+    }
+}
+
+/// A drop that arrives as the last sample of a re-probe is a drop during the probe: the
+/// pre-probe limit is not restored. (It was: the probe ended first and put the limit back, and
+/// the drop then cut that, so the limit rose on a drop, here from 68 to 81.)
+#[test]
+fn vegas_a_drop_ending_a_probe_does_not_restore_the_limit() {
+    let mut vegas = Vegas::builder()
+        .initial_limit(100)
+        .probe_multiplier(1)
+        .slow_start(false)
+        .build()
+        .unwrap();
+    // A drop cuts 100 to 90; the next probe drains a quarter, since a drop came before it.
+    assert_eq!(vegas.update(Sample::new(10 * MS, 100, true)), 90);
+    let mut limit = 90;
+    while !vegas.is_probing() {
+        // App-limited successes at the base RTT: the limit stays where it is.
+        limit = vegas.update(fixed(10 * MS, 0));
+    }
+    assert_eq!(limit, 68, "90 less a quarter");
+    // Successes through the probe, up to its last sample (a clone shows which that is).
+    let success = fixed(10 * MS, 0);
+    let mut samples = 0;
+    while {
+        let mut ahead = vegas.clone();
+        ahead.update(success);
+        ahead.is_probing()
+    } {
+        assert_eq!(vegas.update(success), 68);
+        samples += 1;
+    }
+    assert_eq!(samples, 2 * 68 - 1, "two windows of the lowered limit");
+    let next = vegas.update(Sample::new(10 * MS, 68, true));
+    assert!(!vegas.is_probing());
+    assert!(
+        next <= limit,
+        "the drop ending the probe raised {limit} to {next}"
+    );
+    assert_eq!(next, 61, "not restored, and cut: 67.5 × 0.9");
+}
+
+/// Every algorithm: a stream of nothing but drops only ever lowers the limit, and ends at
+/// `min_limit`.
+#[test]
+fn sustained_drops_take_every_algorithm_to_min_limit() {
+    for (min, initial) in [(1, 1), (1, 2), (1, 20), (1, 1000), (7, 300)] {
+        let algs: [Box<dyn LimitAlgorithm>; 3] = [
+            Box::new(
+                Aimd::builder()
+                    .min_limit(min)
+                    .initial_limit(initial)
+                    .build()
+                    .unwrap(),
+            ),
+            Box::new(
+                Vegas::builder()
+                    .min_limit(min)
+                    .initial_limit(initial)
+                    .probe_multiplier(1)
+                    .build()
+                    .unwrap(),
+            ),
+            Box::new(
+                Gradient2::builder()
+                    .min_limit(min)
+                    .initial_limit(initial)
+                    .build()
+                    .unwrap(),
+            ),
+        ];
+        for mut alg in algs {
+            let mut limit = initial;
+            for i in 0..100_000 {
+                let next = alg.update(Sample::new(10 * MS, limit, true));
+                assert!(next <= limit, "drop {i} raised {limit} to {next}: {alg:?}");
+                limit = next;
+            }
+            assert_eq!(limit, min, "{alg:?}");
+        }
+    }
+}
+
+/// After a cut, further overload is ignored for exactly the next `limit` samples (the limit
+/// after the cut for AIMD and Vegas, the limit before it for Gradient2); the one after that
+/// cuts again. The samples count whatever they are: successes run the cooldown down too.
+#[test]
+fn after_a_cut_drops_are_ignored_for_the_next_limit_samples() {
+    let drop = Sample::new(10 * MS, 100, true);
+    let mut aimd = Aimd::builder().initial_limit(100).build().unwrap();
+    let mut vegas = Vegas::builder().initial_limit(100).build().unwrap();
+    let mut gradient = Gradient2::builder().initial_limit(100).build().unwrap();
+    // (algorithm, limit after the first cut, samples ignored, limit after the second cut)
+    let cases: [(&mut dyn LimitAlgorithm, u32, usize, u32); 3] = [
+        (&mut aimd, 90, 90, 81),
+        (&mut vegas, 90, 90, 81),
+        (&mut gradient, 90, 100, 81),
+    ];
+    for (alg, cut, ignored, second) in cases {
+        assert_eq!(alg.update(drop), cut, "{alg:?}");
+        for i in 0..ignored {
+            assert_eq!(alg.update(drop), cut, "sample {i} after the cut: {alg:?}");
+        }
+        assert_eq!(alg.update(drop), second, "{alg:?}");
+    }
+
+    // Successes count towards the cooldown as drops do.
+    let mut aimd = Aimd::builder().initial_limit(100).build().unwrap();
+    assert_eq!(aimd.update(drop), 90);
+    for _ in 0..89 {
+        aimd.update(fixed(10 * MS, 10));
+    }
+    assert_eq!(aimd.update(drop), 90, "the 90th sample after the cut");
+    assert_eq!(aimd.update(drop), 81, "the 91st");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -900,6 +1068,27 @@ proptest! {
                 let limit = alg.update(*s);
                 prop_assert!((min..=max).contains(&limit), "{} outside [{}, {}]: {:?}", limit, min, max, alg);
                 prop_assert_eq!(twin.update(*s), limit);
+            }
+        }
+    }
+
+    /// A dropped sample is overload: whatever came before and whatever the knobs, it never
+    /// raises any algorithm's limit.
+    #[test]
+    fn a_drop_never_raises_the_limit(
+        ((min, max, initial), samples) in arb_bounds()
+            .prop_flat_map(|b| (Just(b), arb_samples(b.1))),
+        knobs in arb_knobs(),
+    ) {
+        for mut alg in build_all(min, max, initial, &knobs) {
+            let mut limit = alg.initial_limit();
+            for s in &samples {
+                let next = alg.update(*s);
+                prop_assert!(
+                    !s.dropped || next <= limit,
+                    "{:?} raised {} to {}: {:?}", s, limit, next, alg
+                );
+                limit = next;
             }
         }
     }

@@ -241,6 +241,34 @@ fn a_sample_counts_the_permits_in_flight_as_its_work_ended() {
     );
 }
 
+/// A permit released as `Outcome::Dropped` is overload: a Gradient2 bulkhead with a small
+/// limit must not raise it (it used to go from 2 to 3, and settle at `2 × queue_size` under
+/// sustained overload), and a stream of them takes the limit down to `min_limit`.
+#[test]
+fn a_dropped_permit_never_raises_a_small_gradient2_limit() {
+    let clock = ManualClock::new();
+    let algorithm = Gradient2::builder().initial_limit(2).build().unwrap();
+    let bulkhead = Bulkhead::adaptive(algorithm)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut limit = bulkhead.metrics().limit;
+    assert_eq!(limit, 2);
+    for i in 0..100 {
+        let permit = bulkhead.try_acquire().unwrap();
+        clock.advance(Duration::from_millis(10));
+        permit.release_as(Outcome::Dropped);
+        let next = bulkhead.metrics().limit;
+        assert!(
+            next <= limit,
+            "drop {i} raised the limit from {limit} to {next}"
+        );
+        limit = next;
+    }
+    assert_eq!(limit, 1, "100 drops in a row");
+    assert_eq!(bulkhead.metrics().in_flight, 0);
+}
+
 #[test]
 fn a_plain_bulkhead_ignores_outcomes() {
     let bulkhead = Bulkhead::new(3).unwrap();
