@@ -344,9 +344,10 @@ impl<S> Reconnect<S> {
     /// drops the shared connection; from the moment it returns, `poll_ready` (and
     /// [`connected`](Reconnect::connected)) on every clone fails with [`Closed`], also before
     /// the task has run and published `Closed`, and so does `call`, also on a clone whose
-    /// `poll_ready` returned `Ok` before the close: no request is sent after `close()` returns.
-    /// A `call` racing with `close()` on another thread is either sent (it came first) or
-    /// fails with [`Closed`] (see [`call`](Reconnect#method.call)). Requests already sent
+    /// `poll_ready` returned `Ok` before the close: no `call` made after `close()` returned
+    /// sends anything. A `call` racing with `close()` on another thread is either sent, as if
+    /// it came first (its request may still be written after `close()` returns), or fails with
+    /// [`Closed`] (see [`call`](Reconnect#method.call)). Requests already sent
     /// complete on the clones' copies of the connection, and each clone drops its copy at its
     /// next `call` or `poll_ready` (or when it is dropped).
     pub fn close(&self) {
@@ -417,14 +418,18 @@ impl<S> Reconnect<S> {
 
 impl<S> Reconnect<S> {
     /// `call` after closing: drops this clone's copy of the connection (un-readied, as after
-    /// any call) and fails with the [`Closed`] that `poll_ready` returns, sending nothing.
+    /// any call) and returns the [`Closed`] that `poll_ready` returns, sending nothing.
+    ///
+    /// The error, not the future: with the future built here, out of line, the sending path
+    /// built its future in a stack slot too and copied it out, and `call` took 20 ns instead
+    /// of 12 ns in `reconnect/service_call`.
     #[cold]
     #[inline(never)]
-    fn closed_call<F>(&mut self) -> ResponseFuture<F> {
+    fn closed_error(&mut self) -> BoxError {
         let conn = self.conn.take();
         let reason = Shared::closed_reason(&self.shared.core.lock()).unwrap_or(CloseReason::Closed);
         drop(conn); // the user's service, dropped outside the lock
-        ResponseFuture::failed(Closed { reason }.into())
+        Closed { reason }.into()
     }
 
     /// The connection's own `poll_ready` is pending: also wait for a change of connection, so
@@ -482,13 +487,13 @@ where
     ///
     /// A `call` concurrent with `close()` on another thread, ordered with it by nothing, has one
     /// of two outcomes: it checked before `close()` set the closing flag, and its request is
-    /// sent, as one already sent when `close()` returned; or it fails with [`Closed`] and sends
-    /// nothing. A `call` ordered after `close()` returned (the same thread, or any
+    /// sent as if the call came first (it may be written after `close()` has returned); or it
+    /// fails with [`Closed`] and sends nothing. A `call` ordered after `close()` returned (the same thread, or any
     /// synchronization: a join, a channel, a lock) always fails.
     #[inline]
     fn call(&mut self, request: Request) -> Self::Future {
         if self.shared.is_closing() {
-            return self.closed_call();
+            return ResponseFuture::failed(self.closed_error());
         }
         match &mut self.conn {
             Some((generation, service)) => {
