@@ -81,9 +81,10 @@ pub struct CloseTimeout {
 /// service held no connection for the request, so it was not sent.
 ///
 /// The tower contract asks for `poll_ready` to return `Ready(Ok(()))` before each `call`. A call
-/// without one (never readied, a second call after one `poll_ready`, or a call after
-/// `poll_ready` failed) gets this error from its response future at once instead of a panic.
-/// No connection is checked out, created or closed for it. As the service's error it is boxed:
+/// without one (never readied, a second call after one `poll_ready`, a call after `poll_ready`
+/// failed, or one while `poll_ready` is pending on the connection's own readiness) gets this
+/// error from its response future at once instead of a panic, and nothing is sent. No
+/// connection is checked out, created or closed for it. As the service's error it is boxed:
 /// downcast the [`BoxError`](crate::BoxError) to `NotReady` to tell it apart.
 #[cfg(feature = "tower")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

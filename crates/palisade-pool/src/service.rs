@@ -35,8 +35,10 @@ type Checkout<M, C> =
 ///   `poll_ready` must then wait for the body to end (hyper's `SendRequest` does), since the
 ///   next checkout waits only for that.
 /// - `call` without a successful `poll_ready` first (never readied, a second `call` after one
-///   `poll_ready`, or after `poll_ready` failed) does not panic: its response future fails at
-///   once with [`NotReady`], and no connection is checked out, created or closed for it.
+///   `poll_ready`, after `poll_ready` failed, or while it is pending on the connection's own
+///   readiness) does not panic: its response future fails at once with [`NotReady`], nothing
+///   is sent, and no connection is checked out, created or closed for it (one still getting
+///   ready stays held for the next `poll_ready`).
 /// - Clones share the pool; each clone holds at most one connection between `poll_ready` and
 ///   `call` (dropping a ready service returns it).
 ///
@@ -83,7 +85,11 @@ type Checkout<M, C> =
 pub struct PoolService<M: Manager, C: Clock = FastClock> {
     pool: Pool<M, C>,
     checkout: Option<Checkout<M, C>>,
+    /// The connection checked out for the next `call`, ready or not yet.
     ready: Option<Pooled<M, C>>,
+    /// Whether `poll_ready` last returned `Ready(Ok(()))`: `call` sends only then (the
+    /// connection's own readiness may still be pending while it is held).
+    readied: bool,
 }
 
 impl<M: Manager, C: Clock> PoolService<M, C> {
@@ -93,6 +99,7 @@ impl<M: Manager, C: Clock> PoolService<M, C> {
             pool,
             checkout: None,
             ready: None,
+            readied: false,
         }
     }
 
@@ -134,10 +141,14 @@ where
     type Future = ResponseFuture<<M::Connection as Service<Req>>::Future, M, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.readied = false;
         loop {
             if let Some(conn) = self.ready.as_mut() {
                 return match ready!(conn.poll_ready(cx)) {
-                    Ok(()) => Poll::Ready(Ok(())),
+                    Ok(()) => {
+                        self.readied = true;
+                        Poll::Ready(Ok(()))
+                    }
                     Err(e) => {
                         // A connection that can't get ready is broken: close it.
                         if let Some(conn) = self.ready.take() {
@@ -158,9 +169,19 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        // Bad use of the tower contract (no `Ready(Ok(()))` from `poll_ready` since the last
+        // call): an error, never a panic, and the pool untouched: a connection still getting
+        // ready stays held for the next `poll_ready`. (Built here, not in a function of its
+        // own, so the sending path builds its future in place.)
+        if !std::mem::take(&mut self.readied) {
+            return ResponseFuture {
+                inner: Inner::NotReady,
+            };
+        }
         let Some(mut conn) = self.ready.take() else {
-            // Bad use of the tower contract: an error, never a panic, and the pool untouched.
-            return ResponseFuture::not_ready();
+            return ResponseFuture {
+                inner: Inner::NotReady,
+            };
         };
         Pooled::taint(&mut conn);
         let future = conn.call(req);
@@ -192,16 +213,6 @@ pin_project! {
             conn: Option<Pooled<M, C>>,
         },
         NotReady,
-    }
-}
-
-impl<F, M: Manager, C: Clock> ResponseFuture<F, M, C> {
-    #[cold]
-    #[inline(never)]
-    fn not_ready() -> Self {
-        ResponseFuture {
-            inner: Inner::NotReady,
-        }
     }
 }
 

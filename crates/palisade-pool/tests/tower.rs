@@ -177,3 +177,83 @@ async fn call_without_poll_ready_is_an_error_not_a_panic() {
     ready(&mut service).await.unwrap();
     assert_eq!(service.call("c").await.unwrap(), (0, "c"));
 }
+
+/// A connection whose own readiness comes only once `open` is set; counts requests sent on it.
+struct Gate {
+    open: Arc<std::sync::atomic::AtomicBool>,
+    sent: Arc<AtomicUsize>,
+}
+
+impl Service<&'static str> for Gate {
+    type Response = &'static str;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<std::io::Result<&'static str>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.open.load(Ordering::SeqCst) {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn call(&mut self, req: &'static str) -> Self::Future {
+        self.sent.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(req))
+    }
+}
+
+#[derive(Clone, Default)]
+struct GateConnector {
+    open: Arc<std::sync::atomic::AtomicBool>,
+    sent: Arc<AtomicUsize>,
+}
+
+impl Manager for GateConnector {
+    type Connection = Gate;
+    type Error = std::io::Error;
+
+    async fn connect(&self) -> std::io::Result<Gate> {
+        Ok(Gate {
+            open: self.open.clone(),
+            sent: self.sent.clone(),
+        })
+    }
+}
+
+/// `poll_ready` checked a connection out but is pending on the connection's own readiness: a
+/// `call` then is one without a successful `poll_ready`, so nothing is sent on the connection
+/// (which never said it was ready); it stays held, and is used once it gets ready.
+#[tokio::test(start_paused = true)]
+async fn call_while_the_connection_is_not_ready_sends_nothing_and_keeps_it() {
+    let connector = GateConnector::default();
+    let pool = Pool::builder(connector.clone())
+        .max_size(1)
+        .test_on_checkout(CheckoutTest::Never)
+        .clock(TokioClock::new())
+        .build()
+        .unwrap();
+    let mut service = PoolService::new(pool.clone());
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    while pool.metrics().in_use == 0 {
+        assert!(Service::<&'static str>::poll_ready(&mut service, &mut cx).is_pending());
+        tokio::task::yield_now().await;
+    }
+    assert!(Service::<&'static str>::poll_ready(&mut service, &mut cx).is_pending());
+    let err = service.call("early").await.unwrap_err();
+    assert!(err.is::<NotReady>(), "{err}");
+    assert_eq!(
+        connector.sent.load(Ordering::SeqCst),
+        0,
+        "sent on a connection not ready"
+    );
+    let m = pool.metrics();
+    assert_eq!((m.in_use, m.created, m.discarded_total()), (1, 1, 0), "{m}");
+    connector.open.store(true, Ordering::SeqCst);
+    poll_fn(|cx| Service::<&'static str>::poll_ready(&mut service, cx))
+        .await
+        .unwrap();
+    assert_eq!(service.call("on time").await.unwrap(), "on time");
+    assert_eq!(connector.sent.load(Ordering::SeqCst), 1);
+    assert_eq!(pool.metrics().idle, 1);
+}
