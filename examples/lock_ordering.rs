@@ -387,8 +387,9 @@ impl Notifier {
     /// the outbox are held only to copy the one and take the batch from the other, then
     /// released before the first send. Each send waits at most `send_timeout`; a subscriber
     /// that stays full that long (connected, but not reading) or whose receiver is gone gets
-    /// nothing more and is dropped from the list. So a flush takes at most about one
-    /// `send_timeout` per subscriber beyond the sends themselves.
+    /// nothing more and is dropped from the list. So every send of a flush is bounded, though
+    /// a subscriber that reads just in time at each send can keep one waiting up to
+    /// `send_timeout` per message.
     ///
     /// At least once, and cancel-safe: a notification leaves the in-flight batch only once
     /// every subscriber has it (or was dropped), so the rest of a flush dropped mid-way goes

@@ -221,7 +221,7 @@ fn a_request_longer_than_the_drain_is_cut_before_the_hooks_run() {
     let took = started.elapsed();
     assert_eq!(response.status, 503, "{response:?}");
     assert!(
-        took < Duration::from_millis(3500),
+        took < Duration::from_secs(5),
         "cut after {took:?}, not at the 1.8 s time limit"
     );
 

@@ -405,7 +405,8 @@ impl LimitAlgorithm for Aimd {
 // ---------------------------------------------------------------------------------------------
 
 /// TCP Vegas, as Netflix's `VegasLimit`: estimates the queue the limit builds up from how far
-/// the RTT is above the lowest RTT seen (`rtt_noload`), and keeps that queue small.
+/// the RTT is above the lowest RTT seen (`rtt_noload`; dropped samples don't count: a failure
+/// can answer fast), and keeps that queue small.
 ///
 /// For each sample, `queue = limit × (1 − rtt_noload / rtt)`. With `l = max(1, log10(limit))`:
 /// `alpha = alpha × l`, `beta = beta × l`, `threshold = l`.
@@ -641,13 +642,17 @@ impl Vegas {
     fn advance_probe(&mut self, rtt: f64, noload: f64, dropped: bool) -> bool {
         if let Some(probe) = &mut self.probe {
             probe.dropped |= dropped;
-            probe.min_rtt = probe.min_rtt.min(rtt);
+            if !dropped {
+                probe.min_rtt = probe.min_rtt.min(rtt);
+            }
             probe.remaining = probe.remaining.saturating_sub(1);
             if probe.remaining == 0 {
                 let probe = *probe;
                 self.probe = None;
                 self.since_probe = 0;
-                self.rtt_noload = Some(probe.min_rtt);
+                if probe.min_rtt.is_finite() {
+                    self.rtt_noload = Some(probe.min_rtt);
+                }
                 if !probe.dropped {
                     self.limit = self.bounds.clamp(self.limit.max(probe.restore));
                 }
@@ -665,7 +670,7 @@ impl Vegas {
         // never seen unloaded (say, the limit started above the overload point), so lower by
         // the full quarter to find a lower RTT.
         let quarter = self.limit / 4.0;
-        let drain = if self.dropped_since_probe {
+        let drain = if self.dropped_since_probe || dropped {
             quarter
         } else {
             let queue = self.limit * (1.0 - noload / rtt);
@@ -712,7 +717,10 @@ impl LimitAlgorithm for Vegas {
         let cooling = self.cooldown > 0;
         self.cooldown = self.cooldown.saturating_sub(1);
         let noload = match self.rtt_noload {
-            Some(noload) if noload <= rtt => noload,
+            Some(noload) if noload <= rtt || sample.dropped => noload,
+            // A failure's RTT (a refused connect answers in microseconds) says nothing about
+            // the path's no-load RTT: kept out of `rtt_noload`, as out of a probe's minimum.
+            _ if sample.dropped => rtt,
             _ => {
                 self.rtt_noload = Some(rtt);
                 rtt
@@ -759,7 +767,8 @@ impl LimitAlgorithm for Vegas {
 ///   is also multiplied by 0.95, so an average that lagged behind a latency drop catches up in
 ///   tens of samples instead of hundreds.
 /// - `gradient = clamp(rtt_tolerance × long_rtt / rtt, 0.5, 1.0)`; a dropped sample counts
-///   as the steepest gradient, 0.5, and does not feed the average (its RTT measured a failure).
+///   as the steepest gradient, 0.5 (with no `queue_size`, see below), and does not feed the
+///   average (its RTT measured a failure).
 ///   After a drop cuts the limit, further drops are ignored for the next `limit` samples,
 ///   `limit` as it was before the cut (the work in flight at the cut reports the same
 ///   overload; cutting once per window keeps a burst of timeouts from collapsing the limit to

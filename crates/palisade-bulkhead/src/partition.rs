@@ -86,11 +86,10 @@ const TARGET: &str = "palisade_bulkhead";
 /// # Guarantees
 ///
 /// - **The total is hard**: never more than `total` permits out over all partitions, and never
-///   more than `max` in one partition. The one exception is [`set_total`] lowering the total:
+///   more than `max` in one partition. The one exception is
+///   [`set_total`](PartitionedBulkhead::set_total) lowering the total:
 ///   it takes no permit back, so until enough come back more than the new total can be out
 ///   (and admission waits for that).
-///
-/// [`set_total`]: PartitionedBulkhead::set_total
 /// - **Minimums come first**: while a partition below its minimum has a caller waiting, every
 ///   permit released anywhere goes to a partition below its minimum, never to one at or above
 ///   its own. So a partition below its minimum waits only for the next releases, never for

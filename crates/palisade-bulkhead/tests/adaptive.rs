@@ -327,6 +327,32 @@ fn aimd_converges_to_a_sawtooth_below_the_drop_point() {
     }
 }
 
+/// A failure that answers at once (a refused connect, a 503 from a proxy) measures nothing
+/// about the path's no-load RTT: taken as `rtt_noload`, it would make every later sample look
+/// like a full queue and shrink the limit until the next probe.
+#[test]
+fn vegas_no_load_rtt_ignores_dropped_samples() {
+    let mut vegas = Vegas::builder().initial_limit(50).build().unwrap();
+    let ms = Duration::from_millis;
+    vegas.update(Sample::new(ms(10), 50, false));
+    assert_eq!(vegas.rtt_noload(), Some(ms(10)));
+    vegas.update(Sample::new(Duration::from_micros(1), 50, true));
+    assert_eq!(
+        vegas.rtt_noload(),
+        Some(ms(10)),
+        "a dropped sample set the no-load RTT"
+    );
+    // Through a whole probe of drops too (its minimum has no successful sample).
+    for _ in 0..10_000 {
+        vegas.update(Sample::new(Duration::from_micros(1), 50, true));
+    }
+    assert_eq!(vegas.rtt_noload(), Some(ms(10)));
+    // The first sample may be a failure: it sets nothing.
+    let mut fresh = Vegas::builder().build().unwrap();
+    fresh.update(Sample::new(Duration::from_micros(1), 1, true));
+    assert_eq!(fresh.rtt_noload(), None);
+}
+
 /// Vegas reads the queue from the RTT: in this server `queue = limit − C` above the knee, and
 /// Vegas holds it between `alpha·l` and `beta·l` (`l = max(1, log10 limit)`), so the limit
 /// stays in `[C, C + beta·l + 1]`: at or just above the knee, never at the drop point, so no
