@@ -71,7 +71,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use palisade::shutdown::{Coordinator, Draining, Phase, Scope, Shutdown, Signal};
+use palisade::shutdown::{Coordinator, Draining, Phase, Scope, Shutdown};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower::timeout::TimeoutLayer;
@@ -210,26 +210,9 @@ async fn serve(settings: Settings) -> Result<ExitCode, Box<dyn Error>> {
     }
     say(&report);
 
-    Ok(match report.escalated {
-        _ if report.is_clean() => ExitCode::SUCCESS,
-        Some(signal) => escalated_exit_code(signal),
-        None => ExitCode::FAILURE,
-    })
-}
-
-/// The exit code of a shutdown escalated by `signal`: 128 + its number (143 for SIGTERM, 130
-/// for Ctrl-C), what a shell reports for a process the signal ended, so a supervisor tells
-/// it from a crash; 1 when no signal escalated it (`Shutdown::escalate`).
-fn escalated_exit_code(signal: Option<Signal>) -> ExitCode {
-    // The same numbers on every Unix (and Ctrl-C is 130 by convention elsewhere too).
-    let number = match signal {
-        Some(Signal::Hangup) => 1,
-        Some(Signal::Interrupt) => 2,
-        Some(Signal::Quit) => 3,
-        Some(Signal::Terminate) => 15,
-        _ => return ExitCode::FAILURE,
-    };
-    ExitCode::from(128 + number)
+    // 0 when clean; 128 + the signal when a second signal escalated it (143 for SIGTERM, 130
+    // for Ctrl-C), what a supervisor reads as "ended by that signal"; 1 otherwise.
+    Ok(ExitCode::from(report.exit_code()))
 }
 
 /// What every handler can reach.

@@ -77,7 +77,7 @@ use palisade::bulkhead::{Bulkhead, BulkheadLayer, MAX_CONCURRENT, Rejected as Ov
 use palisade::pool::{Error as PoolError, Manager, Pool, Pooled};
 use palisade::ratelimit::{KeyedRateLimiter, Quota, RateLimitLayer, RateLimited, RateLimiter};
 use palisade::retry::{Backoff, Decision, RetryEvent, RetryLayer, RetryPolicy, TpsBudget};
-use palisade::shutdown::{Coordinator, Draining, Signal};
+use palisade::shutdown::{Coordinator, Draining};
 use tokio::net::{TcpListener, TcpStream};
 use tower::timeout::TimeoutLayer;
 use tower::timeout::error::Elapsed;
@@ -232,26 +232,9 @@ async fn serve(settings: Settings) -> Result<ExitCode, Box<dyn Error>> {
 
     let report = coordinator.run().await;
     say(&report);
-    Ok(match report.escalated {
-        _ if report.is_clean() => ExitCode::SUCCESS,
-        Some(signal) => escalated_exit_code(signal),
-        None => ExitCode::FAILURE,
-    })
-}
-
-/// The exit code of a shutdown escalated by `signal`: 128 + its number (130 for Ctrl-C, 143
-/// for SIGTERM), what a shell reports for a process the signal ended; 1 when no signal
-/// escalated it (`Shutdown::escalate`).
-fn escalated_exit_code(signal: Option<Signal>) -> ExitCode {
-    // The same numbers on every Unix (and Ctrl-C is 130 by convention elsewhere too).
-    let number = match signal {
-        Some(Signal::Hangup) => 1,
-        Some(Signal::Interrupt) => 2,
-        Some(Signal::Quit) => 3,
-        Some(Signal::Terminate) => 15,
-        _ => return ExitCode::FAILURE,
-    };
-    ExitCode::from(128 + number)
+    // 0 when clean; 128 + the signal when a second signal escalated it (143 for SIGTERM, 130
+    // for Ctrl-C), what a supervisor reads as "ended by that signal"; 1 otherwise.
+    Ok(ExitCode::from(report.exit_code()))
 }
 
 /// Connections the pool keeps open to the upstream when idle (at most `--pool-size`).

@@ -157,6 +157,26 @@ impl ShutdownReport {
             && self.scopes.iter().all(|scope| scope.still_running == 0)
     }
 
+    /// The exit status for `main` after this shutdown: 0 when it was
+    /// [clean](ShutdownReport::is_clean), `128 + signal` when a signal escalated it (143 for a
+    /// second `SIGTERM`, 130 for a second Ctrl-C: what a shell and a supervisor read as "ended by
+    /// that signal"), and 1 otherwise (an escalation by
+    /// [`Shutdown::escalate`](crate::Shutdown::escalate), a timeout, a failed hook, an abort).
+    ///
+    /// ```
+    /// # use palisade_shutdown::ShutdownReport;
+    /// fn exit(report: &ShutdownReport) -> std::process::ExitCode {
+    ///     std::process::ExitCode::from(report.exit_code())
+    /// }
+    /// ```
+    pub fn exit_code(&self) -> u8 {
+        match self.escalated {
+            _ if self.is_clean() => 0,
+            Some(Some(signal)) => signal.exit_code(),
+            _ => 1,
+        }
+    }
+
     /// The report of `phase`, if it ran.
     pub fn phase(&self, phase: Phase) -> Option<&PhaseReport> {
         self.phases.iter().find(|report| report.phase == phase)

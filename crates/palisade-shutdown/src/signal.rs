@@ -43,8 +43,11 @@ impl fmt::Display for Signal {
 }
 
 impl Signal {
-    /// The conventional exit status of a process ended by this signal: 128 + its number.
-    pub(crate) const fn exit_code(self) -> i32 {
+    /// The conventional exit status of a process ended by this signal: 128 + its number (130
+    /// for `SIGINT`, 143 for `SIGTERM`), what a shell reports for it and what the coordinator
+    /// exits with on a third signal. [`ShutdownReport::exit_code`](crate::ShutdownReport::exit_code)
+    /// uses it for an escalated shutdown.
+    pub const fn exit_code(self) -> u8 {
         128 + match self {
             Signal::Hangup => 1,
             Signal::Interrupt => 2,
@@ -70,12 +73,12 @@ pub(crate) fn listen(state: Arc<State>, signals: &[Signal], escalation: Escalati
             received += 1;
             if state.phase() == Phase::Done || received >= 3 {
                 tracing::error!(target: "palisade_shutdown", %signal, "signal after the shutdown gave up waiting: exiting now");
-                std::process::exit(signal.exit_code());
+                std::process::exit(i32::from(signal.exit_code()));
             }
             if state.is_abandoned() {
                 // No coordinator will run the shutdown this signal asks for: don't swallow it.
                 tracing::error!(target: "palisade_shutdown", %signal, "signal with no coordinator left to run the shutdown: exiting now");
-                std::process::exit(signal.exit_code());
+                std::process::exit(i32::from(signal.exit_code()));
             }
             if received == 1 {
                 // A no-op if something already triggered: then this signal is the first one,

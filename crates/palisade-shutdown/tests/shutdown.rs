@@ -85,6 +85,7 @@ async fn a_clean_shutdown_walks_every_phase_in_order_and_reports_it() {
     observer.await.unwrap();
 
     assert!(report.is_clean(), "{report}");
+    assert_eq!(report.exit_code(), 0);
     assert_eq!(report.trigger, Trigger::Requested);
     let ran: Vec<Phase> = report.phases.iter().map(|phase| phase.phase).collect();
     assert_eq!(ran, &Phase::ALL[1..6]);
@@ -153,6 +154,7 @@ async fn the_drain_overrun_times_out_then_the_straggler_is_aborted_at_the_deadli
     );
     assert!(stuck.await.unwrap_err().is_cancelled());
     assert!(!report.is_clean());
+    assert_eq!(report.exit_code(), 1, "aborted tasks, no escalation");
     assert_eq!(report.scopes[0].still_running, 0);
 }
 
@@ -514,6 +516,7 @@ async fn escalation_aborts_at_once_skips_the_hooks_and_drops_the_tasks() {
         "no timer ran out: it aborted at once"
     );
     assert_eq!(report.escalated, Some(None));
+    assert_eq!(report.exit_code(), 1, "escalated, by no signal");
     assert!(shutdown.is_escalated());
     let drain = report.phase(Phase::Draining).unwrap();
     assert_eq!(

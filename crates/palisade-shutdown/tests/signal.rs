@@ -43,6 +43,7 @@ async fn the_first_sigterm_triggers_and_the_second_escalates() {
         .unwrap();
     assert_eq!(report.trigger, Trigger::Signal(Signal::Terminate));
     assert_eq!(report.escalated, Some(Some(Signal::Terminate)));
+    assert_eq!(report.exit_code(), 143, "128 + SIGTERM");
     assert_eq!(
         report.phase(Phase::Draining).unwrap().outcome,
         Outcome::Interrupted
