@@ -89,7 +89,8 @@ impl NotConnected {
 }
 
 /// Closed for good: the policy gave up, or the owner closed it. Every later operation fails
-/// with this error (a stream closed by its owner reads end of file).
+/// with this error (a stream closed by its owner reads end of file; a stream's `flush` and
+/// `shutdown`, with nothing left to send, return `Ok`).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("connection closed: {reason}")]
 pub struct Closed {

@@ -5,9 +5,10 @@ use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, Wake, Waker, ready};
 use std::time::Duration;
 
+use palisade_core::sync::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
@@ -75,6 +76,46 @@ pub struct ReconnectingStream<T> {
     owed: [Option<Owed>; 2],
     /// `shutdown` closed the write side: reads go on until end of file; no reconnect.
     write_shut: bool,
+    /// The tasks whose operations wait for a connection (after a split, both halves may).
+    waiters: Arc<Waiters>,
+    /// Wakes every one of `waiters`: the waker the attempt and the timer are polled with, since
+    /// a future or a `Sleep` keeps only the waker of its last poll.
+    wake_waiters: Waker,
+}
+
+/// The tasks waiting in `poll_connect`, woken together by whatever the attempt in flight or the
+/// backoff timer wakes, and when the stream closes or abandons the attempt.
+#[derive(Default)]
+struct Waiters(Mutex<Vec<Waker>>);
+
+impl Waiters {
+    /// Adds `waker`, unless its task is waiting already.
+    fn add(&self, waker: &Waker) {
+        let mut waiters = self.0.lock();
+        if !waiters.iter().any(|w| w.will_wake(waker)) {
+            waiters.push(waker.clone());
+        }
+    }
+
+    /// Wakes every waiting task but `current`'s.
+    fn wake_others(&self, current: &Waker) {
+        let waiters = std::mem::take(&mut *self.0.lock());
+        waiters
+            .into_iter()
+            .filter(|w| !w.will_wake(current))
+            .for_each(Waker::wake);
+    }
+}
+
+impl Wake for Waiters {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let waiters = std::mem::take(&mut *self.0.lock());
+        waiters.into_iter().for_each(Waker::wake);
+    }
 }
 
 /// A loss owed to a direction that was parked on the lost connection, and the task that was.
@@ -220,8 +261,9 @@ impl<T> ReconnectingStream<T> {
             drop(self.lost(Cause::Requested, None));
         } else if matches!(self.link, Link::Connecting(..)) {
             // The attempt in flight is abandoned: a failed attempt, with its backoff and its
-            // place in `max_attempts`.
+            // place in `max_attempts`. The operations waiting on it wait for the next one.
             self.attempt_failed(Cause::Requested);
+            self.wake_waiters.wake_by_ref();
         }
     }
 
@@ -246,6 +288,8 @@ impl<T> ReconnectingStream<T> {
         if !matches!(self.link, Link::Closed(_)) {
             self.link = Link::Closed(reason.clone());
             self.reporter.publish(ConnectionState::Closed(reason));
+            // An operation waiting for a connection (the attempt just dropped) ends now.
+            self.wake_waiters.wake_by_ref();
         }
     }
 
@@ -337,8 +381,16 @@ impl<T> ReconnectingStream<T> {
     /// and the next one is due at once (a zero backoff, a connector that fails without pending),
     /// it wakes the task and returns `Pending`, so the runtime runs its other tasks and timers
     /// between attempts instead of this poll spinning.
+    ///
+    /// The attempt and the timer are polled with `wake_waiters`, which wakes every task waiting
+    /// here (both halves after a split), not only the last to poll.
     #[inline(never)]
     fn poll_connect_slow(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !matches!(self.link, Link::Closed(_)) {
+            self.waiters.add(cx.waker());
+        }
+        let waker = self.wake_waiters.clone();
+        let fan = &mut Context::from_waker(&waker);
         let mut attempted = false;
         loop {
             match &mut self.link {
@@ -352,12 +404,13 @@ impl<T> ReconnectingStream<T> {
                     if let Some(at) = *at
                         && at > now
                     {
-                        ready!(poll_timer(&mut self.timer, at, cx));
+                        ready!(poll_timer(&mut self.timer, at, fan));
                         continue;
                     }
                     if attempted {
-                        // A cooperative yield: the next poll makes the next attempt.
-                        cx.waker().wake_by_ref();
+                        // A cooperative yield: the next poll (of any waiting task) makes the
+                        // next attempt.
+                        waker.wake_by_ref();
                         return Poll::Pending;
                     }
                     attempted = true;
@@ -370,7 +423,7 @@ impl<T> ReconnectingStream<T> {
                     self.link = Link::Connecting(fut, budget);
                     arm(&mut self.timer, attempt.deadline);
                 }
-                Link::Connecting(fut, budget) => match fut.as_mut().poll(cx) {
+                Link::Connecting(fut, budget) => match fut.as_mut().poll(fan) {
                     Poll::Ready(Ok(io)) => {
                         let now = Instant::now();
                         self.generation += 1;
@@ -383,13 +436,15 @@ impl<T> ReconnectingStream<T> {
                             since: now,
                             generation: self.generation,
                         });
+                        // The others waiting proceed too (the timer they may wait on is gone).
+                        self.waiters.wake_others(cx.waker());
                         return Poll::Ready(Ok(()));
                     }
                     Poll::Ready(Err(e)) => self.attempt_failed(Cause::ConnectFailed(Arc::new(e))),
                     Poll::Pending => {
                         let budget = *budget;
                         let timer = self.timer.as_mut().expect("armed with the attempt");
-                        ready!(timer.as_mut().poll(cx));
+                        ready!(timer.as_mut().poll(fan));
                         self.attempt_failed(Cause::ConnectTimedOut(budget));
                     }
                 },
@@ -500,12 +555,14 @@ fn park(slot: &mut Option<Waker>, cx: &Context<'_>) {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> ReconnectingStream<T> {
-    /// Runs `op` on the connection once it is up; turns a failure into a lost connection.
+    /// Runs `op` on the connection once it is up; turns a failure (or a result that is `zero`)
+    /// into a lost connection, and restarts the idle clock on a result that `sent` something.
     fn poll_op<R>(
         &mut self,
         cx: &mut Context<'_>,
         op: impl FnOnce(Pin<&mut T>, &mut Context<'_>) -> Poll<io::Result<R>>,
         zero: impl FnOnce(&R) -> bool,
+        sent: impl FnOnce(&R) -> bool,
     ) -> Poll<io::Result<R>> {
         if let Some(owed) = Owed::take_for(&mut self.owed[Dir::Write as usize], cx) {
             return Poll::Ready(Err(owed));
@@ -533,8 +590,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ReconnectingStream<T> {
                 Poll::Ready(Err(self.lost(Cause::Lost(Arc::new(e)), seen_by)))
             }
             Ok(r) => {
-                // Sending something starts a new wait for the peer: the idle clock restarts.
-                if let Some(idle) = &mut self.idle {
+                // Sending something starts a new wait for the peer: the idle clock restarts (a
+                // flush or a write of nothing does not).
+                if let Some(idle) = &mut self.idle
+                    && sent(&r)
+                {
                     idle.waiting = false;
                 }
                 Poll::Ready(Ok(r))
@@ -555,8 +615,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ReconnectingStream<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let nonempty = !buf.is_empty();
-        self.get_mut()
-            .poll_op(cx, |io, cx| io.poll_write(cx, buf), |n| nonempty && *n == 0)
+        self.get_mut().poll_op(
+            cx,
+            |io, cx| io.poll_write(cx, buf),
+            |n| nonempty && *n == 0,
+            |n| *n > 0,
+        )
     }
 
     fn poll_write_vectored(
@@ -569,6 +633,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ReconnectingStream<T> {
             cx,
             |io, cx| io.poll_write_vectored(cx, bufs),
             |n| nonempty && *n == 0,
+            |n| *n > 0,
         )
     }
 
@@ -579,34 +644,61 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ReconnectingStream<T> {
         }
     }
 
-    /// Flushes the current connection. With no connection up there is nothing to flush (what
-    /// the lost one held was reported lost), so it returns `Ok` without connecting.
+    /// Flushes the current connection. With no connection up (or once closed) there is nothing
+    /// to flush, so it returns `Ok` without connecting, unless the loss of what the lost one
+    /// held is owed to this direction (a flush or a write of this task waited on it when the
+    /// other half saw the loss): then it returns that error, once.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.write_shut || !matches!(this.link, Link::Up(_)) {
+            if let Some(owed) = Owed::take_for(&mut this.owed[Dir::Write as usize], cx) {
+                return Poll::Ready(Err(owed));
+            }
             return Poll::Ready(Ok(()));
         }
-        this.poll_op(cx, |io, cx| io.poll_flush(cx), |_| false)
+        this.poll_op(cx, |io, cx| io.poll_flush(cx), |_| false, |_| false)
     }
 
     /// Shuts the write side of the current connection down, as a `TcpStream`'s `shutdown`
     /// does: no more writes, and no reconnect, but reads go on until the peer's end of file
     /// (the reply of a half-close protocol), which closes the stream for good. With no
-    /// connection up, it closes at once.
+    /// connection up, it closes at once (after returning a loss owed to this direction, as
+    /// [`poll_flush`](AsyncWrite::poll_flush) does).
+    ///
+    /// A write-side operation: a shutdown still flushing when the other half sees the loss is
+    /// woken and fails with it, like a write. If the connection's own shutdown fails, the
+    /// error is a lost connection ([`ConnectionLost`]), and the stream closes for good.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        match &mut this.link {
-            Link::Up(io) if !this.write_shut => {
-                let result = ready!(Pin::new(io).poll_shutdown(cx));
-                this.write_shut = true;
-                if result.is_err() {
-                    this.close_with(CloseReason::Closed);
-                }
-                Poll::Ready(result)
+        if let Some(owed) = Owed::take_for(&mut this.owed[Dir::Write as usize], cx) {
+            return Poll::Ready(Err(owed));
+        }
+        let Link::Up(io) = &mut this.link else {
+            this.close_with(CloseReason::Closed);
+            return Poll::Ready(Ok(()));
+        };
+        if this.write_shut {
+            return Poll::Ready(Ok(()));
+        }
+        let result = match Pin::new(io).poll_shutdown(cx) {
+            Poll::Pending => {
+                park(&mut this.parked[Dir::Write as usize], cx);
+                return Poll::Pending;
             }
-            Link::Up(_) => Poll::Ready(Ok(())),
-            _ => {
-                this.close_with(CloseReason::Closed);
+            Poll::Ready(result) => result,
+        };
+        this.parked[Dir::Write as usize] = None;
+        match result {
+            Err(e) if is_transient(&e) => Poll::Ready(Err(e)),
+            Err(e) => {
+                // Gone with the connection: the reader waiting for the reply is told, and the
+                // stream, shut down, closes (`lost` does both).
+                this.write_shut = true;
+                let seen_by = Some((Dir::Write, cx.waker()));
+                Poll::Ready(Err(this.lost(Cause::Lost(Arc::new(e)), seen_by)))
+            }
+            Ok(()) => {
+                this.write_shut = true;
                 Poll::Ready(Ok(()))
             }
         }
@@ -658,11 +750,11 @@ impl<T: Send + 'static> StreamBuilder<T> {
     /// something (its heartbeat), or the longest a reply may take.
     ///
     /// The clock starts when a read finds no data, and restarts when data arrives or the stream
-    /// writes (a request starts a new wait for its reply); a connection nobody reads is not
-    /// timed. A read dropped while waiting does not stop the clock, so a `select!` loop that
-    /// re-creates its read keeps one clock: a later read with no write in between resumes it
-    /// and fails at once if it already ran out (the peer has then said nothing for
-    /// `timeout` since a read began waiting).
+    /// writes bytes (a request starts a new wait for its reply; a flush does not); a connection
+    /// nobody reads is not timed. A read dropped while waiting does not stop the clock, so a
+    /// `select!` loop that re-creates its read keeps one clock: a later read with no write in
+    /// between resumes it and fails at once if it already ran out (the peer has then said
+    /// nothing for `timeout` since a read began waiting).
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = Some(timeout);
         self
@@ -686,6 +778,7 @@ impl<T: Send + 'static> StreamBuilder<T> {
                 })
             }
         };
+        let waiters = Arc::new(Waiters::default());
         Ok(ReconnectingStream {
             connect,
             schedule: Schedule::new(policy),
@@ -701,6 +794,8 @@ impl<T: Send + 'static> StreamBuilder<T> {
             parked: [None, None],
             owed: [None, None],
             write_shut: false,
+            wake_waiters: Waker::from(Arc::clone(&waiters)),
+            waiters,
         })
     }
 }

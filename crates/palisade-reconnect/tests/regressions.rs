@@ -10,6 +10,11 @@
 //! `close()` or `reconnect()`; a never-started service's `close()` or last drop) deadlocking on
 //! the channel's own lock: tokio's documented rule, now stated in the README; the service's side
 //! that is safe is pinned below.
+//! A fourth audit, of the stream, found lost wakers after a split (a half waiting out the backoff
+//! or on the attempt that the other half polled last; a read waiting on an attempt that
+//! `close()` or `reconnect()` dropped), a flush or shutdown reporting success (or hanging) for
+//! data lost with the connection, a failed shutdown leaving the reader waiting, and a flush
+//! restarting the idle clock: those regressions are in `stream.rs`, beside its helpers.
 
 use std::future::{Ready, poll_fn, ready};
 use std::io;

@@ -933,6 +933,313 @@ async fn many_clients_spread_their_attempts_over_the_jitter_window() {
     drop(backend);
 }
 
+// Regressions of the stream's fourth review (each failed before its fix).
+
+/// Wakers lost across a reconnect after a split. The backoff timer (a `Sleep`) and the attempt
+/// in flight each keep the waker of their last poll only. Both halves wait out the backoff
+/// after a loss: the writer polled the timer last, was woken, reconnected and wrote; the reader,
+/// waiting on the same timer, was never woken, and never read the reply on the new connection.
+#[tokio::test(start_paused = true)]
+async fn after_a_split_both_halves_waiting_out_the_backoff_are_woken() {
+    let backend = Backend::default();
+    let stream = ReconnectingStream::builder(backend.connector())
+        .backoff(exact_backoff()) // a flap (stable_after is 5 s): the next attempt in 1 s
+        .build()
+        .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    writer.write_all(b"req1").await.unwrap();
+    let read = tokio::spawn(async move {
+        let mut buf = [0u8; 4];
+        let first = reader.read(&mut buf).await.map(drop);
+        let second = reader.read_exact(&mut buf).await.map(|_| buf);
+        (first, second)
+    });
+    backend.kill(1);
+    tokio::task::yield_now().await; // the reader sees the end of file, then waits to reconnect
+    writer.write_all(b"req2").await.unwrap(); // waits for the same attempt, on connection 2
+    assert_eq!(backend.attempts().len(), 2);
+    backend.server(2).write_all(b"rep2").await.unwrap();
+    let (first, second) = tokio::time::timeout(secs(60.0), read)
+        .await
+        .expect("the reader waiting out the backoff was never woken")
+        .unwrap();
+    assert!(matches!(lost(&first.unwrap_err()).cause(), Cause::Eof));
+    assert_eq!(&second.unwrap(), b"rep2");
+}
+
+/// The same with the attempt in flight: the reader's read started the connect, the writer's
+/// write polled it last; only the writer was woken when it completed.
+#[tokio::test(start_paused = true)]
+async fn after_a_split_both_halves_waiting_on_one_connect_are_woken() {
+    let backend = Backend::default();
+    let gate = Arc::new(Notify::new());
+    let mut inner = backend.connector();
+    let g = gate.clone();
+    let stream = ReconnectingStream::builder(move || {
+        let g = g.clone();
+        let fut = inner();
+        async move {
+            g.notified().await;
+            fut.await
+        }
+    })
+    .build()
+    .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let read = tokio::spawn(async move {
+        let mut buf = [0u8; 4];
+        reader.read_exact(&mut buf).await.map(|_| buf)
+    });
+    tokio::task::yield_now().await; // the reader starts the attempt and waits on it
+    let (written, ()) = tokio::join!(writer.write_all(b"req1"), async {
+        tokio::task::yield_now().await; // the writer waits on the same attempt
+        gate.notify_one();
+    });
+    written.unwrap();
+    backend.server(1).write_all(b"rep1").await.unwrap();
+    let got = tokio::time::timeout(secs(60.0), read)
+        .await
+        .expect("the reader waiting on the connect was never woken")
+        .unwrap();
+    assert_eq!(&got.unwrap(), b"rep1");
+}
+
+/// A read polled behind a lock of the caller's, waiting on a connect that hangs: `close()`
+/// dropped the attempt without waking it (it woke at the dead attempt's 20 s deadline), and
+/// `reconnect()` abandoned the attempt, so the next one, due 1 s after the first, started only
+/// at that deadline too.
+#[tokio::test(start_paused = true)]
+async fn close_and_reconnect_wake_a_read_waiting_on_a_connect_behind_the_callers_lock() {
+    use std::task::Poll;
+    use tokio::io::{AsyncRead, ReadBuf};
+    type Shared = Arc<Mutex<ReconnectingStream<DuplexStream>>>;
+    let read = |shared: Shared| async move {
+        let mut buf = [0u8; 4];
+        let n = std::future::poll_fn(|cx| {
+            let mut rb = ReadBuf::new(&mut buf);
+            let mut stream = shared.lock().unwrap();
+            match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+                Poll::Ready(r) => Poll::Ready(r.map(|()| rb.filled().len())),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        (n, buf)
+    };
+
+    let backend = Backend::default();
+    backend.0.lock().unwrap().hang = true;
+    let stream = ReconnectingStream::builder(backend.connector())
+        .build()
+        .unwrap();
+    let shared = Arc::new(Mutex::new(stream));
+    let reader = tokio::spawn(read(shared.clone()));
+    tokio::task::yield_now().await; // the read waits on the hanging attempt
+    shared.lock().unwrap().close();
+    let (n, _) = tokio::time::timeout(secs(1.0), reader)
+        .await
+        .expect("the read waiting on the attempt was woken by close()")
+        .unwrap();
+    assert_eq!(n.unwrap(), 0, "end of file after close()");
+
+    let backend = Backend::default();
+    backend.0.lock().unwrap().hang = true;
+    let stream = ReconnectingStream::builder(backend.connector())
+        .backoff(exact_backoff())
+        .build()
+        .unwrap();
+    let shared = Arc::new(Mutex::new(stream));
+    let t0 = Instant::now();
+    let reader = tokio::spawn(read(shared.clone()));
+    tokio::task::yield_now().await; // the read waits on the hanging attempt
+    shared.lock().unwrap().reconnect();
+    backend.0.lock().unwrap().hang = false;
+    tokio::time::sleep(secs(1.5)).await;
+    let attempts = backend.attempts();
+    assert_eq!(attempts.len(), 2, "attempt 2 is due 1 s after attempt 1");
+    assert_eq!(attempts[1] - t0, secs(1.0));
+    backend.server(1).write_all(b"data").await.unwrap(); // attempt 1 hung: no pipe
+    let (n, buf) = tokio::time::timeout(secs(60.0), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n.unwrap(), 4);
+    assert_eq!(&buf, b"data");
+}
+
+/// A connector of buffered connections: writes land in a 64-byte `BufWriter` over a 16-byte
+/// pipe, so a flush (or a shutdown, which flushes) of more than 16 bytes waits for the peer.
+fn buffered(
+    backend: &Backend,
+) -> impl FnMut() -> std::future::Ready<io::Result<tokio::io::BufWriter<DuplexStream>>> + Send + 'static
+{
+    let backend = backend.clone();
+    move || {
+        let mut b = backend.0.lock().unwrap();
+        b.attempts.push(Instant::now());
+        let (client, server) = duplex(16);
+        b.servers.push(server);
+        std::future::ready(Ok(tokio::io::BufWriter::with_capacity(64, client)))
+    }
+}
+
+/// A flush waiting for the peer in the writer's task when the reader sees the loss: it was
+/// woken and owed the error, but with no connection up it returned `Ok` first, so the caller
+/// took 32 bytes that never left for flushed (and the next write, on the new connection, got
+/// the error instead).
+#[tokio::test(start_paused = true)]
+async fn after_a_split_a_flush_waiting_when_the_reader_sees_the_loss_fails() {
+    let backend = Backend::default();
+    let stream = ReconnectingStream::builder(buffered(&backend))
+        .build()
+        .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    writer.write_all(&[7u8; 48]).await.unwrap(); // buffered
+    let mut server = backend.server(1);
+    let flush = tokio::spawn(async move {
+        let flushed = writer.flush().await;
+        let next = writer.write_all(b"next").await;
+        (flushed, next)
+    });
+    tokio::task::yield_now().await; // 16 bytes fill the pipe; the flush waits
+    server.shutdown().await.unwrap(); // the peer closes its side
+    let mut buf = [0u8; 4];
+    let e = reader.read(&mut buf).await.unwrap_err();
+    assert!(matches!(lost(&e).cause(), Cause::Eof));
+    let (flushed, next) = tokio::time::timeout(secs(60.0), flush)
+        .await
+        .unwrap()
+        .unwrap();
+    let e = flushed.expect_err("the flush reported 32 bytes lost with connection 1 as flushed");
+    assert_eq!(lost(&e).generation(), 1);
+    next.expect("the next write, on connection 2, is not told again");
+}
+
+/// The same for a shutdown waiting to flush: it was not parked, so the loss the reader saw did
+/// not wake it, and it waited forever on the connection that was dropped.
+#[tokio::test(start_paused = true)]
+async fn after_a_split_a_shutdown_waiting_when_the_reader_sees_the_loss_fails() {
+    let backend = Backend::default();
+    let stream = ReconnectingStream::builder(buffered(&backend))
+        .build()
+        .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    writer.write_all(&[7u8; 48]).await.unwrap(); // buffered
+    let mut server = backend.server(1);
+    let shutdown = tokio::spawn(async move { writer.shutdown().await });
+    tokio::task::yield_now().await; // 16 bytes fill the pipe; the shutdown waits to flush
+    server.shutdown().await.unwrap(); // the peer closes its side
+    let mut buf = [0u8; 4];
+    let e = reader.read(&mut buf).await.unwrap_err();
+    assert!(matches!(lost(&e).cause(), Cause::Eof));
+    let shut = tokio::time::timeout(secs(60.0), shutdown)
+        .await
+        .expect("the shutdown waiting on the dropped connection was never woken")
+        .unwrap();
+    let e = shut.expect_err("the shutdown cannot have flushed: its connection was lost");
+    assert_eq!(lost(&e).generation(), 1);
+}
+
+/// A connection whose shutdown fails (a TLS `close_notify` that cannot be sent).
+struct ShutdownFails(DuplexStream);
+
+impl tokio::io::AsyncRead for ShutdownFails {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ShutdownFails {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+    }
+}
+
+/// A shutdown that fails drops the connection: a reader waiting for the reply in another task
+/// was not woken (its waker went with the connection) and waited forever. It is told now, as
+/// for any loss the other half sees, and the stream is closed, as after any shutdown.
+#[tokio::test(start_paused = true)]
+async fn after_a_split_a_failed_shutdown_tells_the_waiting_reader() {
+    let backend = Backend::default();
+    let stream = ReconnectingStream::builder({
+        let backend = backend.clone();
+        move || {
+            let (client, server) = duplex(64);
+            backend.0.lock().unwrap().servers.push(server);
+            std::future::ready(Ok::<_, io::Error>(ShutdownFails(client)))
+        }
+    })
+    .build()
+    .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    writer.write_all(b"req").await.unwrap();
+    let _server = backend.server(1);
+    let read = tokio::spawn(async move {
+        let mut buf = [0u8; 4];
+        reader.read(&mut buf).await
+    });
+    tokio::task::yield_now().await; // the reader waits for the reply
+    let e = writer.shutdown().await.unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+    assert_eq!(lost(&e).generation(), 1);
+    let read = tokio::time::timeout(secs(60.0), read)
+        .await
+        .expect("the waiting reader was never woken")
+        .unwrap();
+    assert_eq!(lost(&read.unwrap_err()).generation(), 1);
+    let e = writer.write_all(b"x").await.unwrap_err();
+    assert!(matches!(close_reason(&e), CloseReason::Closed));
+}
+
+/// `idle_timeout`: the clock "restarts when data arrives or the stream writes (a request starts
+/// a new wait for its reply)". A flush, or a write of nothing, restarted it too: a loop that
+/// flushes now and then kept a silent connection from ever timing out.
+#[tokio::test(start_paused = true)]
+async fn a_flush_or_an_empty_write_does_not_restart_the_idle_clock() {
+    let backend = Backend::default();
+    let mut stream = ReconnectingStream::builder(backend.connector())
+        .idle_timeout(secs(10.0))
+        .build()
+        .unwrap();
+    stream.connect().await.unwrap();
+    let _server = backend.server(1);
+    let mut buf = [0u8; 4];
+    assert!(
+        tokio::time::timeout(Duration::ZERO, stream.read(&mut buf))
+            .await
+            .is_err()
+    );
+    let start = Instant::now();
+    tokio::time::sleep(secs(6.0)).await;
+    stream.flush().await.unwrap();
+    assert_eq!(stream.write(&[]).await.unwrap(), 0);
+    let e = stream.read(&mut buf).await.unwrap_err();
+    assert!(matches!(lost(&e).cause(), Cause::Idle(_)));
+    assert_eq!(Instant::now() - start, secs(10.0), "the clock ran on");
+}
+
 #[test]
 fn the_stream_is_send() {
     fn send<T: Send>() {}

@@ -1,28 +1,50 @@
 //! A `tracing` subscriber that records the crate's state events (target `palisade_reconnect`),
 //! one per published state: unlike a `watch` receiver, it misses none.
+//!
+//! It is the process's global subscriber, installed once, and records into the recorder of the
+//! thread the event is on. A thread-local subscriber (`set_default`) missed events now and then
+//! when tests ran in parallel: `tracing` caches each callsite's interest, and a callsite first
+//! hit on another test's thread, while this one was installing its subscriber, was cached as
+//! interesting to no one (a `connected` event went unrecorded in about 1 run in 7).
 
+use std::cell::RefCell;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
-use tracing::subscriber::DefaultGuard;
 use tracing::{Event, Metadata, Subscriber};
 
-/// The events recorded while its guard lives, on this thread (a current-thread runtime runs
+type Messages = Arc<Mutex<Vec<String>>>;
+
+thread_local! {
+    /// Where this thread's events go, while an [`Events`] of this thread lives.
+    static CURRENT: RefCell<Option<Messages>> = const { RefCell::new(None) };
+}
+
+/// The events recorded while this value lives, on this thread (a current-thread runtime runs
 /// every task on it).
 pub(crate) struct Events {
-    messages: Arc<Mutex<Vec<String>>>,
-    _guard: DefaultGuard,
+    messages: Messages,
 }
 
 /// Records this thread's `palisade_reconnect` events until the returned value is dropped.
 pub(crate) fn record() -> Events {
-    let messages = Arc::new(Mutex::new(Vec::new()));
-    let guard = tracing::subscriber::set_default(Recorder(Arc::clone(&messages)));
-    Events {
-        messages,
-        _guard: guard,
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        tracing::subscriber::set_global_default(Recorder).expect("no other global subscriber");
+    });
+    // A callsite registered while the global subscriber was being installed may have cached
+    // the interest of the dispatchers before it: recompute every callsite's.
+    tracing::callsite::rebuild_interest_cache();
+    let messages = Messages::default();
+    CURRENT.with(|current| *current.borrow_mut() = Some(Arc::clone(&messages)));
+    Events { messages }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        CURRENT.with(|current| current.borrow_mut().take());
     }
 }
 
@@ -33,7 +55,7 @@ impl Events {
     }
 }
 
-struct Recorder(Arc<Mutex<Vec<String>>>);
+struct Recorder;
 
 struct Message(Option<String>);
 
@@ -65,7 +87,11 @@ impl Subscriber for Recorder {
         let mut message = Message(None);
         event.record(&mut message);
         if let Some(message) = message.0 {
-            self.0.lock().unwrap().push(message);
+            CURRENT.with(|current| {
+                if let Some(messages) = &*current.borrow() {
+                    messages.lock().unwrap().push(message);
+                }
+            });
         }
     }
 
