@@ -8,7 +8,9 @@
 //! meant for debug and staging builds. It sees no async locks (a task waiting on tokio's lock is
 //! not a blocked thread).
 
+use std::any::Any;
 use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::mpsc;
 use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
@@ -25,7 +27,7 @@ pub struct DeadlockedThread {
     pub backtrace: String,
 }
 
-/// A set of threads waiting on each other.
+/// A set of threads waiting on each other (or one thread waiting for a lock it holds itself).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Deadlock {
@@ -35,11 +37,10 @@ pub struct Deadlock {
 
 impl fmt::Display for Deadlock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "deadlock: {} threads wait on each other",
-            self.threads.len()
-        )?;
+        match self.threads.len() {
+            1 => f.write_str("deadlock: a thread waits for a lock it holds itself")?,
+            n => write!(f, "deadlock: {n} threads wait on each other")?,
+        }
         for t in &self.threads {
             write!(
                 f,
@@ -51,7 +52,8 @@ impl fmt::Display for Deadlock {
     }
 }
 
-/// The deadlocks that formed since the last call (parking_lot reports each one once).
+/// The deadlocks that formed since the last call anywhere in the process, a [`Watchdog`]'s
+/// included (parking_lot reports each one once).
 pub fn check() -> Vec<Deadlock> {
     parking_lot::deadlock::check_deadlock()
         .into_iter()
@@ -68,15 +70,22 @@ pub fn check() -> Vec<Deadlock> {
 }
 
 /// A thread that calls [`check`] every interval and reports each deadlock as a `tracing` error
-/// (target `palisade_lock`). Stops when dropped.
+/// (target `palisade_lock`).
+///
+/// Stops when dropped, so keep it for as long as it should watch. Dropping it waits for a check
+/// in progress and its callbacks to finish, except when the callback itself drops it (then the
+/// thread ends as soon as the callback returns).
 #[derive(Debug)]
+#[must_use = "the watchdog stops as soon as it is dropped: keep it for as long as it should watch"]
 pub struct Watchdog {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 /// Starts a [`Watchdog`] checking every `interval` (1 s to 10 s is typical: a check costs a scan
-/// of the waiting threads). `on_deadlock` runs for each deadlock after it is logged.
+/// of the waiting threads). `on_deadlock` runs on the watchdog's thread for each deadlock after it
+/// is logged. If it panics, the panic is logged too and the watchdog goes on with the next
+/// deadlock; if it blocks (on a lock a deadlocked thread holds, say), the watchdog blocks with it.
 ///
 /// # Errors
 ///
@@ -99,7 +108,16 @@ pub fn spawn_watchdog(
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
                 for deadlock in check() {
                     tracing::error!(target: "palisade_lock", threads = deadlock.threads.len(), "{deadlock}");
-                    on_deadlock(&deadlock);
+                    // parking_lot reports each deadlock once: a panic that ended this thread
+                    // would lose the rest of this check's deadlocks and every later one.
+                    let call = panic::catch_unwind(AssertUnwindSafe(|| on_deadlock(&deadlock)));
+                    if let Err(payload) = call {
+                        tracing::error!(
+                            target: "palisade_lock",
+                            panic = panic_message(payload.as_ref()),
+                            "the deadlock watchdog's callback panicked; the watchdog goes on"
+                        );
+                    }
                 }
             }
         })
@@ -110,11 +128,25 @@ pub fn spawn_watchdog(
     })
 }
 
+/// The message of a panic payload, when it has one.
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
+}
+
 impl Drop for Watchdog {
     fn drop(&mut self) {
+        // Closing the channel ends the loop at its next wait.
         drop(self.stop.take());
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            // Dropped by its own callback: the thread cannot join itself, and ends on its own
+            // once the callback returns.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
         }
     }
 }

@@ -14,9 +14,9 @@
 //! ```
 //!
 //! A lock of level `L` is `ordered::Mutex<L, T>` (or `RwLock`, or the async [`AsyncMutex`] and
-//! [`AsyncRwLock`]). Locking it takes a context [`Ctx<A>`] proving the thread holds nothing at a
-//! level `A` after `L`, and hands back the guard with a context at level `L`, from which only
-//! later levels can be locked:
+//! [`AsyncRwLock`]). Locking it takes a context [`Ctx<A>`] at a level `A` before `L` (the proof
+//! that the thread holds nothing at a level after `A`), and hands back the guard with a context
+//! at level `L`, from which only later levels can be locked:
 //!
 //! ```
 //! # palisade_lock::lock_levels! { pub Config, pub Accounts, pub Audit }
@@ -43,20 +43,28 @@
 //! let (_limit, _) = CONFIG.lock(&mut ctx); // error: `Config` cannot be locked while holding `Audit`
 //! ```
 //!
-//! The context a guard came with borrows the context it was made from for as long as the guard
-//! lives, so an earlier context cannot be reused to lock a level in between while a later lock
-//! is held. Levels form a chain per `lock_levels!`; for a DAG, write `impl LockAfter<A> for B {}`
-//! for each extra edge yourself (the compiler then trusts it).
+//! A guard and the context it came with both borrow the context they were made from, for as
+//! long as either lives, so an earlier context cannot be reused to lock a level in between while
+//! a later lock is held. Levels form a chain per `lock_levels!`; for a DAG, write
+//! `impl LockAfter<A> for B {}` for each extra edge yourself (the compiler then trusts it).
 //!
 //! # What it does not catch, and the runtime check that does
 //!
-//! [`Ctx::root`] is the one escape hatch: a second root made while a guard is held can lock any
-//! level. Make one root at the top of each thread or task and pass `&mut ctx` down. Ordered locks
-//! are also ordinary palisade locks whose [class](crate::Class) is their level, so with detection
-//! compiled in, the runtime detector checks them too: an order between a leveled lock and a
-//! plain one, or a misused root that takes two levels backwards, is reported like any other
-//! inversion, once the process has also taken the two levels in their right order (the detector
-//! learns orders by running them; it does not read the declaration).
+//! The types see one holder's contexts; two things they cannot see break the proof:
+//!
+//! - **A second [`Ctx::root`]** made while a guard is held can lock any level.
+//! - **A context moved to another thread or task.** Contexts are `Send`, so that an async task
+//!   can hold one across `.await` (the task carries its guards along). But a context moved into
+//!   a scoped thread, or sent over a channel, proves nothing about the locks its new holder took
+//!   from its own root: that holder can lock an earlier level after a later one it holds.
+//!
+//! Make one root at the top of each thread or task, pass `&mut ctx` down, and keep every
+//! context with the thread or task whose root it came from. Ordered locks are also ordinary
+//! palisade locks whose [class](crate::Class) is their level, so with detection compiled in, the
+//! runtime detector checks them too: an order between a leveled lock and a plain one, or either
+//! misuse above taking two levels backwards, is reported like any other inversion, once the
+//! process has also taken the two levels in their right order (the detector learns orders by
+//! running them; it does not read the declaration).
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -104,7 +112,11 @@ impl Level for __Nowhere {
 
 /// Proof, at compile time, that the code holding it holds no leveled lock after level `L`.
 ///
-/// Zero-sized; `Send` and `Sync`, so it can be held across `.await`.
+/// Zero-sized; `Send` and `Sync`, so it can be held across `.await`. Keep it with the thread or
+/// task whose [root](Ctx::root) it came from: moved to another one, it proves nothing about the
+/// locks that one holds (see [what the levels do not catch][escapes]).
+///
+/// [escapes]: crate::ordered#what-it-does-not-catch-and-the-runtime-check-that-does
 pub struct Ctx<'a, L: Level> {
     _level: PhantomData<fn() -> L>,
     _borrow: PhantomData<&'a mut ()>,
@@ -112,8 +124,9 @@ pub struct Ctx<'a, L: Level> {
 
 impl Ctx<'static, Unlocked> {
     /// The context of code that holds no leveled lock. Make one at the top of each thread or
-    /// task and pass `&mut ctx` down; making another while a leveled guard is held defeats the
-    /// compile-time check (the runtime detector still sees the order).
+    /// task and pass `&mut ctx` down; making another while a leveled guard is held, or moving a
+    /// context to another thread or task, defeats the compile-time check (the runtime detector
+    /// still sees the order).
     #[must_use]
     pub fn root() -> Self {
         Ctx {

@@ -1,7 +1,7 @@
 //! Lock levels (`palisade_lock::ordered`) at run time: chains taken in the declared order, contexts
 //! passed down, timeouts naming the level, async chains across `.await`, and the runtime
-//! detector catching the one escape hatch (a second `Ctx::root`). The out-of-order cases that
-//! must not compile are in `tests/compile_fail.rs`.
+//! detector catching the two escape hatches (a second `Ctx::root`, a context moved to another
+//! thread). The out-of-order cases that must not compile are in `tests/compile_fail.rs`.
 
 use std::sync::mpsc;
 use std::sync::{Barrier, Mutex as StdMutex, Once, PoisonError};
@@ -360,4 +360,66 @@ mod hygiene {
         assert_eq!(First::NAME, "ordered::hygiene::First");
         assert_eq!(Second::NAME, "ordered::hygiene::Second");
     }
+}
+
+mod moved {
+    palisade_lock::lock_levels! {
+        /// Taken first.
+        pub Outer,
+        /// Taken after `Outer`.
+        pub Inner,
+        /// Taken last.
+        pub Last,
+    }
+}
+
+#[test]
+fn a_context_moved_to_another_thread_escapes_the_compile_time_check_and_the_detector_sees_it() {
+    use moved::{Inner, Last, Outer};
+
+    reports();
+    let outer = Mutex::<Outer, u32>::new(1);
+    let inner = Mutex::<Inner, u32>::new(2);
+    let last = Mutex::<Last, u32>::new(3);
+    let names = [Outer::NAME, Inner::NAME, Last::NAME];
+
+    // The declared order, once: the detector learns `Inner -> Last`.
+    {
+        let mut root = Ctx::root();
+        let (b, mut ctx) = inner.lock(&mut root);
+        let (c, _ctx) = last.lock(&mut ctx);
+        assert_eq!(*b + *c, 5);
+    }
+    assert_no_reports(&names);
+
+    // One root per thread, as the docs ask, but a context at `Outer` moved into a scoped thread
+    // that holds `Last` from its own root: `Inner` is locked after `Last`, and it compiles.
+    let mut root = Ctx::root();
+    let (a, outer_ctx) = outer.lock(&mut root);
+    let line = thread::scope(|s| {
+        s.spawn(|| {
+            let mut outer_ctx = outer_ctx;
+            let mut own_root = Ctx::root();
+            let (c, _ctx) = last.lock(&mut own_root);
+            let (b, _ctx) = inner.lock(&mut outer_ctx);
+            let line = line!() - 1;
+            assert_eq!(*b + *c, 5);
+            line
+        })
+        .join()
+        .unwrap()
+    });
+    drop(a);
+
+    let found = reports_about(&names);
+    if !detect::is_enabled() {
+        assert!(found.is_empty());
+        return;
+    }
+    assert_eq!(found.len(), 1, "{found:#?}");
+    let r = &found[0];
+    assert_eq!(r.kind, ReportKind::OrderInversion);
+    assert_eq!(r.acquiring, Class::Named(Inner::NAME));
+    assert_eq!(r.holding, Class::Named(Last::NAME));
+    assert_eq!(r.acquiring_at.line(), line, "{r}");
 }
