@@ -112,6 +112,12 @@ pub enum Failure<E> {
     /// `validate` or `recycle` overran `validation_timeout`.
     #[error("validation timed out after {0:?}")]
     ValidateTimeout(Duration),
+    /// [`Manager::is_broken`](crate::Manager::is_broken) said a new connection, about to go out
+    /// for the first time, was broken. Like a new connection failing `validate`, it counts as a
+    /// failure of the backend: the next connect follows the connect backoff. (A used connection
+    /// found broken is only stale, and is not reported.)
+    #[error("is_broken rejected the connection before checkout")]
+    Broken,
 }
 
 impl<E> Failure<E> {
@@ -121,7 +127,8 @@ impl<E> Failure<E> {
             Failure::Connect(e) | Failure::Validate(e) => Some(e),
             Failure::ConnectTimeout(_)
             | Failure::ConnectPanicked(_)
-            | Failure::ValidateTimeout(_) => None,
+            | Failure::ValidateTimeout(_)
+            | Failure::Broken => None,
         }
     }
 }

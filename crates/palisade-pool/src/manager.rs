@@ -8,7 +8,10 @@ use std::future::Future;
 /// deadline: `connect` under `connect_timeout`, `validate` and `recycle` under
 /// `validation_timeout` (and all of them inside the caller's `acquire_timeout`), so a backend
 /// that hangs costs a bounded wait, never a stuck pool. A step that errs or overruns discards
-/// the connection; none of them is ever handed out broken.
+/// the connection; none of them is ever handed out broken. A `validate`, `recycle` or
+/// `is_broken` that panics closes its connection and frees its slot, and the panic goes on to
+/// whoever ran it (the `get()`, the [`Pooled`](crate::Pooled) guard's drop, or
+/// [`maintain`](crate::Pool::maintain)); a `connect` that panics counts as a failed attempt.
 ///
 /// ```
 /// use palisade_pool::Manager;

@@ -19,7 +19,9 @@ pub enum Discard {
     IdleTimeout,
     /// `validate` or `recycle` failed or overran `validation_timeout`.
     Invalid,
-    /// The `get()` checking it was dropped mid-check (its state is unknown).
+    /// A check was cut short, so its state is unknown: the `get()` or keepalive pass checking
+    /// it was dropped, or the caller's deadline passed, mid-check; or a check (`validate`,
+    /// `recycle`, `is_broken`) panicked.
     Cancelled,
     /// The pool was closed.
     Closed,

@@ -275,12 +275,12 @@ impl<M: Manager, C: Clock> Pool<M, C> {
         }
     }
 
-    /// Closes the pool: `get()` fails with [`Error::Closed`] from now on (waiters included; a
-    /// `get()` that was already handed a connection may still return it, and `close` waits
-    /// for that connection like any other checked-out one),
-    /// idle connections are closed at once, and each checked-out connection is closed when it
-    /// comes back. Waits up to `timeout` for them all to come back. Calling it again waits
-    /// again. Made for a `palisade-shutdown` cleanup hook.
+    /// Closes the pool: `get()` and `warm_up()` fail with [`Error::Closed`] from now on
+    /// (waiters included; a `get()` that was already handed a connection may still return it,
+    /// and `close` waits for that connection like any other checked-out one), idle connections
+    /// are closed at once, and each checked-out connection is closed when it comes back. Waits
+    /// up to `timeout` for them all to come back. Calling it again waits again. Made for a
+    /// `palisade-shutdown` cleanup hook.
     ///
     /// Cancel-safe: the pool stays closed; only the wait is abandoned.
     pub async fn close(&self, timeout: Duration) -> Result<(), CloseTimeout> {
@@ -295,6 +295,8 @@ impl<M: Manager, C: Clock> Pool<M, C> {
         let first = shared.state.lock().close(&mut wake, &mut dropped);
         if first {
             tracing::info!(target: "palisade_pool", "pool closing");
+            // A `warm_up()` waiting for a connect ends now, with `Error::Closed`.
+            shared.changed.notify_waiters();
         }
         wake.into_iter().for_each(std::task::Waker::wake);
         Shared::dropped(shared, dropped, "close");
@@ -539,7 +541,7 @@ impl<M: Manager, C: Clock> Shared<M, C> {
                 return Box::pin(Shared::get_slow(this, site, start, deadline, resume)).await;
             }
             Plan::Broken => {
-                Shared::discard_checked(this, &mut check, Discard::Broken, None);
+                Shared::discard_broken(this, &mut check);
                 let resume = Resume::Retry;
                 return Box::pin(Shared::get_slow(this, site, start, deadline, resume)).await;
             }
@@ -584,7 +586,7 @@ impl<M: Manager, C: Clock> Shared<M, C> {
             let verdict = match plan {
                 Plan::Go => Ok(()),
                 Plan::Broken => {
-                    Shared::discard_checked(this, &mut check, Discard::Broken, None);
+                    Shared::discard_broken(this, &mut check);
                     Err(None)
                 }
                 Plan::Recycle => {
@@ -774,6 +776,17 @@ impl<M: Manager, C: Clock> Shared<M, C> {
     ) -> tokio::time::Instant {
         let overall = *deadline.get_or_insert_with(|| self.deadline(start));
         overall.min(tokio::time::Instant::now() + timeout)
+    }
+
+    /// `is_broken` rejected the connection about to go out: it is discarded. A new one says the
+    /// backend is failing (recorded as [`Failure::Broken`], and the next connect backs off); a
+    /// used one is only stale, and leaves the last error and the backoff alone.
+    #[cold]
+    #[inline(never)]
+    fn discard_broken(this: &Arc<Self>, check: &mut Checking<'_, M, C>) {
+        let fresh = check.live.as_ref().is_some_and(|live| !live.reused);
+        let failure = fresh.then_some(Failure::Broken);
+        Shared::discard_checked(this, check, Discard::Broken, failure);
     }
 
     fn discard_checked(

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::panic::Location;
+use std::panic::{AssertUnwindSafe, Location};
 use std::time::Duration;
 
 use palisade_core::sync::Arc;
@@ -21,7 +21,7 @@ const NOT_TRACKED: u32 = u32::MAX;
 /// Dropping it does no I/O and never blocks: the connection goes straight to the longest
 /// waiter or the idle set (its `recycle` runs at its next checkout). It is discarded instead,
 /// and its slot freed for a new connection, when it is [tainted](Pooled::taint), when the
-/// thread is panicking, when [`Manager::is_broken`] says so, or when it outlived
+/// thread is panicking, when [`Manager::is_broken`] says so (or panics), or when it outlived
 /// `max_lifetime`.
 ///
 /// The methods are associated functions (`Pooled::taint(&mut conn)`), so they never shadow the
@@ -132,6 +132,19 @@ impl<M: Manager, C: Clock> Pooled<M, C> {
             );
         }
     }
+
+    /// `is_broken` panicked in [`drop`](Drop::drop): discards the connection (freeing its slot)
+    /// and resumes the panic.
+    #[cold]
+    #[inline(never)]
+    fn is_broken_panicked(
+        shared: &Arc<Shared<M, C>>,
+        conn: M::Connection,
+        panic: Box<dyn std::any::Any + Send>,
+    ) -> ! {
+        Shared::discard_out(shared, Some(conn), Discard::Cancelled, false, None);
+        std::panic::resume_unwind(panic)
+    }
 }
 
 impl<M: Manager, C: Clock> Drop for Pooled<M, C> {
@@ -143,10 +156,15 @@ impl<M: Manager, C: Clock> Drop for Pooled<M, C> {
         let shared = &*self.shared;
         let reason = if self.tainted || std::thread::panicking() {
             Some(Discard::Tainted)
-        } else if shared.manager.is_broken(&mut live.conn) {
-            Some(Discard::Broken)
         } else {
-            None
+            // A panicking `is_broken` must not take the slot with it: the connection is closed,
+            // its slot freed, and the panic goes on. (No cost unless it unwinds.)
+            let conn = &mut live.conn;
+            match std::panic::catch_unwind(AssertUnwindSafe(|| shared.manager.is_broken(conn))) {
+                Ok(false) => None,
+                Ok(true) => Some(Discard::Broken),
+                Err(panic) => Pooled::is_broken_panicked(&self.shared, live.conn, panic),
+            }
         };
         match reason {
             None => {

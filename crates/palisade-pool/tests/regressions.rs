@@ -7,7 +7,9 @@
 //! `build()`, slots kept by a pool built outside a runtime, a backoff after failed checks that
 //! never grew, a connect loop that never yielded with a zero backoff, a panicking connect
 //! retried at once, a keepalive pass that never ended, and keepalive checking a used connection
-//! before recycling it.
+//! before recycling it; then those of an audit of fairness, backoff, close and checks: new
+//! connections rejected by `is_broken` reconnected with no backoff, a panicking `is_broken` on
+//! return kept the slot, and `close()` left a waiting `warm_up()` waiting.
 
 mod support;
 
@@ -702,4 +704,148 @@ async fn keepalive_recycles_a_used_connection_before_checking_it() {
     pool.maintain().await;
     assert_eq!((backend.recycles(), backend.validations()), (2, 1));
     assert_eq!(pool.metrics().discarded(Discard::Invalid), 1);
+}
+
+/// A connector whose connections connect fine (in 1 ms) and are broken at once (the server
+/// closes each one as it accepts it, say): `is_broken` says so of every one.
+#[derive(Debug, Default)]
+struct BrokenOnArrival {
+    connects: AtomicUsize,
+}
+
+impl Manager for BrokenOnArrival {
+    type Connection = ();
+    type Error = std::io::Error;
+    async fn connect(&self) -> std::io::Result<()> {
+        self.connects.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        Ok(())
+    }
+    fn is_broken(&self, _: &mut ()) -> bool {
+        true
+    }
+}
+
+/// Bug 19 (fixed): A new connection that `is_broken` rejected at checkout was discarded with no
+/// failure recorded: its replacement connected at once, so a backend whose connections arrive
+/// broken saw a connect per millisecond (1,000 in a one-second `get()`), and the `get()` failed
+/// as `Exhausted` ("all connections are in use", with none in use). It now counts as a failed
+/// check of a fresh connection (`Failure::Broken`): paced by the connect backoff, reported as
+/// `Unavailable`.
+#[tokio::test(start_paused = true)]
+async fn new_connections_broken_at_checkout_are_paced_and_reported_as_unavailable() {
+    let pool = Pool::builder(BrokenOnArrival::default())
+        .clock(TokioClock::new())
+        .acquire_timeout(S)
+        .build()
+        .unwrap();
+    let error = pool.get().await.expect_err("every connection is broken");
+    let connects = pool.manager().connects.load(Ordering::SeqCst);
+    // 100 ms doubling (± 20 %) within 1 s: about five connects.
+    assert!((2..=7).contains(&connects), "{connects} connects in 1 s");
+    assert!(matches!(error, Error::Unavailable { .. }), "{error}");
+    assert!(
+        matches!(error.last_error(), Some(Failure::Broken)),
+        "{error}"
+    );
+    // Every connection made was discarded; its connect task gives up once nobody needs it.
+    tokio::time::sleep(20 * S).await;
+    let m = pool.metrics();
+    assert_eq!(
+        (m.size, m.discarded(Discard::Broken)),
+        (0, connects as u64),
+        "{m}"
+    );
+}
+
+/// Bug 19's other side: a used connection that `is_broken` rejects at checkout is only stale
+/// (a server restart, say): its replacement connects at once.
+#[tokio::test(start_paused = true)]
+async fn a_used_connection_broken_at_checkout_is_replaced_at_once() {
+    let backend = Backend::default();
+    let pool = builder(&backend).max_size(1).build().unwrap();
+    drop(pool.get().await.unwrap());
+    backend.break_conn(0);
+    let started = tokio::time::Instant::now();
+    let conn = pool.get().await.unwrap();
+    assert_eq!((conn.id, started.elapsed()), (1, Duration::ZERO));
+    assert_eq!(pool.metrics().discarded(Discard::Broken), 1);
+}
+
+/// A connector whose `is_broken` panics while `panics` is set.
+#[derive(Debug, Default)]
+struct PanicsInIsBroken {
+    panics: std::sync::atomic::AtomicBool,
+}
+
+impl Manager for PanicsInIsBroken {
+    type Connection = ();
+    type Error = std::io::Error;
+    async fn connect(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn is_broken(&self, _: &mut ()) -> bool {
+        if self.panics.load(Ordering::SeqCst) {
+            panic!("is_broken has a bug");
+        }
+        false
+    }
+}
+
+/// Bug 20 (fixed): An `is_broken` that panicked while a guard was dropped (not during another
+/// panic) unwound out of `Pooled::drop` after the connection had left the guard: it was closed,
+/// but its slot was never freed, so the pool was one connection smaller for good (`in_use`
+/// stuck at 1, with `max_size(1)` every later `get()` timed out as `Exhausted`, and `close()`
+/// waited for it in vain). The connection is now discarded (`Discard::Cancelled`, as for a
+/// check that panics at checkout), its slot freed, and the panic goes on.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_is_broken_on_return_frees_the_slot() {
+    let pool = Pool::builder(PanicsInIsBroken::default())
+        .clock(TokioClock::new())
+        .max_size(1)
+        .acquire_timeout(S)
+        .build()
+        .unwrap();
+    let task = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            let conn = pool.get().await.unwrap();
+            pool.manager().panics.store(true, Ordering::SeqCst);
+            drop(conn);
+        }
+    });
+    assert!(task.await.unwrap_err().is_panic(), "the panic goes on");
+    pool.manager().panics.store(false, Ordering::SeqCst);
+    let m = pool.metrics();
+    assert_eq!(
+        (m.size, m.in_use, m.discarded(Discard::Cancelled)),
+        (0, 0, 1),
+        "{m}"
+    );
+    drop(pool.get().await.expect("the slot is free"));
+    pool.close(S).await.expect("nothing is left out");
+}
+
+/// Bug 21 (fixed): `close()` woke the waiting `get()`s but not a waiting `warm_up()`, which
+/// went on waiting for a connect to end: against a down backend, until the connect task's
+/// backoff pause ended (up to `connect_backoff`'s cap, 10 s by default), or `connect_timeout`.
+#[tokio::test(start_paused = true)]
+async fn close_ends_a_waiting_warm_up_at_once() {
+    let backend = Backend::default();
+    backend.set(&backend.0.down, true);
+    let pool = builder(&backend)
+        .min_idle(1)
+        .acquire_timeout(120 * S)
+        .build()
+        .unwrap();
+    let warm_up = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.warm_up().await }
+    });
+    // Down for a minute: the connect task now pauses about 10 s between attempts.
+    tokio::time::sleep(60 * S).await;
+    pool.close(S).await.unwrap();
+    settle().await;
+    assert!(warm_up.is_finished(), "warm_up() still waits after close()");
+    assert!(matches!(warm_up.await.unwrap(), Err(Error::Closed)));
 }
