@@ -112,10 +112,11 @@ pub enum Failure<E> {
     /// `validate` or `recycle` overran `validation_timeout`.
     #[error("validation timed out after {0:?}")]
     ValidateTimeout(Duration),
-    /// [`Manager::is_broken`](crate::Manager::is_broken) said a new connection, about to go out
-    /// for the first time, was broken. Like a new connection failing `validate`, it counts as a
-    /// failure of the backend: the next connect follows the connect backoff. (A used connection
-    /// found broken is only stale, and is not reported.)
+    /// [`Manager::is_broken`](crate::Manager::is_broken) said a new connection, on its way from
+    /// its connect to its first caller, was broken. Like such a connection failing `validate`,
+    /// it counts as a failure of the backend: the next connect follows the connect backoff. (A
+    /// connection found broken after sitting idle or after a use is only stale, and is not
+    /// reported.)
     #[error("is_broken rejected the connection before checkout")]
     Broken,
 }

@@ -227,7 +227,7 @@ impl<M: Manager, C: Clock> Pool<M, C> {
                 result = bounded(shared.manager.validate(&mut live.conn), || limit).await;
             }
             let live = guard.live.take().expect("the connection checked");
-            let live_reused = live.reused;
+            let live_fresh = live.fresh();
             let now = shared.clock.now();
             match result {
                 Some(Ok(())) => {
@@ -249,7 +249,7 @@ impl<M: Manager, C: Clock> Pool<M, C> {
                         Some(live.conn),
                         Discard::Invalid,
                         true,
-                        Some((failure, !live_reused)),
+                        Some((failure, live_fresh)),
                     );
                 }
             }
@@ -778,13 +778,14 @@ impl<M: Manager, C: Clock> Shared<M, C> {
         overall.min(tokio::time::Instant::now() + timeout)
     }
 
-    /// `is_broken` rejected the connection about to go out: it is discarded. A new one says the
-    /// backend is failing (recorded as [`Failure::Broken`], and the next connect backs off); a
-    /// used one is only stale, and leaves the last error and the backoff alone.
+    /// `is_broken` rejected the connection about to go out: it is discarded. One straight from
+    /// its connect says the backend is failing (recorded as [`Failure::Broken`], and the next
+    /// connect backs off); one that sat idle or was used may only be stale, and leaves the last
+    /// error and the backoff alone.
     #[cold]
     #[inline(never)]
     fn discard_broken(this: &Arc<Self>, check: &mut Checking<'_, M, C>) {
-        let fresh = check.live.as_ref().is_some_and(|live| !live.reused);
+        let fresh = check.live.as_ref().is_some_and(Live::fresh);
         let failure = fresh.then_some(Failure::Broken);
         Shared::discard_checked(this, check, Discard::Broken, failure);
     }
@@ -798,7 +799,7 @@ impl<M: Manager, C: Clock> Shared<M, C> {
         let Some(live) = check.live.take() else {
             return;
         };
-        let fresh = !live.reused;
+        let fresh = live.fresh();
         Shared::discard_out(
             this,
             Some(live.conn),
@@ -1000,6 +1001,7 @@ async fn connect_loop<M: Manager, C: Clock>(slot: &mut Reserved<M, C>) {
                     expires: shared.lifetime_end(now),
                     used: false,
                     reused: false,
+                    idled: false,
                     since: now,
                     checked: now,
                 };

@@ -22,15 +22,27 @@ pub(crate) struct Live<T> {
     pub(crate) expires: Instant,
     /// Checked out at least once since it was connected: `recycle` runs before the next use.
     pub(crate) used: bool,
-    /// Ever returned to the pool after a use (never reset, unlike `used`). A fresh connection
-    /// that fails its check says the backend is failing; an old one may just be stale.
+    /// Ever returned to the pool after a use (never reset, unlike `used`).
     pub(crate) reused: bool,
+    /// Ever kept in the idle set. A connection that fails a check having gone straight from
+    /// its connect to that check says the backend is failing; one that sat idle, or was used,
+    /// may just have gone stale (the server's own idle timeout), and its replacement's connect
+    /// tells the truth about the backend.
+    pub(crate) idled: bool,
     /// When it last went back to the pool (idle or handed over), or was connected: the idle
     /// order and `idle_timeout` run on this.
     pub(crate) since: Instant,
     /// When it was last known good: returned, connected or validated. Checkout tests and
     /// keepalive run on this.
     pub(crate) checked: Instant,
+}
+
+impl<T> Live<T> {
+    /// Went straight from its connect to the check it is in: a failure says the backend is
+    /// failing (see [`idled`](Live::idled)).
+    pub(crate) fn fresh(&self) -> bool {
+        !self.reused && !self.idled
+    }
 }
 
 /// What a waiter's slot holds.
@@ -224,8 +236,9 @@ pub(crate) struct State<T, E> {
     /// Of `size`, those discarded but not yet dropped: a slot is released only once its
     /// connection is closed, so the backend never sees more than `max_size` at once.
     closing: usize,
-    /// Consecutive failed connect attempts and failed checks of fresh connections (0 once a
-    /// connect succeeds): whether a `get()` that times out blames the backend.
+    /// Consecutive failed connect attempts and failed checks of [fresh](Live::fresh)
+    /// connections (0 once a connect succeeds): whether a `get()` that times out blames the
+    /// backend.
     failures: u32,
     /// The same failures, counted since a connection last proved the backend works (it came
     /// back after a use, passed a keepalive check, or passed its first check as a new
@@ -455,7 +468,7 @@ impl<T, E> State<T, E> {
     /// [`place`](State::place), with a discarded connection returned as `Err` for the caller
     /// to drop once the lock is released.
     #[inline(always)]
-    fn place_one(&mut self, live: Live<T>, now: Instant) -> Result<Option<Waker>, T> {
+    fn place_one(&mut self, mut live: Live<T>, now: Instant) -> Result<Option<Waker>, T> {
         if self.closed {
             return Err(self.discard(live, Discard::Closed));
         }
@@ -465,6 +478,7 @@ impl<T, E> State<T, E> {
         // Nobody waits (tickets left in `order` by waiters that left are stale): straight to
         // the idle set.
         if self.line.waiting == 0 {
+            live.idled = true;
             self.idle.push_back(live);
             return Ok(None);
         }
@@ -476,6 +490,7 @@ impl<T, E> State<T, E> {
                 Ok(waker)
             }
             None => {
+                live.idled = true;
                 self.idle.push_back(live);
                 Ok(None)
             }
@@ -589,10 +604,11 @@ impl<T, E> State<T, E> {
     }
 
     /// Records a failed validation or recycle (the connection is discarded separately). For a
-    /// `fresh` connection (never used) it counts as a failure of the backend: replacements
-    /// follow the connect backoff, so a backend that accepts connections but fails every check
-    /// is not hammered with connects. A used connection failing is just stale (a restart, a
-    /// middlebox): its replacement is not delayed.
+    /// `fresh` connection ([`Live::fresh`]: straight from its connect) it counts as a failure of
+    /// the backend: replacements follow the connect backoff, so a backend that accepts
+    /// connections but fails every check is not hammered with connects. A connection that
+    /// failed after sitting idle or after a use is just stale (the server's idle timeout, a
+    /// restart, a middlebox): its replacement is not delayed.
     pub(crate) fn record_error(&mut self, failure: Failure<E>, fresh: bool) {
         if fresh {
             self.failures = self.failures.saturating_add(1);

@@ -9,7 +9,8 @@
 //! retried at once, a keepalive pass that never ended, and keepalive checking a used connection
 //! before recycling it; then those of an audit of fairness, backoff, close and checks: new
 //! connections rejected by `is_broken` reconnected with no backoff, a panicking `is_broken` on
-//! return kept the slot, and `close()` left a waiting `warm_up()` waiting.
+//! return kept the slot, and `close()` left a waiting `warm_up()` waiting; and one its review
+//! found: a stale idle connection failing a check backed off a healthy backend.
 
 mod support;
 
@@ -848,4 +849,73 @@ async fn close_ends_a_waiting_warm_up_at_once() {
     settle().await;
     assert!(warm_up.is_finished(), "warm_up() still waits after close()");
     assert!(matches!(warm_up.await.unwrap(), Err(Error::Closed)));
+}
+
+/// Bug 22 (fixed): Bug 19's fix, as first written, took any never-used connection rejected at
+/// checkout for a sign of a failing backend, and so did a failed checkout validation (found by
+/// the review of that fix): a pool warmed up to `min_idle` whose idle connections the server
+/// had closed (its own idle timeout) backed off a healthy backend one step per stale
+/// connection, and the `get()` failed as `Unavailable`. A connection that sat idle only says it
+/// went stale; its replacement connects at once.
+#[tokio::test(start_paused = true)]
+async fn stale_idle_connections_rejected_at_checkout_do_not_back_off_a_healthy_backend() {
+    for test in [CheckoutTest::default(), CheckoutTest::Never] {
+        let backend = Backend::default();
+        let pool = builder(&backend)
+            .min_idle(8)
+            .max_size(8)
+            .test_on_checkout(test)
+            .acquire_timeout(S)
+            .build()
+            .unwrap();
+        pool.warm_up().await.unwrap();
+        assert_eq!(pool.metrics().idle, 8);
+        // Five minutes later the server has closed every idle connection: `is_broken` sees it,
+        // or, with checkout tests on, their validation fails (a new connection, straight from
+        // its connect, is not validated).
+        tokio::time::sleep(300 * S).await;
+        match test {
+            CheckoutTest::Never => (0..8).for_each(|id| backend.break_conn(id)),
+            _ => backend.set(&backend.0.validate_fails, true),
+        }
+        let started = tokio::time::Instant::now();
+        let conn = pool.get().await.unwrap_or_else(|e| panic!("{test:?}: {e}"));
+        assert_eq!(
+            (conn.id, started.elapsed()),
+            (8, Duration::ZERO),
+            "{test:?}: the first new connection, at once"
+        );
+        let m = pool.metrics();
+        let reason = match test {
+            CheckoutTest::Never => Discard::Broken,
+            _ => Discard::Invalid,
+        };
+        assert_eq!(m.discarded(reason), 8, "{test:?}: {m}");
+    }
+}
+
+/// The keepalive side of bug 22: idle connections that fail their keepalive check only went
+/// stale; the `min_idle` refill connects at once, with no backoff.
+#[tokio::test(start_paused = true)]
+async fn stale_idle_connections_failing_keepalive_do_not_back_off_the_refill() {
+    let backend = Backend::default();
+    let pool = builder(&backend)
+        .min_idle(2)
+        .max_size(2)
+        .keepalive(Some(60 * S))
+        .build()
+        .unwrap();
+    pool.warm_up().await.unwrap();
+    tokio::time::sleep(300 * S).await;
+    // The server closed both: their keepalive validation fails.
+    backend.set(&backend.0.validate_fails, true);
+    pool.maintain().await;
+    settle().await;
+    let m = pool.metrics();
+    assert_eq!(m.discarded(Discard::Invalid), 2, "{m}");
+    assert_eq!(
+        (backend.connects(), m.idle),
+        (4, 2),
+        "both replaced at once: {m}"
+    );
 }
