@@ -73,8 +73,9 @@ pub fn check() -> Vec<Deadlock> {
 /// (target `palisade_lock`).
 ///
 /// Stops when dropped, so keep it for as long as it should watch. Dropping it waits for a check
-/// in progress and its callbacks to finish, except when the callback itself drops it (then the
-/// thread ends as soon as the callback returns).
+/// in progress and its callbacks to finish. A callback may drop it too: the thread then ends
+/// after the check in progress, whose remaining deadlocks are still logged and still reach the
+/// callback (parking_lot reports each deadlock once, so skipping them would lose them).
 #[derive(Debug)]
 #[must_use = "the watchdog stops as soon as it is dropped: keep it for as long as it should watch"]
 pub struct Watchdog {
@@ -143,7 +144,7 @@ impl Drop for Watchdog {
         drop(self.stop.take());
         if let Some(thread) = self.thread.take() {
             // Dropped by its own callback: the thread cannot join itself, and ends on its own
-            // once the callback returns.
+            // after the check in progress (the channel is closed).
             if thread.thread().id() != std::thread::current().id() {
                 let _ = thread.join();
             }
