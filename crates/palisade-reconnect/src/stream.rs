@@ -85,23 +85,34 @@ pub struct ReconnectingStream<T> {
 
 /// The tasks waiting in `poll_connect`, woken together by whatever the attempt in flight or the
 /// backoff timer wakes, and when the stream closes or abandons the attempt.
+///
+/// One slot per [`Waiter`], holding the waker of that kind of operation's latest poll: an
+/// `AsyncRead` or `AsyncWrite` owes a wakeup only to the latest poll in each direction, and
+/// `connect` holds `&mut self` while it waits. A waker left by an operation dropped while
+/// waiting stays until the next wake, or until the next poll of its kind replaces it: one per
+/// slot at most, never a growing list.
 #[derive(Default)]
-struct Waiters(Mutex<Vec<Waker>>);
+struct Waiters(Mutex<[Option<Waker>; Waiter::COUNT]>);
 
 impl Waiters {
-    /// Adds `waker`, unless its task is waiting already.
-    fn add(&self, waker: &Waker) {
-        let mut waiters = self.0.lock();
-        if !waiters.iter().any(|w| w.will_wake(waker)) {
-            waiters.push(waker.clone());
+    /// Records `waker` as `who`'s, replacing an earlier poll's unless it wakes the same task.
+    fn add(&self, who: Waiter, waker: &Waker) {
+        let mut slots = self.0.lock();
+        let slot = &mut slots[who as usize];
+        if slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            return;
         }
+        let replaced = slot.replace(waker.clone());
+        drop(slots);
+        drop(replaced); // outside the lock: dropping a task's last waker may run its drop
     }
 
     /// Wakes every waiting task but `current`'s.
     fn wake_others(&self, current: &Waker) {
-        let waiters = std::mem::take(&mut *self.0.lock());
-        waiters
+        let slots = std::mem::take(&mut *self.0.lock());
+        slots
             .into_iter()
+            .flatten()
             .filter(|w| !w.will_wake(current))
             .for_each(Waker::wake);
     }
@@ -113,9 +124,24 @@ impl Wake for Waiters {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let waiters = std::mem::take(&mut *self.0.lock());
-        waiters.into_iter().for_each(Waker::wake);
+        let slots = std::mem::take(&mut *self.0.lock());
+        slots.into_iter().flatten().for_each(Waker::wake);
     }
+}
+
+/// An operation that waits in `poll_connect`, to index [`Waiters`]: one for each of its callers.
+#[derive(Clone, Copy)]
+enum Waiter {
+    /// `poll_read`.
+    Read,
+    /// `poll_write`, `poll_write_vectored` and `poll_flush` (through `poll_op`).
+    Write,
+    /// [`connect`](ReconnectingStream::connect).
+    Connect,
+}
+
+impl Waiter {
+    const COUNT: usize = 3;
 }
 
 /// A loss owed to a direction that was parked on the lost connection, and the task that was.
@@ -249,7 +275,7 @@ impl<T> ReconnectingStream<T> {
     /// [`Closed`] (in an `io::Error`) when the policy gives up. Cancel-safe: dropping it keeps
     /// the attempt in flight for the next use.
     pub async fn connect(&mut self) -> io::Result<()> {
-        poll_fn(|cx| self.poll_connect(cx)).await
+        poll_fn(|cx| self.poll_connect(cx, Waiter::Connect)).await
     }
 
     /// Drops the current connection (if any); the next use reconnects. Counts as a lost
@@ -366,13 +392,14 @@ impl<T> ReconnectingStream<T> {
         }
     }
 
-    /// Drives the connection up: `Ready(Ok)` once one is up, `Ready(Err(Closed))` once closed.
+    /// Drives the connection up for the operation `who`: `Ready(Ok)` once one is up,
+    /// `Ready(Err(Closed))` once closed.
     #[inline]
-    fn poll_connect(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_connect(&mut self, cx: &mut Context<'_>, who: Waiter) -> Poll<io::Result<()>> {
         if let Link::Up(_) = self.link {
             return Poll::Ready(Ok(()));
         }
-        self.poll_connect_slow(cx)
+        self.poll_connect_slow(cx, who)
     }
 
     /// The reconnect state machine, out of line so the connected path inlines.
@@ -385,9 +412,9 @@ impl<T> ReconnectingStream<T> {
     /// The attempt and the timer are polled with `wake_waiters`, which wakes every task waiting
     /// here (both halves after a split), not only the last to poll.
     #[inline(never)]
-    fn poll_connect_slow(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_connect_slow(&mut self, cx: &mut Context<'_>, who: Waiter) -> Poll<io::Result<()>> {
         if !matches!(self.link, Link::Closed(_)) {
-            self.waiters.add(cx.waker());
+            self.waiters.add(who, cx.waker());
         }
         let waker = self.wake_waiters.clone();
         let fan = &mut Context::from_waker(&waker);
@@ -501,7 +528,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ReconnectingStream<T> {
         if let Link::Closed(CloseReason::Closed) = this.link {
             return Poll::Ready(Ok(())); // closed by its owner: end of file
         }
-        ready!(this.poll_connect(cx))?;
+        ready!(this.poll_connect(cx, Waiter::Read))?;
         let Link::Up(io) = &mut this.link else {
             unreachable!("poll_connect returns Ok only when up")
         };
@@ -571,7 +598,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ReconnectingStream<T> {
             let reason = CloseReason::Closed;
             return Poll::Ready(Err(Closed { reason }.into_io()));
         }
-        ready!(self.poll_connect(cx))?;
+        ready!(self.poll_connect(cx, Waiter::Write))?;
         let Link::Up(io) = &mut self.link else {
             unreachable!("poll_connect returns Ok only when up")
         };

@@ -1240,6 +1240,127 @@ async fn a_flush_or_an_empty_write_does_not_restart_the_idle_clock() {
     assert_eq!(Instant::now() - start, secs(10.0), "the clock ran on");
 }
 
+// The fan-out waker, one guard per path: each test fails if the backoff timer or the attempt is
+// polled with the caller's waker, or if connecting does not wake the other waiting half.
+
+/// The last task to poll the backoff timer stops polling: after a split, the reader waits out
+/// the backoff after a loss, and the writer polls the timer after it (so a `Sleep` polled with
+/// the writer's own waker would keep only the writer's), then its write is dropped by a
+/// `timeout`. The reader must still be woken when the backoff ends, make the attempt and read
+/// the reply on the new connection.
+#[tokio::test(start_paused = true)]
+async fn a_half_waiting_out_the_backoff_is_woken_after_the_other_polled_the_timer_and_left() {
+    let backend = Backend::default();
+    let stream = ReconnectingStream::builder(backend.connector())
+        .backoff(exact_backoff()) // a flap (stable_after is 5 s): the next attempt in 1 s
+        .build()
+        .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    writer.write_all(b"req1").await.unwrap();
+    let read = tokio::spawn(async move {
+        let mut buf = [0u8; 4];
+        let first = reader.read(&mut buf).await.map(drop);
+        let second = reader.read_exact(&mut buf).await.map(|_| buf);
+        (first, second)
+    });
+    backend.kill(1);
+    tokio::task::yield_now().await; // the reader sees the end of file, then waits out 1 s
+    // The writer polls the backoff timer last, then gives up its write.
+    let gave_up = tokio::time::timeout(secs(0.01), writer.write_all(b"x")).await;
+    assert!(gave_up.is_err());
+    tokio::time::sleep(secs(1.5)).await;
+    assert_eq!(
+        backend.attempts().len(),
+        2,
+        "the reader made attempt 2 at 1 s"
+    );
+    backend.server(2).write_all(b"rep2").await.unwrap();
+    let (first, second) = tokio::time::timeout(secs(60.0), read)
+        .await
+        .expect("the reader waiting out the backoff was never woken")
+        .unwrap();
+    assert!(matches!(lost(&first.unwrap_err()).cause(), Cause::Eof));
+    assert_eq!(&second.unwrap(), b"rep2");
+}
+
+/// The same with the attempt in flight: the reader's read starts the connect, the writer's
+/// write polls it after it (so an attempt polled with the writer's own waker would keep only
+/// the writer's) and is dropped by a `timeout`. When the attempt completes, the reader must be
+/// woken at once, not at the attempt's 20 s deadline.
+#[tokio::test(start_paused = true)]
+async fn a_half_waiting_on_the_attempt_is_woken_when_it_completes_after_the_other_left() {
+    let backend = Backend::default();
+    let gate = Arc::new(Notify::new());
+    let mut inner = backend.connector();
+    let g = gate.clone();
+    let stream = ReconnectingStream::builder(move || {
+        let g = g.clone();
+        let fut = inner();
+        async move {
+            g.notified().await;
+            fut.await
+        }
+    })
+    .build()
+    .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let read = tokio::spawn(async move {
+        let mut buf = [0u8; 4];
+        reader.read_exact(&mut buf).await.map(|_| buf)
+    });
+    tokio::task::yield_now().await; // the reader starts the attempt and waits on it
+    // The writer polls the attempt last, then gives up its write.
+    let gave_up = tokio::time::timeout(secs(0.01), writer.write_all(b"req1")).await;
+    assert!(gave_up.is_err());
+    gate.notify_one(); // the attempt completes
+    tokio::time::sleep(secs(0.1)).await;
+    backend.server(1).write_all(b"rep1").await.unwrap();
+    let got = tokio::time::timeout(secs(1.0), read)
+        .await
+        .expect("the reader was woken only at the attempt's deadline")
+        .unwrap();
+    assert_eq!(&got.unwrap(), b"rep1");
+}
+
+/// When the connection comes up, every half waiting for it proceeds, not only the one whose
+/// poll made it. The writer polls at the end of the backoff before the runtime has fired the
+/// timer the reader waits on (timers fire when the runtime parks): it makes the attempt, which
+/// connects at once, and drops the timer, which then never wakes the reader.
+#[tokio::test(start_paused = true)]
+async fn a_half_waiting_out_the_backoff_proceeds_when_the_other_connects_before_the_timer_fires() {
+    let backend = Backend::default();
+    let stream = ReconnectingStream::builder(backend.connector())
+        .backoff(exact_backoff()) // a flap (stable_after is 5 s): the next attempt in 1 s
+        .build()
+        .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    writer.write_all(b"req1").await.unwrap();
+    let read = tokio::spawn(async move {
+        let mut buf = [0u8; 4];
+        let first = reader.read(&mut buf).await.map(drop);
+        let second = reader.read_exact(&mut buf).await.map(|_| buf);
+        (first, second)
+    });
+    backend.kill(1);
+    tokio::task::yield_now().await; // the reader sees the end of file, then waits out 1 s
+    // The clock reaches the end of the backoff and the writer writes in the same poll, before
+    // the runtime parks (`advance` yields) and fires the reader's timer.
+    let ((), written) = tokio::join!(tokio::time::advance(secs(1.0)), writer.write_all(b"req2"));
+    written.unwrap();
+    assert_eq!(
+        backend.attempts().len(),
+        2,
+        "the writer made attempt 2 at 1 s"
+    );
+    backend.server(2).write_all(b"rep2").await.unwrap();
+    let (first, second) = tokio::time::timeout(secs(1.0), read)
+        .await
+        .expect("the reader was not woken when the writer connected")
+        .unwrap();
+    assert!(matches!(lost(&first.unwrap_err()).cause(), Cause::Eof));
+    assert_eq!(&second.unwrap(), b"rep2");
+}
+
 #[test]
 fn the_stream_is_send() {
     fn send<T: Send>() {}
