@@ -694,7 +694,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ReconnectingStream<T> {
     ///
     /// A write-side operation: a shutdown still flushing when the other half sees the loss is
     /// woken and fails with it, like a write. If the connection's own shutdown fails, the
-    /// error is a lost connection ([`ConnectionLost`]), and the stream closes for good.
+    /// error is a lost connection ([`ConnectionLost`]), and the stream closes for good; a
+    /// `WouldBlock` or `Interrupted` error is returned as it is, and the shutdown can be
+    /// retried, as for reads and writes.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if let Some(owed) = Owed::take_for(&mut this.owed[Dir::Write as usize], cx) {
