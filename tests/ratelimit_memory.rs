@@ -1,5 +1,6 @@
 //! Memory per key: palisade's `KeyedRateLimiter` beside governor's default keyed limiter (a
-//! `DashMap` state store on its default clock), both tracking the same 100,000 `u64` keys.
+//! `DashMap` state store on its default clock), both tracking the same 100,000 `u64` keys, and
+//! then the same 100,000 `String` keys (palisade stores a key's hash, not the key).
 //!
 //! Bytes are counted by a thread-local counting allocator (allocation-counter, which this test
 //! binary alone installs), so the numbers are exact. To make them the same on every run and
@@ -180,4 +181,59 @@ fn dropping_a_limiter_frees_every_key() {
         }
     });
     assert_eq!(info.bytes_current, 0, "governor leaked");
+}
+
+/// A client name of 13 bytes, as an API key or a tenant id would be.
+fn name(key: u64) -> String {
+    format!("client-{key:06}")
+}
+
+#[test]
+fn with_string_keys_palisade_holds_less_per_key_than_governor() {
+    warm_up();
+    // The names exist before counting, as the requests' keys would: what is counted is what
+    // each limiter keeps of them.
+    let names: Vec<String> = (0..KEYS).map(name).collect();
+    let palisade = footprint(
+        || {
+            KeyedRateLimiter::<String>::builder(Quota::per_second(RATE))
+                .hasher(FixedHasher::default())
+                .shards(SHARDS)
+                .build()
+                .unwrap()
+        },
+        |limiter, key| assert!(limiter.check(names[key as usize].as_str()).is_allowed()),
+    );
+    let governor = footprint(
+        || {
+            let state = DashMapStateStore::<String, FixedHasher>::with_hasher_and_shard_amount(
+                FixedHasher::default(),
+                SHARDS,
+            );
+            let limiter: governor::RateLimiter<String, _, governor::clock::DefaultClock> =
+                governor::RateLimiter::new(
+                    governor::Quota::per_second(NonZeroU32::new(RATE).unwrap()),
+                    state,
+                    governor::clock::DefaultClock::default(),
+                );
+            limiter
+        },
+        |limiter, key| limiter.check_key(&names[key as usize]).unwrap(),
+    );
+    println!("{KEYS} String keys of 13 bytes, {SHARDS} shards:");
+    report("palisade", &palisade);
+    report("governor", &governor);
+    assert!(
+        palisade.table_per_key() < governor.table_per_key(),
+        "palisade's table holds {:.2} B/key, governor's {:.2}",
+        palisade.table_per_key(),
+        governor.table_per_key()
+    );
+    // palisade keeps nothing per key beyond its slots: one allocation per growth of a shard,
+    // none per key.
+    assert!(
+        palisade.inserted.count_total < KEYS / 100,
+        "{} allocations for {KEYS} keys",
+        palisade.inserted.count_total
+    );
 }

@@ -42,6 +42,9 @@ pub(crate) mod private {
         fn validated(self) -> Result<Self, ConfigError>;
         fn capacity(&self) -> u32;
         fn new_state(&self) -> Self::State;
+        /// The unused state of an empty slot of a keyed table: as cheap as a zero word (no
+        /// allocation).
+        fn empty_state() -> Self::State;
         fn step(
             &self,
             state: &Self::State,

@@ -190,6 +190,10 @@ impl Core for Quota {
         AtomicU64::new(0)
     }
 
+    fn empty_state() -> AtomicU64 {
+        AtomicU64::new(0)
+    }
+
     #[inline]
     fn step(
         &self,

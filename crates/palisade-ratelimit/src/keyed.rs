@@ -5,7 +5,6 @@ use std::fmt;
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::time::Duration;
 
-use hashbrown::HashTable;
 use palisade_core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use palisade_core::sync::{Mutex, RwLock, thread};
 use palisade_core::{Clock, FastClock};
@@ -16,6 +15,7 @@ use crate::decision::{Decision, Outcome};
 use crate::error::{ConfigError, InsufficientCapacity};
 use crate::limiter::{check_jitter, since, unreachable_capacity};
 use crate::quota::Quota;
+use crate::table::{Slots, fingerprint};
 
 const TARGET: &str = "palisade_ratelimit";
 const MAX_SHARDS: usize = 1 << 12;
@@ -41,7 +41,8 @@ pub enum WhenFull {
 }
 
 /// A rate limiter per key, in bounded memory: a sharded table (one `RwLock` and hash table per
-/// shard) of one algorithm state per key, 8 bytes beside the key for a [`Quota`].
+/// shard) of one algorithm state per key beside the key's 64-bit hash, 16 bytes a slot for a
+/// [`Quota`] whatever the key type. The key itself is not stored.
 ///
 /// ```
 /// use palisade_ratelimit::{KeyedRateLimiter, Quota};
@@ -53,8 +54,16 @@ pub enum WhenFull {
 /// # Ok::<(), palisade_ratelimit::ConfigError>(())
 /// ```
 ///
-/// A check hashes its key once (the hash picks the shard and the slot), takes the shard's read
-/// lock and steps the key's state lock-free; only a key's first check takes the write lock.
+/// A check hashes its key once (the hash picks the shard and the slot, and is what the table
+/// stores for the key), takes the shard's read lock and steps the key's state lock-free; only a
+/// key's first check takes the write lock.
+///
+/// **Keys are told apart by their 64-bit hash.** Two keys with the same hash share one state:
+/// that can only make them share one budget, never admit more than the quota allows. With the
+/// default hasher (SipHash under a random per-process key) the chance that any two of `n` keys
+/// do is under `n² / 2⁶⁵` (3 × 10⁻⁸ for a million keys), and a client cannot aim for it. With
+/// a [`hasher`](KeyedRateLimiterBuilder::hasher) of a fixed seed, it can.
+///
 /// The number of keys never exceeds [`max_keys`](KeyedRateLimiterBuilder::max_keys). When the
 /// table is full, a new key first sweeps its shard (and, without waiting, the others) for keys
 /// that are fully replenished and drops them; a sweep is skipped while no key of that shard can
@@ -63,7 +72,7 @@ pub enum WhenFull {
 /// nothing can go, [`WhenFull`] decides. No background task is needed;
 /// [`evict_idle`](KeyedRateLimiter::evict_idle) sweeps every shard on demand.
 pub struct KeyedRateLimiter<K, A: Algorithm = Quota, C: Clock = FastClock, S = RandomState> {
-    shards: Box<[Shard<K, A>]>,
+    shards: Box<[Shard<A>]>,
     hasher: S,
     clock: C,
     base: u64,
@@ -80,12 +89,15 @@ pub struct KeyedRateLimiter<K, A: Algorithm = Quota, C: Clock = FastClock, S = R
     /// every shard before the next starts, so two changes at once leave every shard on the same
     /// algorithm (the one applied last).
     writer: Mutex<()>,
+    /// Keys are hashed, never stored (see [Guarantees](crate#guarantees)): the limiter is
+    /// `Send` and `Sync` whatever the key type.
+    _key: std::marker::PhantomData<fn(&K)>,
 }
 
 /// A shard on its own cache lines, so checks on different shards do not share one.
 #[repr(align(128))]
-struct Shard<K, A: Algorithm> {
-    table: RwLock<Table<K, A>>,
+struct Shard<A: Algorithm> {
+    table: RwLock<Table<A>>,
     /// No key of this shard is fully replenished before this time (a lower bound: checks only
     /// push it later; inserts and refunds lower it).
     next_idle: AtomicU64,
@@ -103,7 +115,7 @@ const SWEEP_COOLDOWN: Duration = Duration::from_millis(100);
 /// `PRODUCTIVE` keys visited per key freed); the next one may run as soon as a key is idle.
 const PRODUCTIVE: usize = 64;
 
-impl<K, A: Algorithm> Shard<K, A> {
+impl<A: Algorithm> Shard<A> {
     /// The earliest time a full table's sweep of this shard may free a key.
     fn sweepable_at(&self) -> u64 {
         self.next_idle
@@ -117,14 +129,9 @@ impl<K, A: Algorithm> Shard<K, A> {
 /// check on another core reads the header and the algorithm from a line it still holds instead
 /// of fetching them again from the core that took the lock last.
 #[repr(align(128))]
-struct Table<K, A: Algorithm> {
+struct Table<A: Algorithm> {
     algorithm: A,
-    entries: HashTable<Entry<K, A::State>>,
-}
-
-struct Entry<K, S> {
-    key: K,
-    state: S,
+    entries: Slots<A::State>,
 }
 
 /// Counters of a [`KeyedRateLimiter`]'s key table.
@@ -179,7 +186,7 @@ impl<K: Hash + Eq> KeyedRateLimiter<K, Quota, FastClock, RandomState> {
 /// | [`when_full`](KeyedRateLimiterBuilder::when_full) | [`WhenFull::RejectNewKeys`] | either policy |
 /// | [`shards`](KeyedRateLimiterBuilder::shards) | 4 × available cores, rounded up to a power of two | a power of two up to 4096 |
 /// | [`clock`](KeyedRateLimiterBuilder::clock) | [`FastClock`] | any [`Clock`] |
-/// | [`hasher`](KeyedRateLimiterBuilder::hasher) | `RandomState` (SipHash, keyed per process: safe for client-chosen keys) | any `BuildHasher` |
+/// | [`hasher`](KeyedRateLimiterBuilder::hasher) | `RandomState` (SipHash, keyed per process: safe for client-chosen keys) | any `BuildHasher`; its 64-bit hash is the key's identity |
 /// | [`wait_jitter`](KeyedRateLimiterBuilder::wait_jitter) | 0 | up to 1 hour |
 pub struct KeyedRateLimiterBuilder<K, A, C, S> {
     algorithm: A,
@@ -238,8 +245,11 @@ impl<K: Hash + Eq, A: Algorithm, C: Clock, S: BuildHasher> KeyedRateLimiterBuild
         }
     }
 
-    /// The key hasher. Keep a keyed, DoS-resistant one (the default) when clients choose the
-    /// keys; a faster one is fine for keys you control.
+    /// The key hasher. Its 64-bit hash is the key's identity in the table (two keys with one
+    /// hash share one limit), so keep a keyed one with a random seed, like the default, when
+    /// clients choose the keys: with a fixed seed, or a hash that is easy to invert, a client
+    /// can make its key share a victim's limit and spend it. A faster one is fine for keys you
+    /// control.
     pub fn hasher<S2: BuildHasher>(self, hasher: S2) -> KeyedRateLimiterBuilder<K, A, C, S2> {
         KeyedRateLimiterBuilder {
             algorithm: self.algorithm,
@@ -285,7 +295,7 @@ impl<K: Hash + Eq, A: Algorithm, C: Clock, S: BuildHasher> KeyedRateLimiterBuild
             .map(|_| Shard {
                 table: RwLock::new(Table {
                     algorithm: algorithm.clone(),
-                    entries: HashTable::new(),
+                    entries: Slots::new(A::empty_state),
                 }),
                 next_idle: AtomicU64::new(0),
                 next_sweep: AtomicU64::new(0),
@@ -305,6 +315,7 @@ impl<K: Hash + Eq, A: Algorithm, C: Clock, S: BuildHasher> KeyedRateLimiterBuild
             evicted_owing: AtomicU64::new(0),
             rejected_keys: AtomicU64::new(0),
             writer: Mutex::new(()),
+            _key: std::marker::PhantomData,
         })
     }
 }
@@ -322,9 +333,9 @@ where
     }
 
     #[inline]
-    fn shard(&self, hash: u64) -> &Shard<K, A> {
-        // Bits 40.. pick the shard: hashbrown indexes buckets by the low bits and tags them with
-        // the top seven, so the shard index is independent of both.
+    fn shard(&self, hash: u64) -> &Shard<A> {
+        // Bits 40.. pick the shard: the table indexes its slots by the low bits, so the slot
+        // index is independent of the shard.
         &self.shards[(hash >> 40) as usize & (self.shards.len() - 1)]
     }
 
@@ -370,13 +381,12 @@ where
         let hash = self.hasher.hash_one(key);
         let shard = self.shard(hash);
         let table = shard.table.read();
-        if let Some(entry) = table.entries.find(hash, |e| e.key.borrow() == key) {
+        if let Some(state) = table.entries.find(fingerprint(hash)) {
             let now = self.now();
-            table.algorithm.refund(&entry.state, now, n);
-            shard.next_idle.fetch_min(
-                table.algorithm.idle_at(&entry.state, now),
-                Ordering::Relaxed,
-            );
+            table.algorithm.refund(state, now, n);
+            shard
+                .next_idle
+                .fetch_min(table.algorithm.idle_at(state, now), Ordering::Relaxed);
         }
     }
 
@@ -406,13 +416,12 @@ where
         let hash = self.hasher.hash_one(key);
         let shard = self.shard(hash);
         let table = shard.table.read();
-        if let Some(entry) = table.entries.find(hash, |e| e.key.borrow() == key) {
+        if let Some(state) = table.entries.find(fingerprint(hash)) {
             let now = self.now();
-            table.algorithm.undo(&entry.state, now, n, end);
-            shard.next_idle.fetch_min(
-                table.algorithm.idle_at(&entry.state, now),
-                Ordering::Relaxed,
-            );
+            table.algorithm.undo(state, now, n, end);
+            shard
+                .next_idle
+                .fetch_min(table.algorithm.idle_at(state, now), Ordering::Relaxed);
         }
     }
 
@@ -437,15 +446,13 @@ where
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
         let hash = self.hasher.hash_one(key);
+        let fp = fingerprint(hash);
         let shard = self.shard(hash);
         let now = self.now();
         {
             let table = shard.table.read();
-            if let Some(entry) = table.entries.find(hash, |e| e.key.borrow() == key) {
-                return table
-                    .algorithm
-                    .step(&entry.state, now, n, op)
-                    .map(|d| (d, now));
+            if let Some(state) = table.entries.find(fp) {
+                return table.algorithm.step(state, now, n, op).map(|d| (d, now));
             }
             if op == Op::Peek {
                 if self.when_full == WhenFull::RejectNewKeys && self.len() >= self.max_keys {
@@ -461,26 +468,21 @@ where
                     .map(|d| (d, now));
             }
         }
-        self.insert(shard, hash, key, now, n, op).map(|d| (d, now))
+        self.insert(shard, fp, now, n, op).map(|d| (d, now))
     }
 
     #[cold]
-    fn insert<Q>(
+    fn insert(
         &self,
-        shard: &Shard<K, A>,
-        hash: u64,
-        key: &Q,
+        shard: &Shard<A>,
+        fp: u64,
         now: u64,
         n: u32,
         op: Op,
-    ) -> Result<Decision, InsufficientCapacity>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
-    {
+    ) -> Result<Decision, InsufficientCapacity> {
         let mut table = shard.table.write();
-        if let Some(entry) = table.entries.find(hash, |e| e.key.borrow() == key) {
-            return table.algorithm.step(&entry.state, now, n, op);
+        if let Some(state) = table.entries.find(fp) {
+            return table.algorithm.step(state, now, n, op);
         }
         let state = table.algorithm.new_state();
         // Refuse an impossible request before it takes a slot.
@@ -497,15 +499,7 @@ where
         shard
             .next_idle
             .fetch_min(table.algorithm.idle_at(&state, now), Ordering::Relaxed);
-        let hasher = &self.hasher;
-        table.entries.insert_unique(
-            hash,
-            Entry {
-                key: key.to_owned(),
-                state,
-            },
-            |e| hasher.hash_one(&e.key),
-        );
+        table.entries.insert(fp, state);
         Ok(decision)
     }
 
@@ -529,7 +523,7 @@ where
     /// Frees a slot for a new key in `own` (whose write lock the caller holds): sweeps it and,
     /// without blocking, the other shards; then applies the [`WhenFull`] policy. Returns
     /// whether the caller now owns a slot.
-    fn make_room(&self, own: &Shard<K, A>, table: &mut Table<K, A>, now: u64) -> bool {
+    fn make_room(&self, own: &Shard<A>, table: &mut Table<A>, now: u64) -> bool {
         if self.sweep(own, table, now) > 0 && self.take_slot() {
             return true;
         }
@@ -552,7 +546,7 @@ where
     }
 
     /// Drops the keys of one shard that are fully replenished; returns how many.
-    fn sweep(&self, shard: &Shard<K, A>, table: &mut Table<K, A>, now: u64) -> usize {
+    fn sweep(&self, shard: &Shard<A>, table: &mut Table<A>, now: u64) -> usize {
         if shard.sweepable_at() > now {
             return 0;
         }
@@ -560,8 +554,8 @@ where
         let before = table.entries.len();
         let mut next_idle = u64::MAX;
         let algorithm = &table.algorithm;
-        table.entries.retain(|e| {
-            let idle_at = algorithm.idle_at(&e.state, now);
+        table.entries.retain(|state| {
+            let idle_at = algorithm.idle_at(state, now);
             let keep = idle_at > now;
             if keep {
                 next_idle = next_idle.min(idle_at);
@@ -587,8 +581,8 @@ where
     /// Evicts the key of `own` closest to full capacity (or, if `own` is empty, of the first
     /// other shard free to lock), keeping its slot for the caller. Always makes room: the
     /// table is full, so some shard holds a key (or a slot frees up meanwhile).
-    fn evict_closest(&self, own: &Shard<K, A>, table: &mut Table<K, A>, now: u64) -> bool {
-        if evict_min(table, &self.hasher, now).is_some_and(|owed| self.owed(owed)) {
+    fn evict_closest(&self, own: &Shard<A>, table: &mut Table<A>, now: u64) -> bool {
+        if evict_min(table, now).is_some_and(|owed| self.owed(owed)) {
             return true;
         }
         // The keys are in other shards. Their locks are only tried: this thread holds `own`'s,
@@ -599,7 +593,7 @@ where
         loop {
             for other in self.shards.iter().filter(|s| !std::ptr::eq(*s, own)) {
                 if let Some(mut other_table) = other.table.try_write()
-                    && let Some(owed) = evict_min(&mut other_table, &self.hasher, now)
+                    && let Some(owed) = evict_min(&mut other_table, now)
                 {
                     return self.owed(owed);
                 }
@@ -650,14 +644,11 @@ where
     {
         let hash = self.hasher.hash_one(key);
         let mut table = self.shard(hash).table.write();
-        match table.entries.find_entry(hash, |e| e.key.borrow() == key) {
-            Ok(entry) => {
-                entry.remove();
-                self.keys.fetch_sub(1, Ordering::Relaxed);
-                true
-            }
-            Err(_) => false,
+        let removed = table.entries.remove(fingerprint(hash));
+        if removed {
+            self.keys.fetch_sub(1, Ordering::Relaxed);
         }
+        removed
     }
 
     /// Switches every key to `algorithm`, keeping each key's accounting (see
@@ -677,8 +668,8 @@ where
         for shard in self.shards.iter() {
             let mut table = shard.table.write();
             let table = &mut *table;
-            for entry in table.entries.iter_mut() {
-                table.algorithm.rebase(&mut entry.state, &algorithm, now);
+            for state in table.entries.states_mut() {
+                table.algorithm.rebase(state, &algorithm, now);
             }
             table.algorithm = algorithm.clone();
             shard.next_idle.store(0, Ordering::Relaxed);
@@ -731,26 +722,10 @@ impl<K: Hash + Eq, C: Clock, S: BuildHasher> KeyedRateLimiter<K, Quota, C, S> {
     }
 }
 
-/// Removes the entry closest to full capacity; returns how much it still owed (ns or counts).
-fn evict_min<K, A: Algorithm>(
-    table: &mut Table<K, A>,
-    hasher: &impl BuildHasher,
-    now: u64,
-) -> Option<u64>
-where
-    K: Hash,
-{
-    let algorithm = &table.algorithm;
-    let (victim, idle_at) = table
-        .entries
-        .iter()
-        .map(|e| (e, algorithm.idle_at(&e.state, now)))
-        .min_by_key(|&(_, idle_at)| idle_at)?;
-    let hash = hasher.hash_one(&victim.key);
-    let victim: *const Entry<K, A::State> = victim;
-    if let Ok(entry) = table.entries.find_entry(hash, |e| std::ptr::eq(e, victim)) {
-        entry.remove();
-    }
+/// Removes the key closest to full capacity; returns how much it still owed (ns or counts).
+fn evict_min<A: Algorithm>(table: &mut Table<A>, now: u64) -> Option<u64> {
+    let Table { algorithm, entries } = table;
+    let idle_at = entries.remove_min_by_key(|state| algorithm.idle_at(state, now))?;
     Some(idle_at.saturating_sub(now))
 }
 

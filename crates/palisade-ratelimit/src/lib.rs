@@ -10,6 +10,7 @@ mod limiter;
 mod multi;
 mod quota;
 mod sliding;
+mod table;
 #[cfg(feature = "tokio")]
 mod wait;
 

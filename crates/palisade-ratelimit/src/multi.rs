@@ -145,6 +145,10 @@ impl Core for MultiGcra {
         Mutex::new(vec![0; self.quotas.len()].into_boxed_slice())
     }
 
+    fn empty_state() -> Self::State {
+        Mutex::new(Box::default())
+    }
+
     fn step(
         &self,
         state: &Self::State,

@@ -309,6 +309,10 @@ impl Core for SlidingWindow {
         AtomicU64::new(0)
     }
 
+    fn empty_state() -> AtomicU64 {
+        AtomicU64::new(0)
+    }
+
     #[inline]
     fn step(
         &self,
