@@ -64,19 +64,20 @@ async fn slot_freed(pool: &Pool<Panicky, TokioClock>) {
     pool.close(S).await.expect("nothing left out");
 }
 
+/// A `get()` on its own task, whose hook behind `flag` panics: the task panics.
+async fn get_panics(pool: &Pool<Panicky, TokioClock>, flag: &AtomicBool) {
+    flag.store(true, Ordering::SeqCst);
+    let p = pool.clone();
+    let got = tokio::spawn(async move { p.get().await.map(drop) }).await;
+    assert!(got.unwrap_err().is_panic());
+    flag.store(false, Ordering::SeqCst);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_panicking_is_broken_at_checkout_frees_the_slot() {
     let pool = pool();
     drop(pool.get().await.unwrap());
-    pool.manager().is_broken.store(true, Ordering::SeqCst);
-    let p = pool.clone();
-    assert!(
-        tokio::spawn(async move { p.get().await.map(drop) })
-            .await
-            .unwrap_err()
-            .is_panic()
-    );
-    pool.manager().is_broken.store(false, Ordering::SeqCst);
+    get_panics(&pool, &pool.manager().is_broken).await;
     slot_freed(&pool).await;
 }
 
@@ -84,15 +85,7 @@ async fn a_panicking_is_broken_at_checkout_frees_the_slot() {
 async fn a_panicking_recycle_at_checkout_frees_the_slot() {
     let pool = pool();
     drop(pool.get().await.unwrap());
-    pool.manager().recycle.store(true, Ordering::SeqCst);
-    let p = pool.clone();
-    assert!(
-        tokio::spawn(async move { p.get().await.map(drop) })
-            .await
-            .unwrap_err()
-            .is_panic()
-    );
-    pool.manager().recycle.store(false, Ordering::SeqCst);
+    get_panics(&pool, &pool.manager().recycle).await;
     slot_freed(&pool).await;
 }
 
@@ -105,15 +98,7 @@ async fn a_panicking_validate_at_checkout_frees_the_slot() {
         .test_on_checkout(CheckoutTest::Always)
         .build()
         .unwrap();
-    pool.manager().validate.store(true, Ordering::SeqCst);
-    let p = pool.clone();
-    assert!(
-        tokio::spawn(async move { p.get().await.map(drop) })
-            .await
-            .unwrap_err()
-            .is_panic()
-    );
-    pool.manager().validate.store(false, Ordering::SeqCst);
+    get_panics(&pool, &pool.manager().validate).await;
     slot_freed(&pool).await;
 }
 

@@ -77,6 +77,24 @@ impl Backend {
     fn kill(&self, n: usize) {
         drop(self.server(n));
     }
+
+    /// A stream on this backend whose every connect waits for a permit of the returned gate.
+    fn gated_stream(&self) -> (ReconnectingStream<DuplexStream>, Arc<Notify>) {
+        let gate = Arc::new(Notify::new());
+        let mut inner = self.connector();
+        let g = gate.clone();
+        let stream = ReconnectingStream::builder(move || {
+            let g = g.clone();
+            let fut = inner();
+            async move {
+                g.notified().await;
+                fut.await
+            }
+        })
+        .build()
+        .unwrap();
+        (stream, gate)
+    }
 }
 
 fn secs(s: f64) -> Duration {
@@ -972,19 +990,7 @@ async fn after_a_split_both_halves_waiting_out_the_backoff_are_woken() {
 #[tokio::test(start_paused = true)]
 async fn after_a_split_both_halves_waiting_on_one_connect_are_woken() {
     let backend = Backend::default();
-    let gate = Arc::new(Notify::new());
-    let mut inner = backend.connector();
-    let g = gate.clone();
-    let stream = ReconnectingStream::builder(move || {
-        let g = g.clone();
-        let fut = inner();
-        async move {
-            g.notified().await;
-            fut.await
-        }
-    })
-    .build()
-    .unwrap();
+    let (stream, gate) = backend.gated_stream();
     let (mut reader, mut writer) = tokio::io::split(stream);
     let read = tokio::spawn(async move {
         let mut buf = [0u8; 4];
@@ -1290,19 +1296,7 @@ async fn a_half_waiting_out_the_backoff_is_woken_after_the_other_polled_the_time
 #[tokio::test(start_paused = true)]
 async fn a_half_waiting_on_the_attempt_is_woken_when_it_completes_after_the_other_left() {
     let backend = Backend::default();
-    let gate = Arc::new(Notify::new());
-    let mut inner = backend.connector();
-    let g = gate.clone();
-    let stream = ReconnectingStream::builder(move || {
-        let g = g.clone();
-        let fut = inner();
-        async move {
-            g.notified().await;
-            fut.await
-        }
-    })
-    .build()
-    .unwrap();
+    let (stream, gate) = backend.gated_stream();
     let (mut reader, mut writer) = tokio::io::split(stream);
     let read = tokio::spawn(async move {
         let mut buf = [0u8; 4];
