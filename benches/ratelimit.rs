@@ -8,8 +8,11 @@
 //!
 //! - `ratelimit/direct`: one check of one limiter (GCRA on one atomic word for both palisade
 //!   and governor's `RateLimiter::direct`).
-//! - `ratelimit/keyed_1k` and `ratelimit/keyed_1m`: one check of a keyed limiter holding 1,000
-//!   or 1,000,000 `u64` keys, inserted before timing, cycling through them in order.
+//! - `ratelimit/keyed_1k`, `ratelimit/keyed_1m` and `ratelimit/keyed_900k`: one check of a keyed
+//!   limiter holding 1,000, 1,000,000 or 900,000 `u64` keys, inserted before timing, cycling
+//!   through them in order. (With 4 × cores shards, a million keys fill each shard's table to
+//!   about half its slots and 900,000 to 0.86 of them, near the 7/8 at which it grows: the
+//!   shortest and about the longest probe runs of its growth cycle.)
 //!   palisade's `KeyedRateLimiter` with `max_keys` the number of keys, governor's default keyed
 //!   limiter (`RateLimiter::keyed`, a `DashMap`); both hash with std's `RandomState` and have
 //!   4 × cores shards.
@@ -142,6 +145,14 @@ fn keyed_1m(c: &mut Criterion) {
     group.finish();
 }
 
+/// 900,000 keys fill each shard's table to 0.86 of its slots (a million fill half of the next
+/// size): near the 7/8 at which palisade's table grows, where its probe runs are longest.
+fn keyed_900k(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ratelimit/keyed_900k");
+    keyed(&mut group, 900_000);
+    group.finish();
+}
+
 fn contended_direct(c: &mut Criterion) {
     let mut group = c.benchmark_group("ratelimit/contended");
 
@@ -269,6 +280,7 @@ criterion_group!(
     direct,
     keyed_1k,
     keyed_1m,
+    keyed_900k,
     contended_direct,
     contended_keyed,
     tower

@@ -15,7 +15,7 @@ use crate::decision::{Decision, Outcome};
 use crate::error::{ConfigError, InsufficientCapacity};
 use crate::limiter::{check_jitter, since, unreachable_capacity};
 use crate::quota::Quota;
-use crate::table::{Slots, fingerprint};
+use crate::table::Slots;
 
 const TARGET: &str = "palisade_ratelimit";
 const MAX_SHARDS: usize = 1 << 12;
@@ -58,11 +58,14 @@ pub enum WhenFull {
 /// stores for the key), takes the shard's read lock and steps the key's state lock-free; only a
 /// key's first check takes the write lock.
 ///
-/// **Keys are told apart by their 64-bit hash.** Two keys with the same hash share one state:
-/// that can only make them share one budget, never admit more than the quota allows. With the
-/// default hasher (SipHash under a random per-process key) the chance that any two of `n` keys
-/// do is under `n² / 2⁶⁵` (3 × 10⁻⁸ for a million keys), and a client cannot aim for it. With
-/// a [`hasher`](KeyedRateLimiterBuilder::hasher) of a fixed seed, it can.
+/// **Keys are told apart by their whole 64-bit hash.** Two keys with the same hash are one key
+/// to the limiter: together they get what one key gets, a [`refund`](KeyedRateLimiter::refund)
+/// or [`remove`](KeyedRateLimiter::remove) of one acts on the other, and
+/// [`len`](KeyedRateLimiter::len) counts them once. With the default hasher (SipHash under a
+/// random key) the chance that some two of `n` keys tracked at once collide is under
+/// `n² / 2⁶⁵` (3 × 10⁻⁸ for a million keys), and a client cannot aim for it; over a long run,
+/// about `(new keys × keys tracked) / 2⁶⁴`. With a
+/// [`hasher`](KeyedRateLimiterBuilder::hasher) of a fixed seed, a client can aim for it.
 ///
 /// The number of keys never exceeds [`max_keys`](KeyedRateLimiterBuilder::max_keys). When the
 /// table is full, a new key first sweeps its shard (and, without waiting, the others) for keys
@@ -186,7 +189,7 @@ impl<K: Hash + Eq> KeyedRateLimiter<K, Quota, FastClock, RandomState> {
 /// | [`when_full`](KeyedRateLimiterBuilder::when_full) | [`WhenFull::RejectNewKeys`] | either policy |
 /// | [`shards`](KeyedRateLimiterBuilder::shards) | 4 × available cores, rounded up to a power of two | a power of two up to 4096 |
 /// | [`clock`](KeyedRateLimiterBuilder::clock) | [`FastClock`] | any [`Clock`] |
-/// | [`hasher`](KeyedRateLimiterBuilder::hasher) | `RandomState` (SipHash, keyed per process: safe for client-chosen keys) | any `BuildHasher`; its 64-bit hash is the key's identity |
+/// | [`hasher`](KeyedRateLimiterBuilder::hasher) | `RandomState` (SipHash under random keys: safe for client-chosen keys) | any `BuildHasher` giving distinct keys distinct, well-mixed 64-bit hashes: its hash is the key's identity |
 /// | [`wait_jitter`](KeyedRateLimiterBuilder::wait_jitter) | 0 | up to 1 hour |
 pub struct KeyedRateLimiterBuilder<K, A, C, S> {
     algorithm: A,
@@ -246,10 +249,10 @@ impl<K: Hash + Eq, A: Algorithm, C: Clock, S: BuildHasher> KeyedRateLimiterBuild
     }
 
     /// The key hasher. Its 64-bit hash is the key's identity in the table (two keys with one
-    /// hash share one limit), so keep a keyed one with a random seed, like the default, when
-    /// clients choose the keys: with a fixed seed, or a hash that is easy to invert, a client
-    /// can make its key share a victim's limit and spend it. A faster one is fine for keys you
-    /// control.
+    /// hash share one limit), so it must give distinct keys distinct, well-mixed 64-bit hashes:
+    /// not an identity hash, nor one whose output is 32 bits wide. When clients choose the
+    /// keys, keep one with a random seed, like the default: with a fixed seed, or a hash that
+    /// is easy to invert, a client can make its key share a victim's limit and spend it.
     pub fn hasher<S2: BuildHasher>(self, hasher: S2) -> KeyedRateLimiterBuilder<K, A, C, S2> {
         KeyedRateLimiterBuilder {
             algorithm: self.algorithm,
@@ -381,7 +384,7 @@ where
         let hash = self.hasher.hash_one(key);
         let shard = self.shard(hash);
         let table = shard.table.read();
-        if let Some(state) = table.entries.find(fingerprint(hash)) {
+        if let Some(state) = table.entries.find(hash) {
             let now = self.now();
             table.algorithm.refund(state, now, n);
             shard
@@ -416,7 +419,7 @@ where
         let hash = self.hasher.hash_one(key);
         let shard = self.shard(hash);
         let table = shard.table.read();
-        if let Some(state) = table.entries.find(fingerprint(hash)) {
+        if let Some(state) = table.entries.find(hash) {
             let now = self.now();
             table.algorithm.undo(state, now, n, end);
             shard
@@ -446,12 +449,11 @@ where
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
         let hash = self.hasher.hash_one(key);
-        let fp = fingerprint(hash);
         let shard = self.shard(hash);
         let now = self.now();
         {
             let table = shard.table.read();
-            if let Some(state) = table.entries.find(fp) {
+            if let Some(state) = table.entries.find(hash) {
                 return table.algorithm.step(state, now, n, op).map(|d| (d, now));
             }
             if op == Op::Peek {
@@ -468,20 +470,20 @@ where
                     .map(|d| (d, now));
             }
         }
-        self.insert(shard, fp, now, n, op).map(|d| (d, now))
+        self.insert(shard, hash, now, n, op).map(|d| (d, now))
     }
 
     #[cold]
     fn insert(
         &self,
         shard: &Shard<A>,
-        fp: u64,
+        hash: u64,
         now: u64,
         n: u32,
         op: Op,
     ) -> Result<Decision, InsufficientCapacity> {
         let mut table = shard.table.write();
-        if let Some(state) = table.entries.find(fp) {
+        if let Some(state) = table.entries.find(hash) {
             return table.algorithm.step(state, now, n, op);
         }
         let state = table.algorithm.new_state();
@@ -499,7 +501,7 @@ where
         shard
             .next_idle
             .fetch_min(table.algorithm.idle_at(&state, now), Ordering::Relaxed);
-        table.entries.insert(fp, state);
+        table.entries.insert(hash, state);
         Ok(decision)
     }
 
@@ -644,7 +646,7 @@ where
     {
         let hash = self.hasher.hash_one(key);
         let mut table = self.shard(hash).table.write();
-        let removed = table.entries.remove(fingerprint(hash));
+        let removed = table.entries.remove(hash);
         if removed {
             self.keys.fetch_sub(1, Ordering::Relaxed);
         }
