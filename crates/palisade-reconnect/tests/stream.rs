@@ -953,6 +953,44 @@ async fn many_clients_spread_their_attempts_over_the_jitter_window() {
 
 // Regressions of the stream's fourth review (each failed before its fix).
 
+type Reader = tokio::io::ReadHalf<ReconnectingStream<DuplexStream>>;
+
+/// Reads four bytes on a task of its own.
+fn read_four(mut reader: Reader) -> tokio::task::JoinHandle<io::Result<[u8; 4]>> {
+    tokio::spawn(async move {
+        let mut buf = [0u8; 4];
+        reader.read_exact(&mut buf).await.map(|_| buf)
+    })
+}
+
+/// On a task of its own: one read (which is to see the connection lost), then four bytes.
+fn read_loss_then_reply(
+    mut reader: Reader,
+) -> tokio::task::JoinHandle<(io::Result<()>, io::Result<[u8; 4]>)> {
+    tokio::spawn(async move {
+        let mut buf = [0u8; 4];
+        let first = reader.read(&mut buf).await.map(drop);
+        let second = reader.read_exact(&mut buf).await.map(|_| buf);
+        (first, second)
+    })
+}
+
+/// The reader of [`read_loss_then_reply`] finishes `within`: it saw the end of file, then
+/// `reply` on the new connection.
+async fn assert_loss_then_reply(
+    read: tokio::task::JoinHandle<(io::Result<()>, io::Result<[u8; 4]>)>,
+    within: Duration,
+    why: &str,
+    reply: &[u8; 4],
+) {
+    let (first, second) = tokio::time::timeout(within, read)
+        .await
+        .expect(why)
+        .unwrap();
+    assert!(matches!(lost(&first.unwrap_err()).cause(), Cause::Eof));
+    assert_eq!(&second.unwrap(), reply);
+}
+
 /// Wakers lost across a reconnect after a split. The backoff timer (a `Sleep`) and the attempt
 /// in flight each keep the waker of their last poll only. Both halves wait out the backoff
 /// after a loss: the writer polled the timer last, was woken, reconnected and wrote; the reader,
@@ -964,25 +1002,21 @@ async fn after_a_split_both_halves_waiting_out_the_backoff_are_woken() {
         .backoff(exact_backoff()) // a flap (stable_after is 5 s): the next attempt in 1 s
         .build()
         .unwrap();
-    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (reader, mut writer) = tokio::io::split(stream);
     writer.write_all(b"req1").await.unwrap();
-    let read = tokio::spawn(async move {
-        let mut buf = [0u8; 4];
-        let first = reader.read(&mut buf).await.map(drop);
-        let second = reader.read_exact(&mut buf).await.map(|_| buf);
-        (first, second)
-    });
+    let read = read_loss_then_reply(reader);
     backend.kill(1);
     tokio::task::yield_now().await; // the reader sees the end of file, then waits to reconnect
     writer.write_all(b"req2").await.unwrap(); // waits for the same attempt, on connection 2
     assert_eq!(backend.attempts().len(), 2);
     backend.server(2).write_all(b"rep2").await.unwrap();
-    let (first, second) = tokio::time::timeout(secs(60.0), read)
-        .await
-        .expect("the reader waiting out the backoff was never woken")
-        .unwrap();
-    assert!(matches!(lost(&first.unwrap_err()).cause(), Cause::Eof));
-    assert_eq!(&second.unwrap(), b"rep2");
+    assert_loss_then_reply(
+        read,
+        secs(60.0),
+        "the reader waiting out the backoff was never woken",
+        b"rep2",
+    )
+    .await;
 }
 
 /// The same with the attempt in flight: the reader's read started the connect, the writer's
@@ -991,11 +1025,8 @@ async fn after_a_split_both_halves_waiting_out_the_backoff_are_woken() {
 async fn after_a_split_both_halves_waiting_on_one_connect_are_woken() {
     let backend = Backend::default();
     let (stream, gate) = backend.gated_stream();
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let read = tokio::spawn(async move {
-        let mut buf = [0u8; 4];
-        reader.read_exact(&mut buf).await.map(|_| buf)
-    });
+    let (reader, mut writer) = tokio::io::split(stream);
+    let read = read_four(reader);
     tokio::task::yield_now().await; // the reader starts the attempt and waits on it
     let (written, ()) = tokio::join!(writer.write_all(b"req1"), async {
         tokio::task::yield_now().await; // the writer waits on the same attempt
@@ -1261,14 +1292,9 @@ async fn a_half_waiting_out_the_backoff_is_woken_after_the_other_polled_the_time
         .backoff(exact_backoff()) // a flap (stable_after is 5 s): the next attempt in 1 s
         .build()
         .unwrap();
-    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (reader, mut writer) = tokio::io::split(stream);
     writer.write_all(b"req1").await.unwrap();
-    let read = tokio::spawn(async move {
-        let mut buf = [0u8; 4];
-        let first = reader.read(&mut buf).await.map(drop);
-        let second = reader.read_exact(&mut buf).await.map(|_| buf);
-        (first, second)
-    });
+    let read = read_loss_then_reply(reader);
     backend.kill(1);
     tokio::task::yield_now().await; // the reader sees the end of file, then waits out 1 s
     // The writer polls the backoff timer last, then gives up its write.
@@ -1281,12 +1307,13 @@ async fn a_half_waiting_out_the_backoff_is_woken_after_the_other_polled_the_time
         "the reader made attempt 2 at 1 s"
     );
     backend.server(2).write_all(b"rep2").await.unwrap();
-    let (first, second) = tokio::time::timeout(secs(60.0), read)
-        .await
-        .expect("the reader waiting out the backoff was never woken")
-        .unwrap();
-    assert!(matches!(lost(&first.unwrap_err()).cause(), Cause::Eof));
-    assert_eq!(&second.unwrap(), b"rep2");
+    assert_loss_then_reply(
+        read,
+        secs(60.0),
+        "the reader waiting out the backoff was never woken",
+        b"rep2",
+    )
+    .await;
 }
 
 /// The same with the attempt in flight: the reader's read starts the connect, the writer's
@@ -1297,11 +1324,8 @@ async fn a_half_waiting_out_the_backoff_is_woken_after_the_other_polled_the_time
 async fn a_half_waiting_on_the_attempt_is_woken_when_it_completes_after_the_other_left() {
     let backend = Backend::default();
     let (stream, gate) = backend.gated_stream();
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let read = tokio::spawn(async move {
-        let mut buf = [0u8; 4];
-        reader.read_exact(&mut buf).await.map(|_| buf)
-    });
+    let (reader, mut writer) = tokio::io::split(stream);
+    let read = read_four(reader);
     tokio::task::yield_now().await; // the reader starts the attempt and waits on it
     // The writer polls the attempt last, then gives up its write.
     let gave_up = tokio::time::timeout(secs(0.01), writer.write_all(b"req1")).await;
@@ -1327,14 +1351,9 @@ async fn a_half_waiting_out_the_backoff_proceeds_when_the_other_connects_before_
         .backoff(exact_backoff()) // a flap (stable_after is 5 s): the next attempt in 1 s
         .build()
         .unwrap();
-    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (reader, mut writer) = tokio::io::split(stream);
     writer.write_all(b"req1").await.unwrap();
-    let read = tokio::spawn(async move {
-        let mut buf = [0u8; 4];
-        let first = reader.read(&mut buf).await.map(drop);
-        let second = reader.read_exact(&mut buf).await.map(|_| buf);
-        (first, second)
-    });
+    let read = read_loss_then_reply(reader);
     backend.kill(1);
     tokio::task::yield_now().await; // the reader sees the end of file, then waits out 1 s
     // The clock reaches the end of the backoff and the writer writes in the same poll, before
@@ -1347,12 +1366,13 @@ async fn a_half_waiting_out_the_backoff_proceeds_when_the_other_connects_before_
         "the writer made attempt 2 at 1 s"
     );
     backend.server(2).write_all(b"rep2").await.unwrap();
-    let (first, second) = tokio::time::timeout(secs(1.0), read)
-        .await
-        .expect("the reader was not woken when the writer connected")
-        .unwrap();
-    assert!(matches!(lost(&first.unwrap_err()).cause(), Cause::Eof));
-    assert_eq!(&second.unwrap(), b"rep2");
+    assert_loss_then_reply(
+        read,
+        secs(1.0),
+        "the reader was not woken when the writer connected",
+        b"rep2",
+    )
+    .await;
 }
 
 #[test]
