@@ -19,7 +19,7 @@
 //! has run once its acquisitions cost a thread-local lookup and nothing global: the graph's
 //! lock is taken only for chains never seen before. `try_lock` records no edge into the lock it
 //! takes (it cannot block), but later acquisitions are ordered after it. Async locks
-//! ([`tokio`](crate::tokio)) are tracked per task, so a guard held across an `.await` is checked
+//! ([`tokio`][tokio-module]) are tracked per task, so a guard held across an `.await` is checked
 //! wherever the task resumes. One task is one holder: futures running concurrently inside a task
 //! (`join!`, `select!`) that hold guards across `.await` look like one holder nesting them; spawn
 //! such branches as tasks, or use [`Mode::Log`] there (see the crate README's limits).
@@ -27,6 +27,13 @@
 //! A report goes where [`set_mode`] says: a panic (the default, so tests fail at the bad
 //! acquisition), a `tracing` error event, or a callback. Each inverted pair of classes is
 //! reported once per process.
+//!
+#![cfg_attr(feature = "tokio", doc = "[tokio-module]: crate::tokio")]
+// Without the feature the module is not in these docs: link to the published one.
+#![cfg_attr(
+    not(feature = "tokio"),
+    doc = "[tokio-module]: https://docs.rs/palisade-lock/latest/palisade_lock/tokio/index.html"
+)]
 
 use std::backtrace::Backtrace;
 use std::fmt;

@@ -65,6 +65,16 @@
 //! misuse above taking two levels backwards, is reported like any other inversion, once the
 //! process has also taken the two levels in their right order (the detector learns orders by
 //! running them; it does not read the declaration).
+//!
+// Without the `tokio` feature the async locks are not in these docs: link to the published ones.
+#![cfg_attr(
+    not(feature = "tokio"),
+    doc = "[`AsyncMutex`]: https://docs.rs/palisade-lock/latest/palisade_lock/ordered/struct.AsyncMutex.html"
+)]
+#![cfg_attr(
+    not(feature = "tokio"),
+    doc = "[`AsyncRwLock`]: https://docs.rs/palisade-lock/latest/palisade_lock/ordered/struct.AsyncRwLock.html"
+)]
 
 use std::fmt;
 use std::marker::PhantomData;
