@@ -12,7 +12,7 @@ use tokio::time::{Instant, timeout_at};
 use crate::config::{Config, CoordinatorBuilder, Escalation, validate_hook_timeout};
 use crate::counter::{Counter, Refuse};
 use crate::error::{ConfigError, Refused};
-use crate::hooks::{Hook, HookBuilder, HookId, HookResult, Hooks, boxed};
+use crate::hooks::{Hook, HookBuilder, HookId, HookResult, Hooks, boxed, drop_unrun};
 use crate::phase::Phase;
 use crate::report::{HookReport, Outcome, PhaseReport, ShutdownReport, Trigger};
 use crate::scope::{Scope, ScopeInner, Tracked};
@@ -330,6 +330,7 @@ impl Inner {
             let hook_started = Instant::now();
             if hook_started >= deadline {
                 cut = true;
+                drop_unrun(vec![hook]);
                 progress.hooks.push(HookReport {
                     name,
                     took: Duration::ZERO,
@@ -453,11 +454,12 @@ impl Inner {
         escalated: Option<Option<Signal>>,
         mut progress: Progress,
     ) -> ShutdownReport {
-        let unrun = {
+        let (unrun, futures) = {
             let mut hooks = self.hooks.lock();
             hooks.closed = true;
             hooks.unrun()
         };
+        drop_unrun(futures);
         progress
             .hooks
             .extend(unrun.into_iter().map(|name| HookReport {

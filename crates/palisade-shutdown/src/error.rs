@@ -4,8 +4,9 @@ use std::fmt;
 
 pub use palisade_core::ConfigError;
 
-/// A task or future was refused because its scope has finished draining: nothing would wait
-/// for it. The future is handed back, unpolled, by [`into_inner`](Refused::into_inner).
+/// A task or future was refused because its scope has finished draining (or was sealed early,
+/// when the drain timed out or the shutdown was escalated): nothing would wait for it. The
+/// future is handed back, unpolled, by [`into_inner`](Refused::into_inner).
 ///
 /// It is an error (`Send + Sync` whenever the future is `Send`, even if the future is not `Sync`),
 /// so `scope.spawn(server)?` works in a function returning `Box<dyn Error + Send + Sync>`.

@@ -72,17 +72,27 @@ impl Hooks {
         Some((hook.name.clone(), hook.timeout, future))
     }
 
-    /// Names of hooks that never ran (their futures are dropped).
-    pub(crate) fn unrun(&mut self) -> Vec<String> {
-        self.list
-            .iter_mut()
-            .filter(|hook| !hook.ran)
-            .map(|hook| {
-                hook.ran = true;
-                hook.future = None;
-                hook.name.clone()
-            })
-            .collect()
+    /// Names of hooks that never ran, and their futures, taken out to be dropped by the
+    /// caller once the lock is released (see [`drop_unrun`]).
+    pub(crate) fn unrun(&mut self) -> (Vec<String>, Vec<HookFuture>) {
+        let mut names = Vec::new();
+        let mut futures = Vec::new();
+        for hook in self.list.iter_mut().filter(|hook| !hook.ran) {
+            hook.ran = true;
+            names.push(hook.name.clone());
+            futures.extend(hook.future.take());
+        }
+        (names, futures)
+    }
+}
+
+/// Drops hook futures that will never run on a task of their own, as a hook that runs is
+/// dropped on its own task: a destructor that panics (a blocking client owning a runtime) cannot
+/// take the coordinator down, and one that registers a hook cannot deadlock it on the hooks'
+/// lock. Must be called inside the runtime, with no lock held.
+pub(crate) fn drop_unrun(futures: Vec<HookFuture>) {
+    if !futures.is_empty() {
+        drop(tokio::spawn(async move { drop(futures) }));
     }
 }
 

@@ -195,6 +195,35 @@ impl ScopeInner {
         }
     }
 
+    /// Whether `this` (held only by its parent's list, whose lock the caller holds) is
+    /// finished: no handle, no task, and the same for every scope nested in it. Nothing can
+    /// reach such a subtree any more, so it can be pruned whole.
+    fn is_finished(this: &Arc<ScopeInner>) -> bool {
+        Arc::strong_count(this) == 1
+            && this.tasks.count() == 0
+            && this
+                .children
+                .lock()
+                .scopes
+                .iter()
+                .all(ScopeInner::is_finished)
+    }
+
+    /// Tasks tracked, and tasks panicked, here and in every scope nested in it (pruned or not).
+    fn totals(&self) -> (u64, u64) {
+        let children = self.children.lock();
+        let mut totals = (
+            self.spawned() + children.pruned_spawned,
+            self.panicked.load(Ordering::Relaxed) + children.pruned_panicked,
+        );
+        for child in &children.scopes {
+            let (spawned, panicked) = child.totals();
+            totals.0 += spawned;
+            totals.1 += panicked;
+        }
+        totals
+    }
+
     /// Tasks and futures tracked here over the scope's life.
     fn spawned(&self) -> u64 {
         self.tracked.load(Ordering::Relaxed) + self.aborts.lock().spawned
@@ -275,8 +304,9 @@ impl Scope {
     /// A scope nested in this one, drained before it. Created after this scope began draining,
     /// it is born drained and refuses tasks.
     ///
-    /// Nested scopes are cheap: finished scopes with no handle left are pruned (their counts
-    /// are kept for the report) as their parent creates more children, amortized O(1) each.
+    /// Nested scopes are cheap: finished scopes with no handle left (and none left on any scope
+    /// nested in them, nor a task) are pruned with everything nested in them (their counts are
+    /// kept for the report) as their parent creates more children, amortized O(1) each.
     pub fn scope(&self, name: &str) -> Scope {
         let child = Arc::new(ScopeInner::new(
             format!("{}/{}", self.inner.name, name).into(),
@@ -292,12 +322,12 @@ impl Scope {
         if children.scopes.len() >= children.prune_at {
             let mut pruned = (0, 0);
             children.scopes.retain(|scope| {
-                let finished = Arc::strong_count(scope) == 1
-                    && scope.tasks.count() == 0
-                    && scope.children.lock().scopes.is_empty();
+                // A finished scope's own nested scopes go with it: checked and counted whole.
+                let finished = ScopeInner::is_finished(scope);
                 if finished {
-                    pruned.0 += scope.spawned();
-                    pruned.1 += scope.panicked.load(Ordering::Relaxed);
+                    let (spawned, panicked) = scope.totals();
+                    pruned.0 += spawned;
+                    pruned.1 += panicked;
                 }
                 !finished
             });
@@ -331,7 +361,8 @@ impl Scope {
     ///
     /// # Errors
     ///
-    /// [`Refused`], with the future unpolled, once the scope has finished draining.
+    /// [`Refused`], with the future unpolled, once the scope has finished draining, or once
+    /// the drain timed out or the shutdown was escalated (every scope is then sealed at once).
     ///
     /// # Panics
     ///

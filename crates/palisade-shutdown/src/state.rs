@@ -90,14 +90,19 @@ impl State {
         self.abandoned.load(Ordering::Acquire)
     }
 
+    /// Escalates; `true` if this call was the first. Only the first escalation says what
+    /// escalated (a signal, or `None` for [`Shutdown::escalate`](crate::Shutdown::escalate)):
+    /// a signal arriving after an `escalate()` did not escalate anything.
     pub(crate) fn escalate(&self, by: Option<Signal>) -> bool {
-        if by.is_some() {
+        let first = {
+            // The flag and the cause change together, so whoever sees the flag sees its cause.
             let mut slot = self.escalated_by.lock();
-            if slot.is_none() {
+            let first = !self.escalated.swap(true, Ordering::AcqRel);
+            if first {
                 *slot = by;
             }
-        }
-        let first = !self.escalated.swap(true, Ordering::AcqRel);
+            first
+        };
         if first {
             self.event.notify_all();
         }
@@ -145,5 +150,28 @@ impl fmt::Debug for State {
             .field("phase", &self.phase())
             .field("escalated", &self.is_escalated())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::State;
+    use crate::config::PanicPolicy;
+    use crate::signal::Signal;
+
+    /// `escalate()` first, then a signal (a supervisor's second SIGTERM): the report must say
+    /// the shutdown was escalated by `escalate()`, not by the later signal (which would turn the
+    /// exit code into 143).
+    #[test]
+    fn the_first_escalation_says_what_escalated() {
+        let state = State::new(PanicPolicy::Report);
+        assert!(state.escalate(None));
+        assert!(!state.escalate(Some(Signal::Terminate)));
+        assert_eq!(state.escalated_by(), None);
+
+        let state = State::new(PanicPolicy::Report);
+        assert!(state.escalate(Some(Signal::Interrupt)));
+        assert!(!state.escalate(Some(Signal::Terminate)));
+        assert_eq!(state.escalated_by(), Some(Signal::Interrupt));
     }
 }

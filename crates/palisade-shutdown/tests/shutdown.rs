@@ -894,3 +894,87 @@ async fn a_hook_registered_too_late_is_reported_skipped() {
     let report = run.await.unwrap();
     assert_eq!(report.hook("late").unwrap().outcome, Outcome::Skipped);
 }
+
+/// A per-connection scope that made a nested scope (per request) is pruned once it is finished
+/// and no handle is left, like any other finished scope: a long-running server creating one per
+/// connection must not grow its scope tree (and its report, and every walk of it) without end.
+/// The pruned scopes' counts are kept for the report, nested ones included.
+#[tokio::test(start_paused = true)]
+async fn finished_scopes_with_nested_scopes_are_pruned_and_their_counts_kept() {
+    let coordinator = builder().build().unwrap();
+    let shutdown = coordinator.handle();
+    for _ in 0..1000 {
+        let connection = shutdown.scope("connection");
+        connection.spawn(async {}).unwrap().await.unwrap();
+        let request = connection.scope("request");
+        request.spawn(async {}).unwrap().await.unwrap();
+    }
+    shutdown.trigger();
+    let report = coordinator.run().await;
+    assert!(report.is_clean(), "{report}");
+    assert!(
+        report.scopes.len() <= 2 * 64 * 2 + 1,
+        "{} scopes kept for 1000 finished connections",
+        report.scopes.len()
+    );
+    let spawned: u64 = report.scopes.iter().map(|scope| scope.spawned).sum();
+    assert_eq!(spawned, 2000, "every task is counted once in the report");
+}
+
+/// Panics when dropped, as a hook future owning a blocking client (which owns a runtime of its
+/// own: "Cannot drop a runtime in a context where blocking is not allowed") does when it is
+/// dropped on a runtime thread.
+struct PanicsWhenDropped;
+
+impl Drop for PanicsWhenDropped {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("dropped in an async context");
+        }
+    }
+}
+
+/// A hook the deadline does not reach is dropped without running; like a hook that runs (on a
+/// task of its own), its future's destructor must not take `run()` down: the report still comes
+/// back, with the hook skipped.
+#[tokio::test(start_paused = true)]
+async fn a_hook_skipped_at_the_deadline_that_panics_when_dropped_does_not_take_run_down() {
+    let coordinator = builder().deadline(Duration::from_secs(1)).build().unwrap();
+    let shutdown = coordinator.handle();
+    let owned = PanicsWhenDropped;
+    shutdown.on_cleanup("blocking client", async move {
+        let _owned = &owned;
+    });
+    shutdown.on_cleanup("slow", std::future::pending::<()>());
+    shutdown.trigger();
+    let report = tokio::spawn(coordinator.run())
+        .await
+        .expect("run() returns its report");
+    assert_eq!(report.hook("slow").unwrap().outcome, Outcome::TimedOut);
+    assert_eq!(
+        report.hook("blocking client").unwrap().outcome,
+        Outcome::Skipped
+    );
+}
+
+/// The same for the hooks an escalation skips (dropped as the report is made).
+#[tokio::test(start_paused = true)]
+async fn a_hook_skipped_by_an_escalation_that_panics_when_dropped_does_not_take_run_down() {
+    let coordinator = builder().build().unwrap();
+    let shutdown = coordinator.handle();
+    let owned = PanicsWhenDropped;
+    shutdown.on_cleanup("blocking client", async move {
+        let _owned = &owned;
+    });
+    shutdown.spawn(std::future::pending::<()>()).unwrap();
+    let run = tokio::spawn(coordinator.run());
+    shutdown.trigger();
+    shutdown.wait_for(Phase::Draining).await;
+    shutdown.escalate();
+    let report = run.await.expect("run() returns its report");
+    assert_eq!(
+        report.hook("blocking client").unwrap().outcome,
+        Outcome::Skipped
+    );
+    assert_eq!(report.aborted, 1);
+}
