@@ -10,7 +10,9 @@
 //!   stored by the caller that takes the last slot *before* its compare-and-swap, so whoever sees
 //!   the round full sees this deadline or a later one (`u64::MAX` until the round fills). Written
 //!   only under `control`, by the transition to half-open and by a caller that has seen, under
-//!   the lock, its round one slot short of full: so never by a caller whose round is over.
+//!   the lock, the state still half-open in its round and the round one slot short of full: so
+//!   never by a caller whose round is over. A timeout is confirmed against it under the lock
+//!   (the round may have been refilled), and the re-opened period runs from it.
 //! - `round`: the half-open probe round, `generation << 32 | failed << 20 | succeeded << 10 |
 //!   admitted`, changed by compare-and-swap only while its generation is the state's.
 //! - `window`: the sliding window (see `window.rs`), absent when no rate rule is set.
@@ -488,6 +490,13 @@ impl<C: Clock> CircuitBreaker<C> {
                 // round's deadline), and no other caller can fill it meanwhile.
                 if control.is_none() {
                     control = Some(self.control.lock());
+                    // The round word keeps its generation until the next round replaces it,
+                    // also after its round is over (closed, failed or timed out): under the
+                    // lock, check that the state is still this round's, or a caller that read
+                    // it before a re-opening would take (and time) a slot of a finished round.
+                    if self.state.load(Ordering::Acquire) != pack(generation, HALF_OPEN) {
+                        return Probe::Stale;
+                    }
                     round = self.round.load(Ordering::Acquire);
                     continue;
                 }
@@ -676,9 +685,18 @@ impl<C: Clock> CircuitBreaker<C> {
                 return false;
             }
             let now = self.clock.now();
+            // A timeout seen outside the lock may be out of date: the round may have been
+            // refilled since (a probe dropped, its slot taken again), with a later deadline.
+            // The deadline is written under this lock, so this look is the round's own.
+            if reason == Reason::ProbesTimedOut
+                && self.round_deadline.load(Ordering::Relaxed) > now.as_nanos()
+            {
+                return false;
+            }
             let next = generation(from).wrapping_add(1);
             let window = window.unwrap_or_else(|| self.snapshot(now));
             let mut open_for = None;
+            let mut at = now;
             match to {
                 OPEN => {
                     if tag(from) == HALF_OPEN {
@@ -692,11 +710,19 @@ impl<C: Clock> CircuitBreaker<C> {
                         0.5
                     };
                     let duration = self.rules.open_duration.pick(control.reopens, unit);
-                    self.open_until.store(
-                        now.as_nanos().saturating_add(nanos(duration)),
-                        Ordering::Relaxed,
-                    );
+                    // A round that timed out re-opened at its deadline, not when a caller came
+                    // to notice: its open period runs from there, so that a call arriving long
+                    // after is a probe of the next round, not rejected for a whole new period.
+                    // (The state is still `from` under the lock: the deadline is this round's.)
+                    let since = if reason == Reason::ProbesTimedOut {
+                        self.round_deadline.load(Ordering::Relaxed) // at most `now`: see above
+                    } else {
+                        now.as_nanos()
+                    };
+                    self.open_until
+                        .store(since.saturating_add(nanos(duration)), Ordering::Relaxed);
                     open_for = Some(duration);
+                    at = Instant::from_nanos(since);
                 }
                 HALF_OPEN => {
                     self.round_deadline.store(u64::MAX, Ordering::Relaxed);
@@ -719,7 +745,7 @@ impl<C: Clock> CircuitBreaker<C> {
                 to: state_of(to),
                 reason,
                 window,
-                at: now,
+                at,
                 open_for,
             }
         };

@@ -363,7 +363,8 @@ impl<C: Clock> CircuitBreakerBuilder<C> {
     /// Re-open if a half-open round has had every probe slot taken for `wait` (up to 24 h)
     /// without a decision: a probe that hangs without being dropped can't hold the breaker in
     /// half-open. The wait starts when the last slot is taken, so a probe admitted late in a
-    /// round gets the whole of it. Default: no limit (dropped probes free their slot anyway).
+    /// round gets the whole of it. The next call notices the timeout, and the open duration
+    /// runs from the deadline. Default: no limit (dropped probes free their slot anyway).
     pub fn half_open_max_wait(mut self, wait: Duration) -> Self {
         self.settings.half_open_max_wait = Some(wait);
         self

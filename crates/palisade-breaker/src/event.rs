@@ -156,7 +156,8 @@ pub struct Transition {
     pub reason: Reason,
     /// The counts that decided it (see [`WindowSnapshot`]).
     pub window: WindowSnapshot,
-    /// When, on the breaker's clock.
+    /// When, on the breaker's clock. A round that timed out (`Reason::ProbesTimedOut`)
+    /// re-opened at its deadline, which is the instant given, even if a later call noticed it.
     pub at: Instant,
     /// For a transition to [`State::Open`]: how long it stays open.
     pub open_for: Option<Duration>,

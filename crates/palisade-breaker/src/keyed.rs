@@ -313,6 +313,9 @@ where
                     self.sweep(&mut shard, now);
                 }
                 if self.reserve() {
+                    // The key's own code runs from here (`Clone`, `Hash`, `Eq`): if it panics,
+                    // the guard gives the place back, or every such panic would leak one.
+                    let place = Place(&self.len);
                     let key = key.to_owned();
                     let breaker = Arc::new(self.build_breaker(&key));
                     shard.map.insert(
@@ -322,6 +325,7 @@ where
                             last_used: AtomicU64::new(now),
                         },
                     );
+                    std::mem::forget(place);
                     return Ok(breaker);
                 }
             }
@@ -367,6 +371,16 @@ where
             self.template.settings.name.clone(),
             listener,
         )
+    }
+}
+
+/// One of the `max_keys` places, taken by `reserve`: given back on drop unless forgotten once
+/// its key is in the map.
+struct Place<'a>(&'a AtomicUsize);
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -263,12 +263,14 @@ impl Window {
         let failures = self.hot.0.failures.load(Ordering::Acquire);
         let slow = self.hot.0.slow.load(Ordering::Acquire);
         // Buckets skipped while nothing was recorded are empty: they start where the new one does.
+        // Drop the oldest before each push: the ring never grows past its capacity, so a roll
+        // over an idle gap allocates nothing either.
         let fresh = (epoch - ring.epoch).min(buckets as u64 + 1);
         for _ in 0..fresh {
+            if ring.starts.len() > buckets {
+                ring.starts.pop_front();
+            }
             ring.starts.push_back((failures, slow));
-        }
-        while ring.starts.len() > buckets + 1 {
-            ring.starts.pop_front();
         }
         // The packed words hold a window's calls in 32 bits: past 2^31 in the finished buckets,
         // drop the oldest ones (a window that busy loses nothing by starting later).

@@ -105,3 +105,23 @@ fn call_allocates_nothing_admitted_or_rejected() {
     });
     assert_eq!(n, 0);
 }
+
+#[test]
+fn a_time_window_rolling_over_an_idle_gap_allocates_nothing() {
+    let clock = ManualClock::new();
+    let b = CircuitBreaker::builder()
+        .window(SlidingWindow::time(Duration::from_secs(10)))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    // Fill the ring: one call per bucket for more than the whole span.
+    for _ in 0..12 {
+        b.try_acquire().unwrap().success();
+        clock.advance(Duration::from_secs(1));
+    }
+    let n = allocations(|| {
+        clock.advance(Duration::from_secs(3)); // skip two buckets
+        b.try_acquire().unwrap().success();
+    });
+    assert_eq!(n, 0, "a bucket roll after an idle gap allocated");
+}

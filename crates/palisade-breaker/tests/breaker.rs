@@ -560,6 +560,65 @@ fn the_round_timeout_runs_from_when_the_round_filled() {
 }
 
 #[test]
+fn a_round_that_timed_out_unnoticed_reopened_at_its_deadline() {
+    // The round fills at 5 s and times out at 15 s; re-opened then for 5 s, it is ready for
+    // probes again at 20 s. Nobody calls until 110 s: that call is a probe of a new round, not
+    // rejected for another open duration counted from 110 s.
+    let clock = ManualClock::new();
+    let (seen, listener) = recorder();
+    let b = CircuitBreaker::builder()
+        .no_failure_rate()
+        .consecutive_failures(1)
+        .open_duration(secs(5))
+        .half_open_probes(1)
+        .half_open_max_wait(secs(10))
+        .clock(clock.clone())
+        .on_transition(listener)
+        .build()
+        .unwrap();
+    fail(&b, 1);
+    clock.advance(secs(5));
+    let hung = b.try_acquire().unwrap();
+    clock.advance(secs(105));
+    let next = b.try_acquire();
+    assert!(
+        next.as_ref().is_ok_and(|p| p.is_probe()),
+        "rejected {:?} 90 s after the timed-out round's open period ended",
+        next.as_ref().err()
+    );
+    drop(hung);
+    let seen_now = seen.lock().unwrap().clone();
+    let seen = seen_now;
+    let timed_out = &seen[seen.len() - 2];
+    assert_eq!(
+        (
+            timed_out.to,
+            timed_out.reason,
+            timed_out.at,
+            timed_out.open_for
+        ),
+        (
+            State::Open,
+            Reason::ProbesTimedOut,
+            Instant::from_nanos(15_000_000_000),
+            Some(secs(5))
+        ),
+        "the round re-opened at its deadline"
+    );
+    assert_eq!(
+        (seen[seen.len() - 1].to, seen[seen.len() - 1].reason),
+        (State::HalfOpen, Reason::OpenElapsed)
+    );
+
+    // The new round (filled at 110 s) hangs too and times out at 120 s; noticed at 122 s,
+    // its open period has 3 s left, not 5.
+    clock.advance(secs(12));
+    let r = rejected(&b);
+    assert_eq!((r.state(), r.retry_after()), (State::Open, Some(secs(3))));
+    drop(next);
+}
+
+#[test]
 fn the_success_ratio_is_counted_in_whole_probes() {
     // 0.28 x 25 = 7 exactly, though 7.000000000000001 in floating point.
     let clock = ManualClock::new();

@@ -224,3 +224,33 @@ fn concurrent_gets_of_one_key_share_one_breaker_and_respect_the_cap() {
         assert!(Arc::ptr_eq(s, &shared[0]));
     }
 }
+
+#[test]
+fn a_key_whose_clone_panics_takes_no_place() {
+    // A key type whose `Clone` panics (a bug, an allocation limit): `get` unwinds, and must
+    // leave the set's count of keys as it was, or each such panic leaks one of the places.
+    #[derive(Debug, PartialEq, Eq, Hash)]
+    struct Key(u32, bool);
+    impl Clone for Key {
+        fn clone(&self) -> Key {
+            assert!(!self.1, "clone of a poisoned key");
+            Key(self.0, false)
+        }
+    }
+    let clock = ManualClock::new();
+    let k = KeyedBreakers::<Key, ManualClock>::builder(
+        CircuitBreaker::builder()
+            .no_failure_rate()
+            .consecutive_failures(1)
+            .clock(clock.clone()),
+    )
+    .max_keys(1)
+    .build()
+    .unwrap();
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = k.get(&Key(1, true));
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(k.len(), 0, "no key was inserted");
+    assert!(k.get(&Key(2, false)).is_ok(), "the one place is free");
+}

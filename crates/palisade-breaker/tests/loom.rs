@@ -405,3 +405,47 @@ fn a_round_refilled_after_a_dropped_probe_still_times_out() {
         drop(held);
     }));
 }
+
+#[test]
+fn a_round_refilled_as_it_times_out_is_not_cut_short() {
+    assert_explored(model(|| {
+        // One probe, a round that re-opens 10 s after it fills. At its deadline the probe is
+        // dropped and another caller refills the round (its deadline now 10 s away) while a
+        // third caller checks for the timeout. Either the timeout came first and the refill
+        // is refused, or the refill came first and the round runs on: a probe is never held
+        // in a round that has already re-opened.
+        let clock = ManualClock::new();
+        let b = Arc::new(
+            CircuitBreaker::builder()
+                .no_failure_rate()
+                .consecutive_failures(1)
+                .open_duration(Duration::from_secs(1))
+                .half_open_probes(1)
+                .half_open_max_wait(Duration::from_secs(10))
+                .clock(clock.clone())
+                .build()
+                .unwrap(),
+        );
+        open_and_elapsed(&b, &clock);
+        let probe = b.try_acquire_owned().unwrap();
+        clock.advance(Duration::from_secs(10)); // the round's deadline
+        let refiller = {
+            let b = Arc::clone(&b);
+            thread::spawn(move || {
+                drop(probe);
+                b.try_acquire_owned().ok()
+            })
+        };
+        let mine = b.try_acquire_owned().ok();
+        let theirs = refiller.join().unwrap();
+        let held = usize::from(mine.is_some()) + usize::from(theirs.is_some());
+        assert!(held <= 1, "two probes in a one-probe round");
+        if held == 1 {
+            assert_eq!(
+                b.state(),
+                State::HalfOpen,
+                "a probe held in a re-opened round"
+            );
+        }
+    }));
+}

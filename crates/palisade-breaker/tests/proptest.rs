@@ -317,7 +317,13 @@ impl Model {
                 } else {
                     2 * S
                 };
-                self.deadline = self.now + d;
+                // A timed-out round re-opened at its deadline (no later than now).
+                let since = if reason == Reason::ProbesTimedOut {
+                    self.deadline
+                } else {
+                    self.now
+                };
+                self.deadline = since + d;
             }
             State::HalfOpen => {
                 self.round_generation = self.generation;
