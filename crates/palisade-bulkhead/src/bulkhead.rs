@@ -817,8 +817,17 @@ impl Waiter {
                     Poll::Pending
                 }
                 Ok(Some((ticket, Some(wait)))) => {
-                    let deadline = Some(Box::pin(tokio::time::sleep(wait)));
-                    *self = Waiter::Queued { ticket, deadline };
+                    // Queued before the timer is made: outside a runtime with time, tokio's
+                    // `sleep` panics, and the owner's `cancel` must still find the ticket and
+                    // leave the queue (else a ghost waiter takes the next permit for good).
+                    *self = Waiter::Queued {
+                        ticket,
+                        deadline: None,
+                    };
+                    let sleep = Box::pin(tokio::time::sleep(wait));
+                    if let Waiter::Queued { deadline, .. } = self {
+                        *deadline = Some(sleep);
+                    }
                     // Once more, so the deadline timer registers.
                     self.poll_acquire(inner, cx)
                 }

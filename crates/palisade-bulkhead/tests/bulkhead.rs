@@ -476,3 +476,37 @@ fn bulkheads_permits_and_futures_are_send_and_sync() {
     send_sync::<palisade_bulkhead::Acquire<'static>>();
     send_sync::<Rejected>();
 }
+
+/// Audit: a waiter with a deadline outside tokio's timer panics (documented), but the panic must
+/// not leave a ghost waiter in the queue: it would be handed every permit released, and the
+/// bulkhead would lose one permit for good.
+#[test]
+fn a_waiter_whose_deadline_timer_panics_leaves_nothing_behind() {
+    for discipline in [Discipline::Fifo, Discipline::codel()] {
+        let b = Bulkhead::builder(1)
+            .max_wait(Duration::from_millis(50))
+            .discipline(discipline)
+            .build()
+            .unwrap();
+        let held = b.try_acquire().unwrap();
+        let (_c, w) = count_waker();
+        // No tokio runtime here: creating the deadline's timer panics.
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut waiter = pin!(b.acquire());
+            let _ = poll(waiter.as_mut(), &w);
+        }));
+        assert!(panicked.is_err(), "tokio's timer panics outside a runtime");
+        assert_eq!(
+            metrics(&b),
+            (1, 0, 1),
+            "{discipline:?}: the panicked waiter left"
+        );
+        drop(held);
+        assert_eq!(
+            metrics(&b),
+            (0, 0, 1),
+            "{discipline:?}: the permit came back"
+        );
+        assert!(b.try_acquire().is_ok());
+    }
+}

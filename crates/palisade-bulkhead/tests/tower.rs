@@ -398,3 +398,31 @@ fn services_and_futures_are_send_and_sync() {
     fn send<T: Send>(_: &T) {}
     send(&fut);
 }
+
+/// Audit: on a runtime without the time driver, a service waiting with `max_wait` panics in
+/// `poll_ready` (tokio's timer; documented). The panicking task must leave the queue: a ghost
+/// waiter would take the next permit released and keep it for good.
+#[test]
+fn a_task_that_panics_making_its_deadline_leaves_the_queue() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let bulkhead = Bulkhead::builder(1)
+        .max_wait(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let layer = BulkheadLayer::new(bulkhead.clone());
+    let mut holder = layer.layer(Slow::default());
+    assert!(ready(&mut holder).is_ready());
+    let mut waiting = layer.layer(Slow::default());
+    let task = runtime.spawn(async move { poll_fn(|cx| waiting.poll_ready(cx)).await.is_ok() });
+    assert!(runtime.block_on(task).unwrap_err().is_panic());
+    assert_eq!(
+        bulkhead.metrics().queued,
+        0,
+        "the panicked waiter left the queue"
+    );
+    drop(holder);
+    assert_eq!(in_flight(&bulkhead), 0, "the permit came back");
+    assert!(bulkhead.try_acquire().is_ok());
+}
