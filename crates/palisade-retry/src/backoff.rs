@@ -97,13 +97,13 @@ impl Backoff {
     }
 
     /// `initial`, then `initial + step`, `initial + 2 × step`, ... capped at `max_delay`
-    /// (default 30 s). Jitter defaults to none.
+    /// (default 30 s, or `initial` if larger). Jitter defaults to none.
     pub fn linear(initial: Duration, step: Duration) -> BackoffBuilder {
         BackoffBuilder::new(Growth::Linear { step }, initial)
     }
 
     /// `initial`, then `initial × multiplier`, `initial × multiplier²`, ... capped at `max_delay`.
-    /// Defaults: multiplier 2.0, `max_delay` 30 s, full jitter.
+    /// Defaults: multiplier 2.0, `max_delay` 30 s (or `initial`, if larger), full jitter.
     pub fn exponential(initial: Duration) -> BackoffBuilder {
         BackoffBuilder {
             jitter: Jitter::Full,
@@ -231,6 +231,15 @@ impl BackoffBuilder {
 
     /// Checks every knob and returns the schedule, or an error naming the field and its range.
     pub fn build(self) -> Result<Backoff, ConfigError> {
+        // Checked first: an unset `max_delay` defaults to the initial delay, and the error must
+        // name the knob the caller set.
+        if self.initial > MAX_DELAY_LIMIT {
+            return Err(ConfigError::out_of_range(
+                "initial delay",
+                "at most 24h",
+                self.initial,
+            ));
+        }
         let max_delay = self.max_delay.unwrap_or(match self.growth {
             Growth::Constant => self.initial,
             _ => Duration::from_secs(30).max(self.initial),
@@ -483,5 +492,22 @@ mod tests {
         );
         // The zero-delay constant backoff is legal: retry at once.
         assert!(Backoff::constant(Duration::ZERO).build().is_ok());
+    }
+
+    /// An initial delay over 24 h is the knob to change, not a `max_delay` the caller never set
+    /// (it defaulted to the initial delay).
+    #[test]
+    fn an_oversized_initial_delay_is_named_as_such() {
+        let day_and_a_bit = MAX_DELAY_LIMIT + ms(1);
+        for builder in [
+            Backoff::constant(day_and_a_bit),
+            Backoff::linear(day_and_a_bit, ms(10)),
+            Backoff::exponential(day_and_a_bit),
+        ] {
+            assert_eq!(
+                builder.build().unwrap_err().to_string(),
+                "initial delay must be at most 24h, got 86400.001s"
+            );
+        }
     }
 }

@@ -160,8 +160,14 @@ where
             );
             match delay {
                 None => return outcome,
-                Some(delay) => {
+                Some(mut delay) => {
                     drop(outcome);
+                    // The budget and the hook ran since the delay was cut to the deadline: cut
+                    // it again, so that the sleep ends by the deadline (the async loops sleep
+                    // until the deadline itself, not for a delay measured before the hook).
+                    if let (Some(started), Some(max)) = (started, self.policy.max_elapsed()) {
+                        delay = delay.min(max.saturating_sub(self.clock.elapsed(started)));
+                    }
                     if !delay.is_zero() {
                         (self.sleep)(delay);
                     }

@@ -173,8 +173,8 @@ impl<C: Clock> TpsBudgetBuilder<C> {
         self
     }
 
-    /// Retries earned per original request, in `[0.0, 10.0]` (default 0.2: one retry per five
-    /// requests). Precision is 0.001.
+    /// Retries earned per original request: 0 (only the `min_per_sec` floor), or in
+    /// `[0.001, 10.0]` (default 0.2: one retry per five requests). Precision is 0.001.
     pub fn retry_ratio(mut self, retry_ratio: f64) -> Self {
         self.retry_ratio = retry_ratio;
         self
@@ -206,11 +206,14 @@ impl<C: Clock> TpsBudgetBuilder<C> {
                 self.min_per_sec,
             ));
         }
-        if !(self.retry_ratio.is_finite() && (0.0..=10.0).contains(&self.retry_ratio)) {
+        // Deposits count in thousandths of a retry: a positive ratio under a thousandth would
+        // round to a budget that earns nothing, whatever the traffic.
+        let ratio = self.retry_ratio;
+        if !(ratio == 0.0 || (ratio.is_finite() && (0.001..=10.0).contains(&ratio))) {
             return Err(ConfigError::out_of_range(
                 "retry_ratio",
-                "a finite number in [0.0, 10.0]",
-                self.retry_ratio,
+                "0 or a finite number in [0.001, 10.0]",
+                ratio,
             ));
         }
         let reserve =

@@ -104,3 +104,37 @@ fn classifier_hook_and_budget_apply_as_in_the_async_loop() {
     assert_eq!(calls, 2);
     assert_eq!(hooked, [(1, ms(1))]);
 }
+
+/// The blocking loop cuts its last sleep to the deadline as the async loops do, even when the
+/// hook (or the budget) takes time between the decision and the sleep: the sleep ends at the
+/// deadline, and no attempt starts after it.
+#[test]
+fn a_slow_hook_does_not_push_the_last_sleep_past_the_deadline() {
+    let clock = ManualClock::new();
+    let starts = RefCell::new(Vec::new());
+    let policy = RetryPolicy::builder()
+        .backoff(Backoff::constant(ms(300)))
+        .max_attempts(100)
+        .max_elapsed(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let outcome: Result<(), ()> = retry_blocking(|| {
+        starts.borrow_mut().push(clock.now().as_duration());
+        Err(())
+    })
+    .with(policy)
+    .clock(clock.clone())
+    // A hook that takes 50 ms (a synchronous log or metrics call).
+    .on_retry(|_: &RetryEvent<'_, (), ()>| {
+        clock.advance(ms(50));
+    })
+    .sleep_with(|d| {
+        clock.advance(d);
+    })
+    .call();
+    assert_eq!(outcome, Err(()));
+    // 0; hook to 50, sleep to 350; hook to 400, sleep to 700; hook to 750, the 300 ms sleep
+    // (cut to 300 ms when decided at 700) must end at the deadline, 1000.
+    assert_eq!(*starts.borrow(), [0, 350, 700, 1000].map(ms));
+    assert_eq!(clock.now().as_duration(), Duration::from_secs(1));
+}

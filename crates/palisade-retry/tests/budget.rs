@@ -120,7 +120,7 @@ fn builders_name_the_bad_knob() {
     );
     assert_eq!(
         err(TpsBudget::builder().retry_ratio(-0.1)),
-        "retry_ratio must be a finite number in [0.0, 10.0], got -0.1"
+        "retry_ratio must be 0 or a finite number in [0.001, 10.0], got -0.1"
     );
     assert_eq!(
         err(TpsBudget::builder().min_per_sec(2_000_000)),
@@ -248,5 +248,36 @@ proptest! {
             }
             prop_assert_eq!(budget.available() as i64, live(&events, now_ms).max(0) / 1000);
         }
+    }
+}
+
+/// A positive `retry_ratio` under the budget's precision (a thousandth of a retry) used to be
+/// accepted and rounded to zero: a budget that never earned a retry however many requests it
+/// saw. It is refused instead, naming the field and the range, as `RetryThrottle::new` does.
+#[test]
+fn a_positive_ratio_below_the_precision_is_refused_not_rounded_to_nothing() {
+    let built = TpsBudget::builder()
+        .min_per_sec(0)
+        .retry_ratio(0.0004) // one retry per 2,500 requests, asked for
+        .clock(ManualClock::new())
+        .build();
+    match built {
+        Err(e) => assert_eq!(
+            e.to_string(),
+            "retry_ratio must be 0 or a finite number in [0.001, 10.0], got 0.0004"
+        ),
+        Ok(budget) => {
+            for _ in 0..25_000 {
+                budget.deposit();
+            }
+            panic!(
+                "accepted, and 25,000 requests earned {} retries (asked for 10)",
+                budget.available()
+            );
+        }
+    }
+    // The bounds themselves, and zero (no retries earned, only the floor), are still accepted.
+    for ratio in [0.0, 0.001, 10.0] {
+        assert!(TpsBudget::builder().retry_ratio(ratio).build().is_ok());
     }
 }
