@@ -365,6 +365,22 @@ fn a_caller_from_a_lost_round_cannot_move_the_next_rounds_deadline() {
     }));
 }
 
+/// A breaker that trips on one failure, stays open 1 s, and then admits one probe per round, a
+/// round re-opening 10 s after it fills.
+fn one_probe_round_of_ten_seconds(clock: &ManualClock) -> Arc<CircuitBreaker<ManualClock>> {
+    Arc::new(
+        CircuitBreaker::builder()
+            .no_failure_rate()
+            .consecutive_failures(1)
+            .open_duration(Duration::from_secs(1))
+            .half_open_probes(1)
+            .half_open_max_wait(Duration::from_secs(10))
+            .clock(clock.clone())
+            .build()
+            .unwrap(),
+    )
+}
+
 #[test]
 fn a_round_refilled_after_a_dropped_probe_still_times_out() {
     assert_explored(model(|| {
@@ -372,17 +388,7 @@ fn a_round_refilled_after_a_dropped_probe_still_times_out() {
         // another caller takes the freed slot: whoever fills the round last, it times out 10 s
         // later, never stuck without a deadline.
         let clock = ManualClock::new();
-        let b = Arc::new(
-            CircuitBreaker::builder()
-                .no_failure_rate()
-                .consecutive_failures(1)
-                .open_duration(Duration::from_secs(1))
-                .half_open_probes(1)
-                .half_open_max_wait(Duration::from_secs(10))
-                .clock(clock.clone())
-                .build()
-                .unwrap(),
-        );
+        let b = one_probe_round_of_ten_seconds(&clock);
         open_and_elapsed(&b, &clock);
         let probe = b.try_acquire_owned().unwrap();
         let dropper = thread::spawn(move || drop(probe));
@@ -415,17 +421,7 @@ fn a_round_refilled_as_it_times_out_is_not_cut_short() {
         // is refused, or the refill came first and the round runs on: a probe is never held
         // in a round that has already re-opened.
         let clock = ManualClock::new();
-        let b = Arc::new(
-            CircuitBreaker::builder()
-                .no_failure_rate()
-                .consecutive_failures(1)
-                .open_duration(Duration::from_secs(1))
-                .half_open_probes(1)
-                .half_open_max_wait(Duration::from_secs(10))
-                .clock(clock.clone())
-                .build()
-                .unwrap(),
-        );
+        let b = one_probe_round_of_ten_seconds(&clock);
         open_and_elapsed(&b, &clock);
         let probe = b.try_acquire_owned().unwrap();
         clock.advance(Duration::from_secs(10)); // the round's deadline

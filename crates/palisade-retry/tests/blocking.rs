@@ -36,16 +36,21 @@ fn sleeps_the_schedule_between_attempts_and_returns_the_last_error() {
     assert_eq!(*times.borrow(), [0, 100, 300, 600].map(ms));
 }
 
-#[test]
-fn the_deadline_bounds_the_blocking_loop_too() {
-    let clock = ManualClock::new();
-    let mut calls = 0;
-    let policy = RetryPolicy::builder()
+/// Retries every 300 ms until 1 s has gone by (the attempt cap is out of reach).
+fn every_300ms_for_a_second() -> RetryPolicy {
+    RetryPolicy::builder()
         .backoff(Backoff::constant(ms(300)))
         .max_attempts(100)
         .max_elapsed(Duration::from_secs(1))
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn the_deadline_bounds_the_blocking_loop_too() {
+    let clock = ManualClock::new();
+    let mut calls = 0;
+    let policy = every_300ms_for_a_second();
     let outcome: Result<(), ()> = retry_blocking(|| {
         calls += 1;
         Err(())
@@ -112,12 +117,7 @@ fn classifier_hook_and_budget_apply_as_in_the_async_loop() {
 fn a_slow_hook_does_not_push_the_last_sleep_past_the_deadline() {
     let clock = ManualClock::new();
     let starts = RefCell::new(Vec::new());
-    let policy = RetryPolicy::builder()
-        .backoff(Backoff::constant(ms(300)))
-        .max_attempts(100)
-        .max_elapsed(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let policy = every_300ms_for_a_second();
     let outcome: Result<(), ()> = retry_blocking(|| {
         starts.borrow_mut().push(clock.now().as_duration());
         Err(())
