@@ -138,7 +138,10 @@ pub struct ShutdownReport {
     /// Requests still in flight through the [`ShutdownLayer`](crate::ShutdownLayer) when the
     /// sequence ended (they run in connection tasks the coordinator does not own).
     pub requests_abandoned: usize,
-    /// Tracked tasks that panicked, before or during the shutdown.
+    /// Tracked tasks that panicked, before or during the shutdown, oldest first: the latest 64,
+    /// so a long-lived service whose handlers panic now and then keeps bounded memory. Each
+    /// scope's [`panicked`](ScopeReport::panicked) counts every panic, and each one was logged
+    /// as it happened.
     pub panics: Vec<TaskPanic>,
     /// From the trigger to the end of the sequence.
     pub total: Duration,

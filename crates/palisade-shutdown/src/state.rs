@@ -1,5 +1,6 @@
 //! The state every handle shares: the phase word, the trigger, escalation and panics.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::task::{Context, Poll};
 
@@ -12,6 +13,10 @@ use crate::phase::Phase;
 use crate::report::{TaskPanic, Trigger};
 use crate::signal::Signal;
 
+/// How many task panics the report keeps in full: a long-lived service whose handlers panic now
+/// and then must not grow without bound. Each scope's `panicked` still counts every one.
+pub(crate) const PANICS_KEPT: usize = 64;
+
 pub(crate) struct State {
     phase: AtomicU8,
     escalated: AtomicBool,
@@ -20,7 +25,8 @@ pub(crate) struct State {
     /// Woken on every phase change and on escalation; waiters re-check their own condition.
     event: Event,
     trigger: Mutex<Option<(Trigger, tokio::time::Instant)>>,
-    panics: Mutex<Vec<TaskPanic>>,
+    /// The latest [`PANICS_KEPT`] panics of tracked tasks (each scope counts all of them).
+    panics: Mutex<VecDeque<TaskPanic>>,
     panic_policy: PanicPolicy,
     /// The coordinator is gone (dropped unrun, or its `run` dropped or finished): nothing will
     /// carry out a shutdown any more, so a signal exits the process at once.
@@ -35,7 +41,7 @@ impl State {
             escalated_by: Mutex::new(None),
             event: Event::new(),
             trigger: Mutex::new(None),
-            panics: Mutex::new(Vec::new()),
+            panics: Mutex::new(VecDeque::new()),
             panic_policy,
             abandoned: AtomicBool::new(false),
         }
@@ -133,14 +139,20 @@ impl State {
 
     pub(crate) fn task_panicked(&self, panic: TaskPanic) {
         let scope = panic.scope.clone();
-        self.panics.lock().push(panic);
+        {
+            let mut panics = self.panics.lock();
+            if panics.len() == PANICS_KEPT {
+                panics.pop_front();
+            }
+            panics.push_back(panic);
+        }
         if self.panic_policy == PanicPolicy::Shutdown {
             self.trigger(Trigger::TaskPanicked { scope });
         }
     }
 
     pub(crate) fn panics(&self) -> Vec<TaskPanic> {
-        self.panics.lock().clone()
+        self.panics.lock().iter().cloned().collect()
     }
 }
 

@@ -491,6 +491,29 @@ async fn by_default_a_panic_is_only_reported() {
     assert_eq!(report.panics[0].message, "in a tracked future");
 }
 
+/// A long-lived service whose handlers panic now and then: the report keeps the latest 64 in
+/// full (bounded memory), and the scope's count still has them all.
+#[tokio::test(start_paused = true)]
+async fn the_report_keeps_the_latest_panics_and_counts_them_all() {
+    let coordinator = builder().build().unwrap();
+    let shutdown = coordinator.handle();
+    let handlers = shutdown.scope("handlers");
+    for i in 0..100 {
+        let handler = handlers
+            .spawn(async move { panic!("request {i}") })
+            .unwrap();
+        assert!(handler.await.unwrap_err().is_panic());
+    }
+    shutdown.trigger();
+    let report = coordinator.run().await;
+    let messages: Vec<&str> = report.panics.iter().map(|p| p.message.as_str()).collect();
+    assert_eq!(messages.len(), 64);
+    assert_eq!(messages[0], "request 36");
+    assert_eq!(messages[63], "request 99");
+    let scope = report.scopes.iter().find(|s| s.name.ends_with("handlers"));
+    assert_eq!(scope.unwrap().panicked, 100);
+}
+
 #[tokio::test(start_paused = true)]
 async fn escalation_aborts_at_once_skips_the_hooks_and_drops_the_tasks() {
     let coordinator = builder()
