@@ -330,7 +330,7 @@ impl Inner {
             let hook_started = Instant::now();
             if hook_started >= deadline {
                 cut = true;
-                drop_unrun(vec![hook]);
+                drop_unrun([(name.as_str(), hook)]);
                 progress.hooks.push(HookReport {
                     name,
                     took: Duration::ZERO,
@@ -454,15 +454,19 @@ impl Inner {
         escalated: Option<Option<Signal>>,
         mut progress: Progress,
     ) -> ShutdownReport {
-        let (unrun, futures) = {
+        let mut unrun = {
             let mut hooks = self.hooks.lock();
             hooks.closed = true;
             hooks.unrun()
         };
-        drop_unrun(futures);
+        drop_unrun(
+            unrun
+                .iter_mut()
+                .filter_map(|(name, future)| Some((name.as_str(), future.take()?))),
+        );
         progress
             .hooks
-            .extend(unrun.into_iter().map(|name| HookReport {
+            .extend(unrun.into_iter().map(|(name, _)| HookReport {
                 name,
                 took: Duration::ZERO,
                 outcome: Outcome::Skipped,
@@ -655,10 +659,14 @@ impl Shutdown {
         F::Output: HookResult,
     {
         let mut hooks = self.inner.hooks.lock();
-        if hooks.closed {
+        // A hook registered too late is dropped at the end of this function, after the lock is
+        // released: its destructor may register a hook too.
+        let future = if hooks.closed {
             tracing::warn!(target: "palisade_shutdown", hook = %name, "cleanup hook registered after the cleanup phase; it will not run");
-        }
-        let future = (!hooks.closed).then(|| boxed(hook));
+            None
+        } else {
+            Some(boxed(hook))
+        };
         hooks.list.push(Hook {
             name,
             ran: false,

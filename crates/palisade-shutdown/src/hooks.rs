@@ -72,27 +72,32 @@ impl Hooks {
         Some((hook.name.clone(), hook.timeout, future))
     }
 
-    /// Names of hooks that never ran, and their futures, taken out to be dropped by the
+    /// Hooks that never ran: their names, and their futures taken out to be dropped by the
     /// caller once the lock is released (see [`drop_unrun`]).
-    pub(crate) fn unrun(&mut self) -> (Vec<String>, Vec<HookFuture>) {
-        let mut names = Vec::new();
-        let mut futures = Vec::new();
-        for hook in self.list.iter_mut().filter(|hook| !hook.ran) {
-            hook.ran = true;
-            names.push(hook.name.clone());
-            futures.extend(hook.future.take());
-        }
-        (names, futures)
+    pub(crate) fn unrun(&mut self) -> Vec<(String, Option<HookFuture>)> {
+        self.list
+            .iter_mut()
+            .filter(|hook| !hook.ran)
+            .map(|hook| {
+                hook.ran = true;
+                (hook.name.clone(), hook.future.take())
+            })
+            .collect()
     }
 }
 
-/// Drops hook futures that will never run on a task of their own, as a hook that runs is
-/// dropped on its own task: a destructor that panics (a blocking client owning a runtime) cannot
-/// take the coordinator down, and one that registers a hook cannot deadlock it on the hooks'
-/// lock. Must be called inside the runtime, with no lock held.
-pub(crate) fn drop_unrun(futures: Vec<HookFuture>) {
-    if !futures.is_empty() {
-        drop(tokio::spawn(async move { drop(futures) }));
+/// Drops the futures of hooks that will never run, each in place, with no lock held, so that
+/// every destructor has run when `run()` returns (`main` often exits the process right after:
+/// a hook owning a log guard or a writer must have flushed). A destructor that panics (a
+/// blocking client owning a runtime, dropped in async context) is caught and logged: it cannot
+/// take `run()` down, nor keep the other hooks from being dropped. One that registers a hook
+/// finds the hooks' lock free.
+pub(crate) fn drop_unrun<'a>(unrun: impl IntoIterator<Item = (&'a str, HookFuture)>) {
+    for (name, future) in unrun {
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(move || drop(future))) {
+            let message = crate::scope::panic_message(&*panic);
+            tracing::warn!(target: "palisade_shutdown", hook = %name, panic = %message, "a cleanup hook that never ran panicked when dropped");
+        }
     }
 }
 

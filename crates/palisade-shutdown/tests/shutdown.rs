@@ -1001,3 +1001,45 @@ async fn a_hook_skipped_by_an_escalation_that_panics_when_dropped_does_not_take_
     );
     assert_eq!(report.aborted, 1);
 }
+
+/// A hook the deadline does not reach is dropped by the time `run()` returns: `main` typically
+/// calls `process::exit` right after `run()` (see the README), and a hook's future that owns a
+/// log guard or a writer must have been dropped (and flushed) by then.
+#[tokio::test(start_paused = true)]
+async fn a_hook_skipped_at_the_deadline_is_dropped_before_run_returns() {
+    let coordinator = builder().deadline(Duration::from_secs(1)).build().unwrap();
+    let shutdown = coordinator.handle();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let guard = DropFlag(dropped.clone());
+    shutdown.on_cleanup("flush logs", async move {
+        drop(guard);
+    });
+    shutdown.on_cleanup("slow", std::future::pending::<()>());
+    shutdown.trigger();
+    let report = coordinator.run().await;
+    assert_eq!(report.hook("flush logs").unwrap().outcome, Outcome::Skipped);
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "run() returned before the skipped hook's future was dropped"
+    );
+}
+
+/// The same for the hooks an escalation skips.
+#[tokio::test(start_paused = true)]
+async fn a_hook_skipped_by_an_escalation_is_dropped_before_run_returns() {
+    let coordinator = builder().build().unwrap();
+    let shutdown = coordinator.handle();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let guard = DropFlag(dropped.clone());
+    shutdown.on_cleanup("flush logs", async move {
+        drop(guard);
+    });
+    shutdown.spawn(std::future::pending::<()>()).unwrap();
+    shutdown.escalate();
+    let report = coordinator.run().await;
+    assert_eq!(report.hook("flush logs").unwrap().outcome, Outcome::Skipped);
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "run() returned before the skipped hook's future was dropped"
+    );
+}
