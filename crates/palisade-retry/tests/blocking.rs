@@ -112,7 +112,8 @@ fn classifier_hook_and_budget_apply_as_in_the_async_loop() {
 
 /// The blocking loop cuts its last sleep to the deadline as the async loops do, even when the
 /// hook (or the budget) takes time between the decision and the sleep: the sleep ends at the
-/// deadline, and no attempt starts after it.
+/// deadline, so a hook that returns before the deadline cannot start an attempt after it. (A
+/// hook that itself runs past the deadline leaves a zero sleep, in every loop alike.)
 #[test]
 fn a_slow_hook_does_not_push_the_last_sleep_past_the_deadline() {
     let clock = ManualClock::new();
