@@ -39,8 +39,11 @@ pub use self::tokio::TokioClock;
 /// (a read that happens after another, by any synchronization, is not earlier), while
 /// `FastClock` may trail by a few nanoseconds: an unfenced counter read can execute before the
 /// load that synchronized with the other thread, and cores' counters agree only to within a
-/// few nanoseconds. Every consumer therefore uses saturating arithmetic on instants, so a clock
-/// that steps back a little yields a zero duration, never a panic or a wrapped value.
+/// few nanoseconds. `TokioClock` keeps it only among reads that see the same tokio clock: a
+/// read outside any runtime (a `std::thread`, or after `block_on` returns) reads the OS clock,
+/// which can stand far behind a paused runtime's advanced time (see [`TokioClock`]). Every
+/// consumer therefore uses saturating arithmetic on instants, so a clock that steps back yields
+/// a zero duration, never a panic or a wrapped value.
 ///
 /// # Example: a custom clock
 ///

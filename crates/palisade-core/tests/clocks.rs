@@ -116,6 +116,36 @@ mod tokio_clock {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(clock.now() - fresh.now(), Duration::from_secs(5));
     }
+
+    /// What `TokioClock`'s docs say about reads outside its runtime: `spawn_blocking` threads see
+    /// the paused clock, while a read with no runtime context (a `std::thread`, or this thread
+    /// after `block_on` returned) reads the OS clock, far behind the paused runtime's time.
+    #[test]
+    fn tokio_clock_outside_its_paused_runtime_reads_the_os_clock() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let hour = Duration::from_secs(3600);
+        let (clock, blocking) = runtime.block_on(async {
+            let clock = TokioClock::new();
+            tokio::time::advance(hour).await;
+            let blocking = tokio::task::spawn_blocking(move || clock.now())
+                .await
+                .unwrap();
+            (clock, blocking)
+        });
+        assert_eq!(blocking, Instant::ZERO + hour);
+        assert_eq!(
+            runtime.block_on(async { clock.now() }),
+            Instant::ZERO + hour
+        );
+        // No wall-clock wait: the OS clock has moved by the test's own run time, far below an hour.
+        assert!(clock.now() < Instant::ZERO + hour);
+        let elsewhere = std::thread::spawn(move || clock.now()).join().unwrap();
+        assert!(elsewhere < Instant::ZERO + hour);
+    }
 }
 
 // ---------------------------------------------------------------- ManualClock

@@ -132,6 +132,7 @@ fn manual_clock_advance_publishes_earlier_writes() {
 fn the_shared_subset_exists_on_both_sides() {
     use palisade_core::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, fence};
     use palisade_core::sync::hint;
+    use palisade_core::sync::{MutexGuard, RwLockReadGuard, RwLockWriteGuard};
 
     #[derive(Default)]
     struct WithDefaults {
@@ -156,6 +157,16 @@ fn the_shared_subset_exists_on_both_sides() {
         assert_eq!(defaults.rwlock.try_write().map(|g| *g), Some(1));
         assert_eq!(Mutex::from(7_u8).into_inner(), 7);
         assert_eq!(RwLock::from(8_u8).into_inner(), 8);
+        // The guard types are named the same on both sides (palisade-lock stores them).
+        let guard: MutexGuard<'_, u32> = defaults.mutex.lock();
+        assert_eq!(*guard, 1);
+        drop(guard);
+        let read: RwLockReadGuard<'_, u32> = defaults.rwlock.read();
+        assert_eq!(*read, 1);
+        drop(read);
+        let mut write: RwLockWriteGuard<'_, u32> = defaults.rwlock.write();
+        *write += 1;
+        drop(write);
 
         let word = AtomicU64::new(1);
         assert_eq!(
@@ -168,7 +179,15 @@ fn the_shared_subset_exists_on_both_sides() {
         );
         assert_eq!(word.fetch_max(20, Ordering::AcqRel), 11);
         assert_eq!(word.swap(3, Ordering::AcqRel), 20);
-        assert_eq!(word.into_inner(), 3);
+        // The rest of what the crates call: a weak CAS may fail spuriously, so it loops.
+        while word
+            .compare_exchange_weak(3, 9, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {}
+        assert_eq!(word.fetch_sub(1, Ordering::AcqRel), 9);
+        assert_eq!(word.fetch_min(5, Ordering::AcqRel), 8);
+        assert_eq!(word.fetch_and(4, Ordering::AcqRel), 5);
+        assert_eq!(word.into_inner(), 4);
         assert_eq!(AtomicI64::new(-1).fetch_add(1, Ordering::Relaxed), -1);
         assert!(!AtomicBool::new(false).fetch_or(false, Ordering::Relaxed));
         fence(Ordering::SeqCst);
@@ -176,7 +195,7 @@ fn the_shared_subset_exists_on_both_sides() {
         thread::yield_now();
         // A second thread, so that loom has more than one execution to explore.
         let flag = Arc::new(AtomicBool::new(false));
-        let other = thread::spawn({
+        let other: thread::JoinHandle<()> = thread::spawn({
             let flag = flag.clone();
             move || flag.store(true, Ordering::Release)
         });

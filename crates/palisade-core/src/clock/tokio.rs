@@ -14,6 +14,12 @@ use crate::{Clock, Instant};
 /// whose clock it should follow: a paused runtime's clock may stand earlier than that origin, and
 /// the clock then reads [`Instant::ZERO`] until tokio's time passes it.
 ///
+/// Read it inside that runtime too (its tasks and its `spawn_blocking` threads). A read with no
+/// runtime context (a `std::thread`, or the same thread after `block_on` has returned) gets the
+/// OS clock, not the paused one: after a paused test advanced an hour, such a read comes out
+/// near [`Instant::ZERO`], an hour behind. Monotonicity holds among reads of the same tokio
+/// clock only.
+///
 /// Needs the `tokio` feature (on by default). Pausing needs tokio's `test-util` feature in your
 /// dev-dependencies.
 ///
