@@ -41,7 +41,8 @@ pub(crate) mod private {
 
         fn validated(self) -> Result<Self, ConfigError>;
         fn capacity(&self) -> u32;
-        fn new_state(&self) -> Self::State;
+        /// A new key's state at `now`: full capacity, nothing counted.
+        fn new_state(&self, now: u64) -> Self::State;
         /// The unused state of an empty slot of a keyed table: as cheap as a zero word (no
         /// allocation).
         fn empty_state() -> Self::State;

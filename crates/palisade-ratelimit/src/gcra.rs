@@ -186,7 +186,7 @@ impl Core for Quota {
         self.burst
     }
 
-    fn new_state(&self) -> AtomicU64 {
+    fn new_state(&self, _now: u64) -> AtomicU64 {
         AtomicU64::new(0)
     }
 

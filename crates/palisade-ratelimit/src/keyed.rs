@@ -36,7 +36,10 @@ pub enum WhenFull {
     /// Evict the key in the new key's shard that is closest to fully replenished (for GCRA,
     /// the one with the earliest theoretical arrival time: the least recently used relative
     /// to its debt), with a `warn` event. That key starts over with full capacity if it comes
-    /// back, so it can get up to one extra burst: availability over exactness.
+    /// back, so it can get up to one extra burst: availability over exactness. Cells its
+    /// waiters reserved ahead (`until_key_ready`, a keyed backpressure service) are not taken
+    /// back: those waiters still go ahead at their moments, on top of the fresh burst, so a key
+    /// evicted with waiters queued gets that much more again.
     EvictClosestToFull,
 }
 
@@ -466,7 +469,7 @@ where
                 }
                 return table
                     .algorithm
-                    .step(&table.algorithm.new_state(), now, n, op)
+                    .step(&table.algorithm.new_state(now), now, n, op)
                     .map(|d| (d, now));
             }
         }
@@ -486,22 +489,37 @@ where
         if let Some(state) = table.entries.find(hash) {
             return table.algorithm.step(state, now, n, op);
         }
-        let state = table.algorithm.new_state();
+        let state = table.algorithm.new_state(now);
         // Refuse an impossible request before it takes a slot.
         table.algorithm.step(&state, now, n, Op::Peek)?;
-        if !self.take_slot() && !self.make_room(shard, &mut table, now) {
+        let owed = if self.take_slot() {
+            0
+        } else if let Some(owed) = self.make_room(shard, &mut table, now) {
+            owed
+        } else {
             self.rejected_keys.fetch_add(1, Ordering::Relaxed);
             // The earliest moment any shard's sweep could free a slot (each shard's bound is a
             // lower bound: keys used since it was computed may take longer).
             let wait = self.next_idle().saturating_sub(now);
             tracing::debug!(target: TARGET, keys = self.max_keys, "keyed rate limiter full: refused a new key");
             return Ok(keys_full(table.algorithm.capacity(), wait));
-        }
+        };
         let decision = table.algorithm.step(&state, now, n, op)?;
         shard
             .next_idle
             .fetch_min(table.algorithm.idle_at(&state, now), Ordering::Relaxed);
         table.entries.insert(hash, state);
+        drop(table);
+        if owed > 0 {
+            // Once the slot is the new key's and the lock is released: a subscriber that
+            // panics (or checks this limiter) can then leave no slot counted without its key.
+            tracing::warn!(
+                target: TARGET,
+                owed_ns = owed,
+                max_keys = self.max_keys,
+                "keyed rate limiter full: evicted the key closest to full capacity; it may get an extra burst"
+            );
+        }
         Ok(decision)
     }
 
@@ -524,10 +542,11 @@ where
 
     /// Frees a slot for a new key in `own` (whose write lock the caller holds): sweeps it and,
     /// without blocking, the other shards; then applies the [`WhenFull`] policy. Returns
-    /// whether the caller now owns a slot.
-    fn make_room(&self, own: &Shard<A>, table: &mut Table<A>, now: u64) -> bool {
+    /// `None` if the caller owns no slot, else what the key evicted for it still owed (0 if
+    /// none was, or it owed nothing).
+    fn make_room(&self, own: &Shard<A>, table: &mut Table<A>, now: u64) -> Option<u64> {
         if self.sweep(own, table, now) > 0 && self.take_slot() {
-            return true;
+            return Some(0);
         }
         for other in self.shards.iter().filter(|s| !std::ptr::eq(*s, own)) {
             if other.sweepable_at() > now {
@@ -538,12 +557,12 @@ where
                 && self.sweep(other, &mut other_table, now) > 0
                 && self.take_slot()
             {
-                return true;
+                return Some(0);
             }
         }
         match self.when_full {
-            WhenFull::RejectNewKeys => false,
-            WhenFull::EvictClosestToFull => self.evict_closest(own, table, now),
+            WhenFull::RejectNewKeys => None,
+            WhenFull::EvictClosestToFull => Some(self.evict_closest(own, table, now)),
         }
     }
 
@@ -581,11 +600,12 @@ where
     }
 
     /// Evicts the key of `own` closest to full capacity (or, if `own` is empty, of the first
-    /// other shard free to lock), keeping its slot for the caller. Always makes room: the
-    /// table is full, so some shard holds a key (or a slot frees up meanwhile).
-    fn evict_closest(&self, own: &Shard<A>, table: &mut Table<A>, now: u64) -> bool {
-        if evict_min(table, now).is_some_and(|owed| self.owed(owed)) {
-            return true;
+    /// other shard free to lock), keeping its slot for the caller; returns what it still owed.
+    /// Always makes room: the table is full, so some shard holds a key (or a slot frees up
+    /// meanwhile).
+    fn evict_closest(&self, own: &Shard<A>, table: &mut Table<A>, now: u64) -> u64 {
+        if let Some(owed) = evict_min(table, now) {
+            return self.owed(owed);
         }
         // The keys are in other shards. Their locks are only tried: this thread holds `own`'s,
         // and blocking on another's could deadlock with a thread doing the same the other way.
@@ -601,26 +621,22 @@ where
                 }
             }
             if self.take_slot() {
-                return true;
+                return 0;
             }
             thread::yield_now();
         }
     }
 
-    fn owed(&self, owed: u64) -> bool {
+    /// Counts an eviction of a key that still owed `owed`; returns `owed`. (The caller warns
+    /// of it once the new key holds the slot and no lock is held.)
+    fn owed(&self, owed: u64) -> u64 {
         if owed == 0 {
             // Replenished after all (its shard's sweep was cooling down): nothing lost.
             self.evicted_idle.fetch_add(1, Ordering::Relaxed);
-            return true;
+        } else {
+            self.evicted_owing.fetch_add(1, Ordering::Relaxed);
         }
-        self.evicted_owing.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            target: TARGET,
-            owed_ns = owed,
-            max_keys = self.max_keys,
-            "keyed rate limiter full: evicted the key closest to full capacity; it may get an extra burst"
-        );
-        true
+        owed
     }
 
     /// Drops every key that is fully replenished, in every shard (the work a full table does

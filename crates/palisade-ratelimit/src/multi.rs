@@ -141,7 +141,7 @@ impl Core for MultiGcra {
         self.quotas.iter().map(|q| q.burst).min().unwrap_or(0)
     }
 
-    fn new_state(&self) -> Self::State {
+    fn new_state(&self, _now: u64) -> Self::State {
         Mutex::new(vec![0; self.quotas.len()].into_boxed_slice())
     }
 

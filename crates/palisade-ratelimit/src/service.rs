@@ -33,7 +33,9 @@ use crate::wait::{RefundOnDrop, random_up_to};
 ///   reserved cell gives it back.
 /// - **Backpressure mode, keyed**: the key is in the request, so `call` reserves the key's
 ///   next cell and the response future waits for it, then drives a clone of the inner service
-///   to readiness and calls it (the original stays ready for the next request). The wait counts
+///   to readiness and calls it. The readiness `poll_ready` got for that request is given up
+///   (the service goes on with a fresh clone, for the next `poll_ready`), so an inner service
+///   whose readiness holds capacity (a concurrency limit) can serve the waiting clone. The wait counts
 ///   from `call`, not from the future's first poll. Until the inner call is made, the cell goes
 ///   back if the future is dropped or the clone fails readiness (over a sliding window or
 ///   several quotas, which reserve nothing ahead, only until the wait ends: the cell then taken
@@ -366,11 +368,17 @@ where
         if !decision.is_allowed() && budget.is_none() {
             return ResponseFuture::refused(rejection(&decision));
         }
-        // Wait in the response future, on a clone: the original keeps its readiness. The wait
-        // counts from the reservation, made here, not from the future's first poll.
+        // Wait in the response future, on a clone. The wait counts from the reservation, made
+        // here, not from the future's first poll.
         let wait = Duration::from_nanos(decision.retry_after);
         let limiter = Arc::clone(&self.limiter);
         let inner = self.inner.clone();
+        // The readiness `poll_ready` got for this request (a concurrency permit, a buffer
+        // slot) is given up, not kept for a next request that may never come: kept, it could
+        // be the very capacity the clone waits for, and a caller awaiting this response before
+        // its next request would wait forever. A fresh clone takes the readied service's place,
+        // for the next `poll_ready` to ready.
+        self.inner = inner.clone();
         let key: K = key.borrow().clone();
         if decision.is_allowed() {
             let deadline = tokio::time::Instant::now() + wait + random_up_to(limiter.jitter());

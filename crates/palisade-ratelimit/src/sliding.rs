@@ -305,8 +305,12 @@ impl Core for SlidingWindow {
         self.limit
     }
 
-    fn new_state(&self) -> AtomicU64 {
-        AtomicU64::new(0)
+    /// Nothing counted, in `now`'s window. (The empty word names window 0, which the 24-bit
+    /// index puts up to a second ahead of a reading just before a multiple of 2²⁴ windows: a
+    /// new key then looked like one whose state a later reading had stored, and every cell it
+    /// took until that window ended counted in that one window.)
+    fn new_state(&self, now: u64) -> AtomicU64 {
+        AtomicU64::new(pack(now / self.window, 0, 0))
     }
 
     fn empty_state() -> AtomicU64 {

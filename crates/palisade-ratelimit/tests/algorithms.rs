@@ -263,6 +263,30 @@ fn a_wrapped_window_index_is_only_ever_stricter_and_for_at_most_two_windows() {
     refused(l.check());
 }
 
+/// A new key of a keyed sliding window counts in its own window, also in the second before a
+/// multiple of 2^24 windows. Its state named window 0, which the 24-bit index puts up to a
+/// second ahead of such a reading: the key looked like one whose state a later reading had
+/// stored, and all its cells counted in that later window, so a limit of 2 per 1 ms window
+/// held for half a second. (A direct limiter left unused since it was built is the documented
+/// idle case: stricter for up to that second.)
+#[test]
+fn a_new_keys_sliding_window_near_the_index_wrap_counts_in_its_own_window() {
+    let window = ms(1);
+    let clock = ManualClock::new();
+    let keyed = KeyedRateLimiter::<u32, _, _>::builder(SlidingWindow::new(2, window))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    clock.advance(ms((1 << 24) - 500));
+    allowed(keyed.check(&1));
+    allowed(keyed.check(&1));
+    refused(keyed.check(&1));
+    // Two windows later, the two cells have slid out.
+    clock.advance(ms(2));
+    allowed(keyed.check_n(&1, 2).unwrap());
+    refused(keyed.check(&1));
+}
+
 /// A manual clock that holds one chosen thread right after it reads the time, until released:
 /// the thread's reading is then late, as one is when the thread is preempted between reading
 /// the clock and storing its step (or runs on a core whose counter trails).

@@ -599,3 +599,64 @@ fn evicting_closest_to_full_during_a_cool_down_takes_a_replenished_key_first() {
     assert_eq!((m.evicted_owing, m.evicted_idle), (0, 1_000), "{m:?}");
     assert_eq!(m.keys, 1_000);
 }
+
+/// A tracing subscriber that panics on every `warn` event, as a test's "no warnings" guard
+/// does.
+struct PanicOnWarn;
+
+impl tracing::Subscriber for PanicOnWarn {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        if *event.metadata().level() == tracing::Level::WARN {
+            panic!("a warning");
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// The eviction's `warn` event runs the subscriber's code: one that panics must leave the key
+/// count true to the table. It ran with the evicted key gone and the new key not yet in its
+/// place: the count kept a slot no key held, and with no key left to evict, the next new key
+/// spun forever holding its shard's write lock (every check of that shard blocked behind it).
+#[test]
+fn a_subscriber_panicking_on_the_eviction_warning_leaves_the_key_count_true() {
+    let clock = ManualClock::new();
+    let l = Arc::new(
+        KeyedRateLimiter::<u64, _, _>::builder(Quota::per_second(1))
+            .clock(clock.clone())
+            .max_keys(1)
+            .shards(1)
+            .when_full(WhenFull::EvictClosestToFull)
+            .build()
+            .unwrap(),
+    );
+    allowed(l.check(&1));
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        tracing::subscriber::with_default(PanicOnWarn, || l.check(&2))
+    }));
+    assert!(panicked.is_err(), "evicting key 1, which owes, warns");
+    assert_eq!(l.len(), 1, "key 2 took key 1's slot");
+    assert!(
+        !l.peek_n(&2, 1).unwrap().is_allowed(),
+        "key 2 is in the table, its cell taken"
+    );
+    // Bounded, so the test fails (its thread left spinning) instead of hanging.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let l2 = Arc::clone(&l);
+    std::thread::spawn(move || tx.send(l2.check(&3).is_allowed()));
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)),
+        Ok(true),
+        "a new key evicts key 2"
+    );
+    assert_eq!(l.len(), 1);
+    assert_eq!(l.metrics().evicted_owing, 2);
+}

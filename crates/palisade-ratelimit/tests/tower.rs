@@ -598,3 +598,91 @@ async fn unkeyed_backpressure_that_cannot_reserve_ahead_gives_up_within_max_wait
     ]))
     .await;
 }
+
+/// One permit shared by every clone, taken in `poll_ready` and held until `call` (then by the
+/// response, which is done at once) or until the service holding it is dropped: what tower's
+/// `ConcurrencyLimit::new(svc, 1)` (or a `Buffer` of one) does with readiness.
+#[derive(Default)]
+struct OnePermit {
+    /// Whether the permit is taken, and who waits for it.
+    shared: Arc<std::sync::Mutex<(bool, Vec<Waker>)>>,
+    holds: bool,
+}
+
+impl Clone for OnePermit {
+    fn clone(&self) -> Self {
+        OnePermit {
+            shared: Arc::clone(&self.shared),
+            holds: false,
+        }
+    }
+}
+
+impl OnePermit {
+    fn release(&mut self) {
+        if std::mem::take(&mut self.holds) {
+            let mut shared = self.shared.lock().unwrap();
+            shared.0 = false;
+            shared.1.drain(..).for_each(Waker::wake);
+        }
+    }
+}
+
+impl Drop for OnePermit {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl<R> Service<R> for OnePermit {
+    type Response = R;
+    type Error = BoxError;
+    type Future = Ready<Result<R, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.holds {
+            return Poll::Ready(Ok(()));
+        }
+        let mut shared = self.shared.lock().unwrap();
+        if shared.0 {
+            shared.1.push(cx.waker().clone());
+            return Poll::Pending;
+        }
+        shared.0 = true;
+        self.holds = true;
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        assert!(self.holds, "call without readiness");
+        // The response is done at once: the permit comes back with it.
+        self.release();
+        ready(Ok(req))
+    }
+}
+
+/// Keyed backpressure over an inner service whose readiness holds capacity (a concurrency
+/// limit of one): a caller sending one request at a time (`ready().await?.call(req).await`)
+/// gets its response when its key's cell comes. The service `poll_ready` readied is not
+/// called for a request that has to wait; if it kept the permit, the waiting request's clone
+/// could never become ready, and the caller, awaiting that response before its next request,
+/// waited forever.
+#[tokio::test(start_paused = true)]
+async fn keyed_backpressure_over_an_inner_concurrency_limit_of_one_does_not_deadlock() {
+    let shared = keyed(Quota::per_second(1));
+    let mut svc = RateLimitLayer::keyed(Arc::clone(&shared), |req: &u32| *req)
+        .backpressure()
+        .layer(OnePermit::default());
+    call(&mut svc, 7).await.unwrap();
+    let start = tokio::time::Instant::now();
+    let second = tokio::time::timeout(Duration::from_secs(60), call(&mut svc, 7)).await;
+    assert_eq!(
+        second
+            .expect("the waiting request never got the inner service's permit")
+            .unwrap(),
+        7
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    // And the service is usable again (its next `poll_ready` takes the permit).
+    call(&mut svc, 8).await.unwrap();
+}
