@@ -40,8 +40,14 @@ pub enum WaitError {
         wait: Duration,
     },
     /// A keyed limiter is full of keys that still owe capacity and its policy rejects new keys.
-    #[error("the keyed limiter is full and evicts no key that still owes capacity")]
-    KeysFull,
+    #[error(
+        "the keyed limiter is full and evicts no key that still owes capacity (a key's place may free up in {retry_after:?})"
+    )]
+    KeysFull {
+        /// The earliest moment a sweep could free a key's place, from now (a lower bound: keys
+        /// used meanwhile may take longer), the same as a refused check's `retry_after`.
+        retry_after: Duration,
+    },
 }
 
 /// The error the tower [`RateLimit`](crate::RateLimit) service returns (as a `BoxError`) when

@@ -194,7 +194,7 @@ fn rejection(decision: &Decision) -> RateLimited {
 fn wait_rejection(error: WaitError, limit: u32) -> RateLimited {
     let (retry_after, keys_full) = match error {
         WaitError::TooLong { wait } => (wait, false),
-        WaitError::KeysFull => (Duration::ZERO, true),
+        WaitError::KeysFull { retry_after } => (retry_after, true),
         WaitError::InsufficientCapacity(_) => (Duration::MAX, false),
     };
     RateLimited {

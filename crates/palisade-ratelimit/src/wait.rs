@@ -120,7 +120,7 @@ pub(crate) async fn wait(
                 guard.disarm();
                 return Ok(());
             }
-            Outcome::KeysFull => return Err(WaitError::KeysFull),
+            Outcome::KeysFull => return Err(WaitError::KeysFull { retry_after: wait }),
             Outcome::Limited if wait > budget => return Err(WaitError::TooLong { wait }),
             // Capacity that cannot be reserved ahead (a sliding window, several quotas): sleep
             // until the predicted moment, jittered like any waiter, then try again.

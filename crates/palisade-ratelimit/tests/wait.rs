@@ -336,11 +336,12 @@ async fn a_full_key_table_refuses_a_new_keys_waiter_at_once() {
         .unwrap();
     l.check("a");
     let start = Instant::now();
-    assert_eq!(l.until_key_ready("b", 1).await, Err(WaitError::KeysFull));
-    assert_eq!(
-        l.until_key_ready_within("b", 1, secs(60)).await,
-        Err(WaitError::KeysFull)
-    );
+    // The error says when a place may free up: "a" is replenished, so sweepable, in 1 s.
+    let full = Err(WaitError::KeysFull {
+        retry_after: secs(1),
+    });
+    assert_eq!(l.until_key_ready("b", 1).await, full);
+    assert_eq!(l.until_key_ready_within("b", 1, secs(60)).await, full);
     assert_eq!(Instant::now(), start);
     // The existing key waits as usual.
     l.until_key_ready("a", 1).await.unwrap();
