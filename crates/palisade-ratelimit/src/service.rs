@@ -372,6 +372,13 @@ where
         // here, not from the future's first poll.
         let wait = Duration::from_nanos(decision.retry_after);
         let limiter = Arc::clone(&self.limiter);
+        // The service's and the key's `Clone` are the caller's code: if one panics, the cell
+        // reserved above (if any) goes back.
+        let reserved = RefundOnDrop(
+            decision
+                .is_allowed()
+                .then_some(|| limiter.undo(key.borrow(), 1, end)),
+        );
         let inner = self.inner.clone();
         // The readiness `poll_ready` got for this request (a concurrency permit, a buffer
         // slot) is given up, not kept for a next request that may never come: kept, it could
@@ -380,6 +387,7 @@ where
         // for the next `poll_ready` to ready.
         self.inner = inner.clone();
         let key: K = key.borrow().clone();
+        reserved.disarm();
         if decision.is_allowed() {
             let deadline = tokio::time::Instant::now() + wait + random_up_to(limiter.jitter());
             // Armed before the future exists, so dropping it even unpolled gives the cell back.

@@ -686,3 +686,63 @@ async fn keyed_backpressure_over_an_inner_concurrency_limit_of_one_does_not_dead
     // And the service is usable again (its next `poll_ready` takes the permit).
     call(&mut svc, 8).await.unwrap();
 }
+
+/// Echo whose `Clone` panics once `panics` is set: the caller's code, run while a cell is
+/// reserved.
+#[derive(Default)]
+struct PanicsOnClone {
+    echo: Echo,
+    panics: Arc<AtomicBool>,
+}
+
+impl Clone for PanicsOnClone {
+    fn clone(&self) -> Self {
+        assert!(!self.panics.load(Ordering::SeqCst), "clone panicked");
+        PanicsOnClone {
+            echo: self.echo.clone(),
+            panics: Arc::clone(&self.panics),
+        }
+    }
+}
+
+impl<R> Service<R> for PanicsOnClone {
+    type Response = R;
+    type Error = BoxError;
+    type Future = Ready<Result<R, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Service::<R>::poll_ready(&mut self.echo, cx)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        self.echo.call(req)
+    }
+}
+
+/// A request that must wait reserves its cell in `call`, then clones the inner service: a
+/// `Clone` that panics there gives the cell back, as a dropped response future does.
+#[tokio::test(start_paused = true)]
+async fn keyed_backpressure_gives_the_cell_back_when_cloning_the_service_panics() {
+    let shared = Arc::new(
+        KeyedRateLimiter::builder(Quota::per_second(1))
+            .clock(TokioClock::new())
+            .build()
+            .unwrap(),
+    );
+    let inner = PanicsOnClone::default();
+    let panics = Arc::clone(&inner.panics);
+    let mut svc = RateLimitLayer::keyed(Arc::clone(&shared), |req: &u32| *req)
+        .backpressure()
+        .layer(inner);
+    call(&mut svc, 1).await.unwrap();
+    let before = shared.peek_n(&1, 1).unwrap().retry_after();
+    poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    panics.store(true, Ordering::SeqCst);
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(svc.call(1))));
+    assert!(unwound.is_err(), "the clone panicked");
+    assert_eq!(
+        shared.peek_n(&1, 1).unwrap().retry_after(),
+        before,
+        "the reserved cell went back"
+    );
+}
