@@ -82,6 +82,17 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// Aborts hook tasks and waits until the runtime has dropped their futures (a hook's log guard
+/// has flushed, its connection is closed), as `run()` does for aborted tracked tasks.
+async fn hooks_dropped(tasks: &mut [AbortOnDrop<Outcome>]) {
+    for task in tasks.iter_mut() {
+        task.0.abort();
+    }
+    for task in tasks.iter_mut() {
+        let _ = (&mut task.0).await;
+    }
+}
+
 /// A process-unique coordinator id. A plain std atomic: it numbers coordinators, it is not part
 /// of any protocol a loom model checks.
 fn next_id() -> u64 {
@@ -170,6 +181,7 @@ impl Coordinator {
             phase_started: None,
             hook_started: None,
             abort_started: false,
+            hook_tasks: Vec::new(),
         };
         let (escalated, finished) = {
             let sequence = inner.sequence(deadline, &mut progress);
@@ -225,6 +237,10 @@ struct Progress {
     hook_started: Option<Instant>,
     /// Tasks were aborted already: an escalation has nothing more to do.
     abort_started: bool,
+    /// Hook tasks aborted (timed out) or running when an escalation cut the sequence: their
+    /// futures are dropped by the runtime, not here, and `run()` waits for that (within the
+    /// grace) before it returns, as it does for aborted tracked tasks.
+    hook_tasks: Vec<AbortOnDrop<Outcome>>,
 }
 
 impl Progress {
@@ -347,7 +363,11 @@ impl Inner {
             let limit = (hook_started + timeout).min(deadline);
             // On a task of its own: a hook that blocks, or panics when dropped, cannot stall
             // or take down the coordinator. Aborted on timeout, or if `run` is dropped.
-            let mut task = AbortOnDrop(tokio::spawn(hook));
+            // Kept in `progress` while it runs, so that an escalation cutting the sequence can
+            // still wait for its future to be dropped.
+            let index = progress.hook_tasks.len();
+            progress.hook_tasks.push(AbortOnDrop(tokio::spawn(hook)));
+            let task = &mut progress.hook_tasks[index];
             let outcome = match timeout_at(limit, &mut task.0).await {
                 Ok(Ok(outcome)) => outcome,
                 Ok(Err(error)) if error.is_panic() => {
@@ -356,7 +376,13 @@ impl Inner {
                 Ok(Err(_)) => Outcome::Interrupted,
                 Err(_) => Outcome::TimedOut,
             };
-            drop(task);
+            if outcome == Outcome::TimedOut {
+                // Aborted now; its future is dropped on the runtime, waited for below.
+                task.0.abort();
+            } else {
+                // Finished: its future is gone already.
+                progress.hook_tasks.pop();
+            }
             match &outcome {
                 Outcome::Completed => {
                     tracing::debug!(target: "palisade_shutdown", hook = %name, "cleanup hook completed");
@@ -396,6 +422,13 @@ impl Inner {
             .await
         {
             self.abort(progress).await;
+        } else {
+            // Before the deadline: the hooks that timed out get the grace to be dropped.
+            let _ = tokio::time::timeout(
+                self.config.abort_grace,
+                hooks_dropped(&mut progress.hook_tasks),
+            )
+            .await;
         }
     }
 
@@ -411,8 +444,12 @@ impl Inner {
         if aborted > 0 {
             tracing::warn!(target: "palisade_shutdown", aborted, "aborted tracked tasks still running at the deadline");
         }
-        let _ = tokio::time::timeout(self.config.abort_grace, ScopeInner::idle(self.root.clone()))
-            .await;
+        let mut hook_tasks = std::mem::take(&mut progress.hook_tasks);
+        let _ = tokio::time::timeout(self.config.abort_grace, async {
+            ScopeInner::idle(self.root.clone()).await;
+            hooks_dropped(&mut hook_tasks).await;
+        })
+        .await;
     }
 
     /// Carries out an escalation: exits, or aborts what is left of the sequence (nothing if it
@@ -659,14 +696,12 @@ impl Shutdown {
         F::Output: HookResult,
     {
         let mut hooks = self.inner.hooks.lock();
-        // A hook registered too late is dropped at the end of this function, after the lock is
-        // released: its destructor may register a hook too.
-        let future = if hooks.closed {
-            tracing::warn!(target: "palisade_shutdown", hook = %name, "cleanup hook registered after the cleanup phase; it will not run");
-            None
-        } else {
-            Some(boxed(hook))
-        };
+        // A hook registered too late is dropped at the end of this function, and warned of,
+        // after the lock is released: its destructor, or the subscriber, may register a hook.
+        let late = hooks.closed;
+        // (Not `then(|| boxed(hook))`: the closure would own the hook and drop it right here.)
+        let future = if late { None } else { Some(boxed(hook)) };
+        let warned = late.then(|| name.clone());
         hooks.list.push(Hook {
             name,
             ran: false,
@@ -674,10 +709,15 @@ impl Shutdown {
             after,
             future,
         });
-        HookId {
+        let id = HookId {
             coordinator: self.inner.id,
             index: hooks.list.len() - 1,
+        };
+        drop(hooks);
+        if let Some(name) = warned {
+            tracing::warn!(target: "palisade_shutdown", hook = %name, "cleanup hook registered after the cleanup phase; it will not run");
         }
+        id
     }
 
     /// Counts one request in flight for the draining phase, as the

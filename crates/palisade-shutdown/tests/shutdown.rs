@@ -1043,3 +1043,60 @@ async fn a_hook_skipped_by_an_escalation_is_dropped_before_run_returns() {
         "run() returned before the skipped hook's future was dropped"
     );
 }
+
+/// A hook that timed out is aborted: its future (and the log guard it owns) must be dropped by
+/// the time `run()` returns too, for the same reason as a skipped hook's.
+#[tokio::test(start_paused = true)]
+async fn a_hook_that_timed_out_is_dropped_before_run_returns() {
+    let coordinator = builder()
+        .hook_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let shutdown = coordinator.handle();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let guard = DropFlag(dropped.clone());
+    shutdown.on_cleanup("flush logs, slowly", async move {
+        let _guard = guard;
+        std::future::pending::<()>().await
+    });
+    shutdown.trigger();
+    let report = coordinator.run().await;
+    assert_eq!(
+        report.hook("flush logs, slowly").unwrap().outcome,
+        Outcome::TimedOut
+    );
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "run() returned before the timed-out hook's future was dropped"
+    );
+}
+
+/// The same for a hook an escalation interrupts while it runs.
+#[tokio::test(start_paused = true)]
+async fn a_hook_interrupted_by_an_escalation_is_dropped_before_run_returns() {
+    let coordinator = builder().build().unwrap();
+    let shutdown = coordinator.handle();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let guard = DropFlag(dropped.clone());
+    shutdown.on_cleanup("flush logs, slowly", async move {
+        let _guard = guard;
+        std::future::pending::<()>().await
+    });
+    shutdown.trigger();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            shutdown.escalate();
+        }
+    });
+    let report = coordinator.run().await;
+    assert_eq!(
+        report.hook("flush logs, slowly").unwrap().outcome,
+        Outcome::Interrupted
+    );
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "run() returned before the interrupted hook's future was dropped"
+    );
+}
