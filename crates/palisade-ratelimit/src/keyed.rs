@@ -501,8 +501,12 @@ where
             // The earliest moment any shard's sweep could free a slot (each shard's bound is a
             // lower bound: keys used since it was computed may take longer).
             let wait = self.next_idle().saturating_sub(now);
+            let refused = keys_full(table.algorithm.capacity(), wait);
+            // With the lock released, like the eviction warning: the subscriber may check this
+            // limiter.
+            drop(table);
             tracing::debug!(target: TARGET, keys = self.max_keys, "keyed rate limiter full: refused a new key");
-            return Ok(keys_full(table.algorithm.capacity(), wait));
+            return Ok(refused);
         };
         let decision = table.algorithm.step(&state, now, n, op)?;
         shard
