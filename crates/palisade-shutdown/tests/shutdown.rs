@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use palisade_shutdown::{
-    Coordinator, CoordinatorBuilder, Outcome, PanicPolicy, Phase, Shutdown, Trigger,
+    Coordinator, CoordinatorBuilder, Outcome, PanicPolicy, Phase, Shutdown, ShutdownReport, Trigger,
 };
 use tokio::time::Instant;
 
@@ -1002,26 +1002,41 @@ async fn a_hook_skipped_by_an_escalation_that_panics_when_dropped_does_not_take_
     assert_eq!(report.aborted, 1);
 }
 
-/// A hook the deadline does not reach is dropped by the time `run()` returns: `main` typically
-/// calls `process::exit` right after `run()` (see the README), and a hook's future that owns a
-/// log guard or a writer must have been dropped (and flushed) by then.
+/// Registers a cleanup hook owning a flag set when its future is dropped (a log guard that
+/// flushes, a writer); the hook returns at once, or with `hangs` never.
+fn hook_owning_a_guard(shutdown: &Shutdown, name: &str, hangs: bool) -> Arc<AtomicBool> {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let guard = DropFlag(dropped.clone());
+    shutdown.on_cleanup(name, async move {
+        let _guard = guard;
+        if hangs {
+            std::future::pending::<()>().await;
+        }
+    });
+    dropped
+}
+
+/// The hook ended as `outcome`, and its future (with the guard it owns) was dropped by the time
+/// `run()` returned: `main` typically calls `process::exit` right after `run()` (see the
+/// README), so a guard dropped later would never flush.
+fn assert_dropped(report: &ShutdownReport, name: &str, outcome: Outcome, dropped: &AtomicBool) {
+    assert_eq!(report.hook(name).unwrap().outcome, outcome);
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "run() returned before the {outcome:?} hook's future was dropped"
+    );
+}
+
+/// A hook the deadline does not reach is dropped unpolled by the time `run()` returns.
 #[tokio::test(start_paused = true)]
 async fn a_hook_skipped_at_the_deadline_is_dropped_before_run_returns() {
     let coordinator = builder().deadline(Duration::from_secs(1)).build().unwrap();
     let shutdown = coordinator.handle();
-    let dropped = Arc::new(AtomicBool::new(false));
-    let guard = DropFlag(dropped.clone());
-    shutdown.on_cleanup("flush logs", async move {
-        drop(guard);
-    });
+    let dropped = hook_owning_a_guard(&shutdown, "flush logs", false);
     shutdown.on_cleanup("slow", std::future::pending::<()>());
     shutdown.trigger();
     let report = coordinator.run().await;
-    assert_eq!(report.hook("flush logs").unwrap().outcome, Outcome::Skipped);
-    assert!(
-        dropped.load(Ordering::SeqCst),
-        "run() returned before the skipped hook's future was dropped"
-    );
+    assert_dropped(&report, "flush logs", Outcome::Skipped, &dropped);
 }
 
 /// The same for the hooks an escalation skips.
@@ -1029,23 +1044,14 @@ async fn a_hook_skipped_at_the_deadline_is_dropped_before_run_returns() {
 async fn a_hook_skipped_by_an_escalation_is_dropped_before_run_returns() {
     let coordinator = builder().build().unwrap();
     let shutdown = coordinator.handle();
-    let dropped = Arc::new(AtomicBool::new(false));
-    let guard = DropFlag(dropped.clone());
-    shutdown.on_cleanup("flush logs", async move {
-        drop(guard);
-    });
+    let dropped = hook_owning_a_guard(&shutdown, "flush logs", false);
     shutdown.spawn(std::future::pending::<()>()).unwrap();
     shutdown.escalate();
     let report = coordinator.run().await;
-    assert_eq!(report.hook("flush logs").unwrap().outcome, Outcome::Skipped);
-    assert!(
-        dropped.load(Ordering::SeqCst),
-        "run() returned before the skipped hook's future was dropped"
-    );
+    assert_dropped(&report, "flush logs", Outcome::Skipped, &dropped);
 }
 
-/// A hook that timed out is aborted: its future (and the log guard it owns) must be dropped by
-/// the time `run()` returns too, for the same reason as a skipped hook's.
+/// A hook that timed out is aborted, and its future dropped by the time `run()` returns too.
 #[tokio::test(start_paused = true)]
 async fn a_hook_that_timed_out_is_dropped_before_run_returns() {
     let coordinator = builder()
@@ -1053,22 +1059,10 @@ async fn a_hook_that_timed_out_is_dropped_before_run_returns() {
         .build()
         .unwrap();
     let shutdown = coordinator.handle();
-    let dropped = Arc::new(AtomicBool::new(false));
-    let guard = DropFlag(dropped.clone());
-    shutdown.on_cleanup("flush logs, slowly", async move {
-        let _guard = guard;
-        std::future::pending::<()>().await
-    });
+    let dropped = hook_owning_a_guard(&shutdown, "flush logs, slowly", true);
     shutdown.trigger();
     let report = coordinator.run().await;
-    assert_eq!(
-        report.hook("flush logs, slowly").unwrap().outcome,
-        Outcome::TimedOut
-    );
-    assert!(
-        dropped.load(Ordering::SeqCst),
-        "run() returned before the timed-out hook's future was dropped"
-    );
+    assert_dropped(&report, "flush logs, slowly", Outcome::TimedOut, &dropped);
 }
 
 /// The same for a hook an escalation interrupts while it runs.
@@ -1076,12 +1070,7 @@ async fn a_hook_that_timed_out_is_dropped_before_run_returns() {
 async fn a_hook_interrupted_by_an_escalation_is_dropped_before_run_returns() {
     let coordinator = builder().build().unwrap();
     let shutdown = coordinator.handle();
-    let dropped = Arc::new(AtomicBool::new(false));
-    let guard = DropFlag(dropped.clone());
-    shutdown.on_cleanup("flush logs, slowly", async move {
-        let _guard = guard;
-        std::future::pending::<()>().await
-    });
+    let dropped = hook_owning_a_guard(&shutdown, "flush logs, slowly", true);
     shutdown.trigger();
     tokio::spawn({
         let shutdown = shutdown.clone();
@@ -1091,12 +1080,10 @@ async fn a_hook_interrupted_by_an_escalation_is_dropped_before_run_returns() {
         }
     });
     let report = coordinator.run().await;
-    assert_eq!(
-        report.hook("flush logs, slowly").unwrap().outcome,
-        Outcome::Interrupted
-    );
-    assert!(
-        dropped.load(Ordering::SeqCst),
-        "run() returned before the interrupted hook's future was dropped"
+    assert_dropped(
+        &report,
+        "flush logs, slowly",
+        Outcome::Interrupted,
+        &dropped,
     );
 }
