@@ -963,32 +963,44 @@ fn read_four(mut reader: Reader) -> tokio::task::JoinHandle<io::Result<[u8; 4]>>
     })
 }
 
-/// On a task of its own: one read (which is to see the connection lost), then four bytes.
-fn read_loss_then_reply(
-    mut reader: Reader,
-) -> tokio::task::JoinHandle<(io::Result<()>, io::Result<[u8; 4]>)> {
-    tokio::spawn(async move {
+type LossThenReply = tokio::task::JoinHandle<(io::Result<()>, io::Result<[u8; 4]>)>;
+type Writer = tokio::io::WriteHalf<ReconnectingStream<DuplexStream>>;
+
+/// A stream on `backend` with [`exact_backoff`] (a flap: the next attempt 1 s after a loss),
+/// split. The writer has sent `req1` on connection 1, which then died; on a task of its own the
+/// reader makes one read (which is to see the connection lost), then reads four bytes.
+async fn split_then_lost(backend: &Backend) -> (LossThenReply, Writer) {
+    let stream = ReconnectingStream::builder(backend.connector())
+        .backoff(exact_backoff())
+        .build()
+        .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    writer.write_all(b"req1").await.unwrap();
+    let read = tokio::spawn(async move {
         let mut buf = [0u8; 4];
         let first = reader.read(&mut buf).await.map(drop);
         let second = reader.read_exact(&mut buf).await.map(|_| buf);
         (first, second)
-    })
+    });
+    backend.kill(1);
+    (read, writer)
 }
 
-/// The reader of [`read_loss_then_reply`] finishes `within`: it saw the end of file, then
-/// `reply` on the new connection.
-async fn assert_loss_then_reply(
-    read: tokio::task::JoinHandle<(io::Result<()>, io::Result<[u8; 4]>)>,
+/// Connection 2 replies `rep2`, and the reader of [`split_then_lost`] finishes `within`: it
+/// saw the end of file, then the reply on the new connection.
+async fn reply_on_the_second_connection(
+    backend: &Backend,
+    read: LossThenReply,
     within: Duration,
     why: &str,
-    reply: &[u8; 4],
 ) {
+    backend.server(2).write_all(b"rep2").await.unwrap();
     let (first, second) = tokio::time::timeout(within, read)
         .await
         .expect(why)
         .unwrap();
     assert!(matches!(lost(&first.unwrap_err()).cause(), Cause::Eof));
-    assert_eq!(&second.unwrap(), reply);
+    assert_eq!(&second.unwrap(), b"rep2");
 }
 
 /// Wakers lost across a reconnect after a split. The backoff timer (a `Sleep`) and the attempt
@@ -998,23 +1010,15 @@ async fn assert_loss_then_reply(
 #[tokio::test(start_paused = true)]
 async fn after_a_split_both_halves_waiting_out_the_backoff_are_woken() {
     let backend = Backend::default();
-    let stream = ReconnectingStream::builder(backend.connector())
-        .backoff(exact_backoff()) // a flap (stable_after is 5 s): the next attempt in 1 s
-        .build()
-        .unwrap();
-    let (reader, mut writer) = tokio::io::split(stream);
-    writer.write_all(b"req1").await.unwrap();
-    let read = read_loss_then_reply(reader);
-    backend.kill(1);
+    let (read, mut writer) = split_then_lost(&backend).await;
     tokio::task::yield_now().await; // the reader sees the end of file, then waits to reconnect
     writer.write_all(b"req2").await.unwrap(); // waits for the same attempt, on connection 2
     assert_eq!(backend.attempts().len(), 2);
-    backend.server(2).write_all(b"rep2").await.unwrap();
-    assert_loss_then_reply(
+    reply_on_the_second_connection(
+        &backend,
         read,
         secs(60.0),
         "the reader waiting out the backoff was never woken",
-        b"rep2",
     )
     .await;
 }
@@ -1288,14 +1292,7 @@ async fn a_flush_or_an_empty_write_does_not_restart_the_idle_clock() {
 #[tokio::test(start_paused = true)]
 async fn a_half_waiting_out_the_backoff_is_woken_after_the_other_polled_the_timer_and_left() {
     let backend = Backend::default();
-    let stream = ReconnectingStream::builder(backend.connector())
-        .backoff(exact_backoff()) // a flap (stable_after is 5 s): the next attempt in 1 s
-        .build()
-        .unwrap();
-    let (reader, mut writer) = tokio::io::split(stream);
-    writer.write_all(b"req1").await.unwrap();
-    let read = read_loss_then_reply(reader);
-    backend.kill(1);
+    let (read, mut writer) = split_then_lost(&backend).await;
     tokio::task::yield_now().await; // the reader sees the end of file, then waits out 1 s
     // The writer polls the backoff timer last, then gives up its write.
     let gave_up = tokio::time::timeout(secs(0.01), writer.write_all(b"x")).await;
@@ -1306,12 +1303,11 @@ async fn a_half_waiting_out_the_backoff_is_woken_after_the_other_polled_the_time
         2,
         "the reader made attempt 2 at 1 s"
     );
-    backend.server(2).write_all(b"rep2").await.unwrap();
-    assert_loss_then_reply(
+    reply_on_the_second_connection(
+        &backend,
         read,
         secs(60.0),
         "the reader waiting out the backoff was never woken",
-        b"rep2",
     )
     .await;
 }
@@ -1347,14 +1343,7 @@ async fn a_half_waiting_on_the_attempt_is_woken_when_it_completes_after_the_othe
 #[tokio::test(start_paused = true)]
 async fn a_half_waiting_out_the_backoff_proceeds_when_the_other_connects_before_the_timer_fires() {
     let backend = Backend::default();
-    let stream = ReconnectingStream::builder(backend.connector())
-        .backoff(exact_backoff()) // a flap (stable_after is 5 s): the next attempt in 1 s
-        .build()
-        .unwrap();
-    let (reader, mut writer) = tokio::io::split(stream);
-    writer.write_all(b"req1").await.unwrap();
-    let read = read_loss_then_reply(reader);
-    backend.kill(1);
+    let (read, mut writer) = split_then_lost(&backend).await;
     tokio::task::yield_now().await; // the reader sees the end of file, then waits out 1 s
     // The clock reaches the end of the backoff and the writer writes in the same poll, before
     // the runtime parks (`advance` yields) and fires the reader's timer.
@@ -1365,12 +1354,11 @@ async fn a_half_waiting_out_the_backoff_proceeds_when_the_other_connects_before_
         2,
         "the writer made attempt 2 at 1 s"
     );
-    backend.server(2).write_all(b"rep2").await.unwrap();
-    assert_loss_then_reply(
+    reply_on_the_second_connection(
+        &backend,
         read,
         secs(1.0),
         "the reader was not woken when the writer connected",
-        b"rep2",
     )
     .await;
 }
