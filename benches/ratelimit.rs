@@ -8,6 +8,12 @@
 //!
 //! - `ratelimit/direct`: one check of one limiter (GCRA on one atomic word for both palisade
 //!   and governor's `RateLimiter::direct`).
+//! - `ratelimit/direct_coarse`: the same check with the clock read taken out, both limiters on
+//!   a coarse clock that an upkeep thread stores every millisecond (governor's opt-in
+//!   `QuantaUpkeepClock`; for palisade a `Clock` of this file reading quanta's `recent()` the
+//!   same way). Not a configuration to recommend (a coarse clock makes any GCRA inexact: see
+//!   the crate README's performance section); it measures each library's own work, which the
+//!   counter read hides in `ratelimit/direct`.
 //! - `ratelimit/keyed_1k`, `ratelimit/keyed_1m` and `ratelimit/keyed_900k`: one check of a keyed
 //!   limiter holding 1,000, 1,000,000 or 900,000 `u64` keys, inserted before timing, cycling
 //!   through them in order. (With 4 × cores shards, a million keys fill each shard's table to
@@ -42,6 +48,7 @@ use criterion::{
     BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
 };
 use palisade::ratelimit::{KeyedRateLimiter, Quota, RateLimitLayer, RateLimiter};
+use palisade::{Clock, Instant};
 use support::{contended, poll_once};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -70,6 +77,61 @@ fn direct(c: &mut Criterion) {
     });
 
     let governor = governor::RateLimiter::direct(governor_quota());
+    group.bench_function("governor", |b| {
+        b.iter(|| assert!(black_box(&governor).check().is_ok()))
+    });
+
+    group.finish();
+}
+
+/// The coarse clock of `ratelimit/direct_coarse` for palisade, read the way governor's
+/// `QuantaUpkeepClock` reads its own: quanta's `recent()` (an atomic load of the time an upkeep
+/// thread last stored), as nanoseconds since the clock's creation. Any `Clock` plugs in the same
+/// way; this one is the bench's, not the crate's (see the module docs).
+#[derive(Clone, Debug)]
+struct RecentClock {
+    clock: quanta::Clock,
+    origin: quanta::Instant,
+}
+
+impl RecentClock {
+    fn new() -> RecentClock {
+        let clock = quanta::Clock::new();
+        let origin = clock.recent();
+        RecentClock { clock, origin }
+    }
+}
+
+impl Clock for RecentClock {
+    #[inline]
+    fn now(&self) -> Instant {
+        let since = self.clock.recent().saturating_duration_since(self.origin);
+        Instant::from_nanos(since.as_nanos() as u64)
+    }
+}
+
+/// How often the upkeep thread behind both coarse clocks stores the time.
+const UPKEEP: Duration = Duration::from_millis(1);
+
+/// The direct check with the clock read taken out: both limiters on a coarse clock, so what is
+/// left is each library's own work (the compare-and-swap and the arithmetic around it).
+fn direct_coarse(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ratelimit/direct_coarse");
+
+    // Each library's quanta (palisade's 0.13, governor's 0.12) has its own upkeep thread: each
+    // runs only while its own limiter is measured.
+    let upkeep = quanta::Upkeep::new(UPKEEP).start().unwrap();
+    let limiter = RateLimiter::builder(quota())
+        .clock(RecentClock::new())
+        .build()
+        .unwrap();
+    group.bench_function("palisade", |b| {
+        b.iter(|| assert!(black_box(&limiter).check().is_allowed()))
+    });
+    drop((limiter, upkeep));
+
+    let clock = governor::clock::QuantaUpkeepClock::from_interval(UPKEEP).unwrap();
+    let governor = governor::RateLimiter::direct_with_clock(governor_quota(), clock);
     group.bench_function("governor", |b| {
         b.iter(|| assert!(black_box(&governor).check().is_ok()))
     });
@@ -278,6 +340,7 @@ fn tower(c: &mut Criterion) {
 criterion_group!(
     benches,
     direct,
+    direct_coarse,
     keyed_1k,
     keyed_1m,
     keyed_900k,

@@ -71,10 +71,12 @@ pub trait LimitAlgorithm: Send + fmt::Debug + 'static {
     /// The limit to start with (within the algorithm's [min, max]).
     fn initial_limit(&self) -> u32;
 
-    /// Feeds one sample and returns the new limit, always within [min, max].
+    /// Feeds one sample and returns the new limit, within [min, max]. The bulkhead clamps an
+    /// answer outside them to the bounds [`bounds`](LimitAlgorithm::bounds) reports.
     fn update(&mut self, sample: Sample) -> u32;
 
-    /// The bounds [min, max] this algorithm keeps the limit in.
+    /// The bounds [min, max] this algorithm keeps the limit in, within `1..=2^30−1` and
+    /// `min <= max` (checked when the bulkhead is built). Read after every update, to clamp it.
     fn bounds(&self) -> (u32, u32);
 }
 

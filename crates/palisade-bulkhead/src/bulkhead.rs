@@ -507,9 +507,12 @@ impl<C: Clock> Inner<C> {
         // The algorithm's lock is held while the limit is set, so limits are applied in the
         // order the algorithm produced them.
         let mut algorithm = algorithm.lock();
-        let limit = algorithm
-            .update(Sample::new(rtt, in_flight, dropped))
-            .clamp(1, MAX_CONCURRENT);
+        let limit = algorithm.update(Sample::new(rtt, in_flight, dropped));
+        // An answer outside the algorithm's bounds is brought back into them (min/max, not
+        // `clamp`: a custom algorithm whose bounds changed since the build must not panic here),
+        // and never outside what the bulkhead can count.
+        let (min, max) = algorithm.bounds();
+        let limit = limit.min(max).max(min).clamp(1, MAX_CONCURRENT);
         if limit != self.limit.load(Ordering::Relaxed) {
             self.set_limit(limit, true);
         }

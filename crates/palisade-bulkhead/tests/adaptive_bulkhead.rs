@@ -62,6 +62,8 @@ fn an_adaptive_bulkhead_starts_at_the_initial_limit() {
 struct Fixed {
     initial: u32,
     bounds: (u32, u32),
+    /// What every update answers, in or out of the bounds.
+    answer: u32,
 }
 
 impl LimitAlgorithm for Fixed {
@@ -69,8 +71,7 @@ impl LimitAlgorithm for Fixed {
         self.initial
     }
     fn update(&mut self, _: Sample) -> u32 {
-        // Out of its bounds on purpose: the bulkhead clamps to 1..=MAX_CONCURRENT.
-        0
+        self.answer
     }
     fn bounds(&self) -> (u32, u32) {
         self.bounds
@@ -80,8 +81,12 @@ impl LimitAlgorithm for Fixed {
 #[test]
 fn the_builder_checks_a_custom_algorithm_and_the_bulkhead_clamps_its_output() {
     let err = |initial, bounds| -> ConfigError {
-        Bulkhead::adaptive(Fixed { initial, bounds })
-            .build()
+        Bulkhead::adaptive(Fixed {
+            initial,
+            bounds,
+            answer: 1,
+        })
+        .build()
             .unwrap_err()
     };
     assert_eq!(
@@ -97,18 +102,18 @@ fn the_builder_checks_a_custom_algorithm_and_the_bulkhead_clamps_its_output() {
         err(11, (1, 10)).to_string(),
         "algorithm initial_limit must be within its bounds (1..=10), got 11"
     );
-    let bulkhead = Bulkhead::adaptive(Fixed {
-        initial: 3,
-        bounds: (1, 10),
-    })
-    .build()
-    .unwrap();
-    drop(bulkhead.try_acquire().unwrap());
-    assert_eq!(
-        bulkhead.max_concurrent(),
-        1,
-        "an update of 0 is clamped to 1"
-    );
+    // An answer out of the algorithm's own bounds is clamped to them.
+    for (answer, limit) in [(0, 2), (1, 2), (7, 7), (11, 10), (u32::MAX, 10)] {
+        let bulkhead = Bulkhead::adaptive(Fixed {
+            initial: 3,
+            bounds: (2, 10),
+            answer,
+        })
+        .build()
+        .unwrap();
+        drop(bulkhead.try_acquire().unwrap());
+        assert_eq!(bulkhead.max_concurrent(), limit, "an update of {answer}");
+    }
 }
 
 #[derive(Debug, Clone)]

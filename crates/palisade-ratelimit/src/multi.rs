@@ -38,7 +38,28 @@ pub struct MultiGcra {
 }
 
 impl MultiGcra {
-    /// The quotas to enforce together (1 to [`MAX_QUOTAS`]).
+    /// The quotas to enforce together (1 to [`MAX_QUOTAS`], each a valid [`Quota`]).
+    ///
+    /// They are checked when a limiter is built and by
+    /// [`set_algorithm`](crate::RateLimiter::set_algorithm). A [`ConfigError`] about them has
+    /// [`field`](ConfigError::field) `"quotas"` (the argument at fault), and its message names
+    /// an invalid quota by its index in `quotas` and the quota's own field:
+    ///
+    /// ```
+    /// use palisade_ratelimit::{MultiGcra, Quota, RateLimiter};
+    ///
+    /// let err = RateLimiter::builder(MultiGcra::new([
+    ///     Quota::per_second(10),
+    ///     Quota::per_hour(1_000).burst(0),
+    /// ]))
+    /// .build()
+    /// .unwrap_err();
+    /// assert_eq!(err.field(), "quotas");
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "quotas must be valid: quotas[1].burst must be at least 1, got 0"
+    /// );
+    /// ```
     pub fn new(quotas: impl IntoIterator<Item = Quota>) -> MultiGcra {
         MultiGcra {
             quotas: quotas.into_iter().collect(),
@@ -117,6 +138,27 @@ fn refund(quotas: &MultiGcra, tats: &mut [u64], now: u64, n: u32) {
     }
 }
 
+/// The error for the quota at `index` of the list given to [`MultiGcra::new`]: its field is
+/// `quotas` (the argument at fault), and the message names the quota's index and its own field,
+/// e.g. `quotas must be valid: quotas[1].burst must be at least 1, got 0`.
+fn invalid_quota(index: usize, quota: &Quota, error: ConfigError) -> ConfigError {
+    match error {
+        ConfigError::OutOfRange {
+            field,
+            allowed,
+            got,
+        } => ConfigError::OutOfRange {
+            field: "quotas",
+            allowed: format!("valid: quotas[{index}].{field} must be {allowed}"),
+            got,
+        },
+        // `ConfigError` is non-exhaustive: a future kind still names the quota's index.
+        other => {
+            ConfigError::out_of_range("quotas", format!("valid: quotas[{index}]: {other}"), quota)
+        }
+    }
+}
+
 impl Algorithm for MultiGcra {}
 
 impl Core for MultiGcra {
@@ -131,8 +173,8 @@ impl Core for MultiGcra {
                 self.quotas.len(),
             ));
         }
-        for q in &self.quotas {
-            q.validate()?;
+        for (i, q) in self.quotas.iter().enumerate() {
+            q.validate().map_err(|e| invalid_quota(i, q, e))?;
         }
         Ok(self)
     }

@@ -30,7 +30,11 @@ use crate::wait::{RefundOnDrop, random_up_to};
 /// - **Backpressure mode, unkeyed**: `poll_ready` reserves the next cell and is pending until
 ///   its moment (first come, first served among waiting services), then polls the inner
 ///   service; `call` spends the reserved cell. A service dropped while waiting or holding a
-///   reserved cell gives it back.
+///   reserved cell gives it back. A request that would wait longer than `max_wait` is refused
+///   in `poll_ready`, which is then ready at once without polling the inner service: the
+///   refusal holds no capacity and answers the next `call` however late it comes (a ready
+///   service stays ready until it is called), with `retry_after` as of `poll_ready`; the
+///   `poll_ready` after that call decides anew.
 /// - **Backpressure mode, keyed**: the key is in the request, so `call` reserves the key's
 ///   next cell and the response future waits for it, then drives a clone of the inner service
 ///   to readiness and calls it. The readiness `poll_ready` got for that request is given up

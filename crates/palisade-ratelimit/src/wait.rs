@@ -26,8 +26,11 @@ use crate::limiter::RateLimiter;
 impl<A: Algorithm, C: Clock> RateLimiter<A, C> {
     /// Waits until one cell is granted, in first-come, first-served order among waiters.
     ///
-    /// Cancel-safe: dropping the future before it completes gives the cell back (it consumes
-    /// nothing), and the waiters behind it keep their places.
+    /// Cancel-safe: dropping the future before it completes never over-admits, and the waiters
+    /// behind it keep their places. It gives the cell back (consumes nothing) when no later
+    /// waiter has reserved behind it; when one has, the dropped waiter's slot goes unused, since
+    /// the later moments were computed after it and handing the cell out again would admit two
+    /// requests in one slot.
     pub async fn until_ready(&self) {
         // One cell always fits a valid limiter, and the wait is unbounded.
         let _ = self.until_ready_within(1, Duration::MAX).await;
@@ -129,7 +132,8 @@ pub(crate) async fn wait(
     }
 }
 
-/// Gives the reserved cells back unless disarmed: a waiter dropped mid-sleep consumes nothing.
+/// Gives the reserved cells back unless disarmed: a waiter dropped mid-sleep consumes nothing
+/// unless a later waiter reserved behind it (then its slot goes unused, see `until_ready`).
 pub(crate) struct RefundOnDrop<F: FnOnce()>(pub(crate) Option<F>);
 
 impl<F: FnOnce()> RefundOnDrop<F> {

@@ -684,19 +684,52 @@ fn multi_gcra_validation() {
     let (l, _clock) = direct(eight);
     allowed(l.check());
     refused(l.check());
-    assert_eq!(
-        field(&config_error(build(MultiGcra::new([
-            Quota::per_second(1),
-            Quota::per_second(0)
-        ])))),
-        "rate"
-    );
-    assert_eq!(
-        field(&config_error(build(MultiGcra::new([
-            Quota::per_second(1).burst(0)
-        ])))),
-        "burst"
-    );
+}
+
+/// An invalid quota of a `MultiGcra` is named by its index: the field at fault is `quotas` (the
+/// argument to `MultiGcra::new`), and the message says which quota and which of its knobs,
+/// with the quota's own range and value. Built, keyed, or switched to at runtime, the same.
+#[test]
+fn an_invalid_quota_of_a_multi_gcra_is_named_by_its_index() {
+    let cases = [
+        (
+            MultiGcra::new([Quota::per_second(1), Quota::per_second(0)]),
+            "quotas must be valid: quotas[1].rate must be at least 1 cell per period, got 0",
+        ),
+        (
+            MultiGcra::new([Quota::per_second(1).burst(0), Quota::per_second(1)]),
+            "quotas must be valid: quotas[0].burst must be at least 1, got 0",
+        ),
+        (
+            MultiGcra::new([
+                Quota::per_second(1),
+                Quota::per_minute(1),
+                Quota::with_interval(Duration::ZERO).burst(5),
+            ]),
+            "quotas must be valid: quotas[2].interval must be at least 1ns (at most 1e9 cells \
+             per second), got 0ns",
+        ),
+    ];
+    for (multi, message) in cases {
+        let quotas = multi.quotas().len();
+        let errors = [
+            config_error(RateLimiter::builder(multi.clone()).build()),
+            config_error(KeyedRateLimiter::<u32, _>::builder(multi.clone()).build()),
+            config_error(
+                direct(MultiGcra::new(vec![Quota::per_second(1); quotas]))
+                    .0
+                    .set_algorithm(multi.clone()),
+            ),
+        ];
+        for err in errors {
+            assert_eq!(err.field(), "quotas");
+            assert_eq!(err.to_string(), message);
+        }
+    }
+    // A lone quota keeps its own field.
+    let err = config_error(RateLimiter::new(Quota::per_second(1).burst(0)));
+    assert_eq!(err.field(), "burst");
+    assert_eq!(err.to_string(), "burst must be at least 1, got 0");
 }
 
 #[test]

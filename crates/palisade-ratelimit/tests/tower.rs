@@ -335,6 +335,35 @@ async fn backpressure_with_no_wait_refuses_before_the_inner_readiness() {
     assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
 }
 
+/// An unkeyed refusal is decided in `poll_ready` and, as tower's readiness contract requires
+/// (a ready service stays ready until it is called), answers the next `call`, however late it
+/// comes and whatever changed meanwhile. It holds no capacity while it waits for that call, and
+/// it answers that one call only: the `poll_ready` after it decides anew.
+#[tokio::test(start_paused = true)]
+async fn an_unkeyed_refusal_holds_nothing_and_answers_only_the_next_call() {
+    let shared = limiter(Quota::per_second(1));
+    let echo = Echo::default();
+    let layer =
+        RateLimitLayer::new(Arc::clone(&shared)).backpressure_within(Duration::from_millis(500));
+    let mut refused = layer.layer(echo.clone());
+    assert!(shared.check().is_allowed()); // the next cell is 1 s away: over max_wait
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(Service::<u32>::poll_ready(&mut refused, &mut cx).is_ready());
+    // The refusal took nothing: the cell is another service's at its moment.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let mut other = layer.layer(echo.clone());
+    assert_eq!(call(&mut other, 1).await.unwrap(), 1);
+    // Polled again, long after and under a larger quota, it stays ready, and its next call gets
+    // the refusal decided in the first `poll_ready`.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    shared.set_quota(Quota::per_second(100)).unwrap();
+    assert!(Service::<u32>::poll_ready(&mut refused, &mut cx).is_ready());
+    rate_limited(&refused.call(2).await.unwrap_err());
+    // Only that call: the next readiness decides under the new quota.
+    assert_eq!(call(&mut refused, 3).await.unwrap(), 3);
+    assert_eq!(echo.0.load(Ordering::SeqCst), 2);
+}
+
 /// Counts calls and echoes the request. The service a test builds is always ready; its clones
 /// (keyed backpressure drives one per waiting request) only once `open` is set, and until then
 /// they are pending, or fail readiness if built with [`Gated::failing`].

@@ -17,7 +17,10 @@ use crate::policy::RetryPolicy;
 ///
 /// `poll_ready` is the inner service's. Each call moves the readied inner service into its
 /// future (leaving a clone behind) and polls it ready again before each retry. The error type is
-/// the inner service's: the retry adds no failure mode, it returns the last real outcome.
+/// the inner service's: the retry adds no failure mode, it returns the last real outcome. A
+/// readiness error before a retry is that outcome (the service can't take the attempt); the
+/// retried outcome before it was dropped when the backoff began, so it held nothing (a response
+/// body, a connection) through the sleep.
 #[derive(Clone, Debug)]
 pub struct RetryService<S, C = RetryOnError, H = (), T = NoAttemptTimeout> {
     inner: S,

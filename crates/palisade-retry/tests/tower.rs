@@ -1,6 +1,6 @@
 //! `RetryLayer` and `RetryService` over a hand-written tower service.
 
-use std::future::{Ready, ready};
+use std::future::{Future, Ready, ready};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -142,6 +142,61 @@ async fn dropping_the_response_future_mid_backoff_stops_retrying() {
     assert!(timeout.is_err(), "still backing off");
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
+}
+
+/// Answers every call with a retryable response that holds a `Live` guard (think of a response
+/// whose body holds its connection); its readiness fails from the second `poll_ready` on,
+/// shared by clones: the dependency went away after the first attempt.
+#[derive(Clone, Default)]
+struct GoesAway {
+    readies: Arc<AtomicU32>,
+    calls: Arc<AtomicU32>,
+    live: Arc<AtomicU32>,
+}
+
+impl Service<()> for GoesAway {
+    type Response = (u16, Live);
+    type Error = &'static str;
+    type Future = Ready<Result<(u16, Live), &'static str>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.readies.fetch_add(1, Ordering::SeqCst) == 0 {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Ready(Err("pool closed"))
+        }
+    }
+
+    fn call(&mut self, (): ()) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.live.fetch_add(1, Ordering::SeqCst);
+        ready(Ok((503, Live(self.live.clone()))))
+    }
+}
+
+/// Before a retry the inner service must be ready again; if its readiness fails, that error is
+/// the call's outcome (the service can't take the attempt, as a direct caller would see), not
+/// the retryable response before it, which was dropped when the backoff began so it holds
+/// nothing (no connection) while the loop sleeps.
+#[tokio::test(start_paused = true)]
+async fn a_readiness_error_before_a_retry_is_the_calls_outcome() {
+    let inner = GoesAway::default();
+    let mut svc = RetryLayer::new(quick(3))
+        .when(|o: &Result<(u16, Live), &'static str>| match o {
+            Ok((503, _)) => Decision::Retry,
+            _ => Decision::DontRetry,
+        })
+        .layer(inner.clone());
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    let mut fut = std::pin::pin!(svc.call(()));
+    // The first attempt got its 503 and the loop sleeps: the response is already gone.
+    let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+    assert!(first.is_pending());
+    assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(inner.live.load(Ordering::SeqCst), 0, "the 503 was held during the backoff");
+    assert_eq!(fut.await.err(), Some("pool closed"));
+    assert_eq!(inner.calls.load(Ordering::SeqCst), 1, "no attempt on an unready service");
+    assert_eq!(inner.readies.load(Ordering::SeqCst), 2);
 }
 
 /// Hangs on its first call, answers on the next; its error type can stand for a timeout.
