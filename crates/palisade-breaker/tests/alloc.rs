@@ -125,3 +125,36 @@ fn a_time_window_rolling_over_an_idle_gap_allocates_nothing() {
     });
     assert_eq!(n, 0, "a bucket roll after an idle gap allocated");
 }
+
+/// Half-open rejections allocate nothing: a full probe round's, and the one that notices the
+/// round timed out (it takes the control lock and reopens the breaker).
+#[test]
+fn half_open_rejections_allocate_nothing() {
+    let clock = ManualClock::new();
+    let b = CircuitBreaker::builder()
+        .no_failure_rate()
+        .consecutive_failures(1)
+        .open_duration(Duration::from_secs(1))
+        .half_open_probes(2)
+        .half_open_max_wait(Duration::from_secs(10))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    b.try_acquire().unwrap().failure();
+    clock.advance(Duration::from_secs(1));
+    let probes: Vec<_> = (0..2).map(|_| b.try_acquire().unwrap()).collect();
+    let n = allocations(|| {
+        for _ in 0..100 {
+            let r = b.try_acquire().unwrap_err();
+            assert_eq!(r.state(), State::HalfOpen);
+        }
+    });
+    assert_eq!(n, 0, "half-open rejections allocated");
+    clock.advance(Duration::from_secs(10));
+    let n = allocations(|| {
+        let r = b.try_acquire().unwrap_err();
+        assert_eq!(r.state(), State::Open, "the round timed out");
+    });
+    assert_eq!(n, 0, "the timed-out round's rejection allocated");
+    drop(probes);
+}

@@ -87,7 +87,7 @@ fn the_builder_checks_a_custom_algorithm_and_the_bulkhead_clamps_its_output() {
             answer: 1,
         })
         .build()
-            .unwrap_err()
+        .unwrap_err()
     };
     assert_eq!(
         err(5, (0, 10)).to_string(),

@@ -660,3 +660,52 @@ fn a_subscriber_panicking_on_the_eviction_warning_leaves_the_key_count_true() {
     assert_eq!(l.len(), 1);
     assert_eq!(l.metrics().evicted_owing, 2);
 }
+
+/// Every key hashes to `self.0`.
+#[derive(Clone, Copy)]
+struct Constant(u64);
+
+struct ConstantHasher(u64);
+
+impl Hasher for ConstantHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {}
+}
+impl BuildHasher for Constant {
+    type Hasher = ConstantHasher;
+    fn build_hasher(&self) -> ConstantHasher {
+        ConstantHasher(self.0)
+    }
+}
+
+/// Keys are told apart by their whole 64-bit hash (see the README's guarantees): two keys with
+/// the same hash are one key: one burst between them, a refund or remove of one acts on the
+/// other, and `len` counts them once, whatever the hash (its ends included).
+#[test]
+fn keys_with_one_hash_are_one_key() {
+    for hash in [0u64, 42, u64::MAX] {
+        let l = KeyedRateLimiter::<String, _, _, _>::builder(Quota::per_second(1).burst(2))
+            .clock(ManualClock::new())
+            .hasher(Constant(hash))
+            .shards(1)
+            .build()
+            .unwrap();
+        assert!(l.check("a").is_allowed());
+        assert!(l.check("b").is_allowed());
+        assert!(
+            !l.check("a").is_allowed(),
+            "hash {hash}: a and b share one burst of 2"
+        );
+        assert_eq!(l.len(), 1, "hash {hash}: counted once");
+        l.refund("b", 1);
+        assert!(
+            l.check("a").is_allowed(),
+            "hash {hash}: b's refund went to a"
+        );
+        assert!(l.remove("b"));
+        assert!(!l.remove("a"), "hash {hash}: removing b removed a");
+        assert!(l.is_empty());
+    }
+}

@@ -167,7 +167,9 @@ impl<C: Clock> TpsBudgetBuilder<C> {
         self
     }
 
-    /// Retries per second allowed whatever the traffic, in `[0, 1_000_000]` (default 10).
+    /// Retries per second allowed whatever the traffic, in `[0, 1_000_000]` (default 10): a
+    /// reserve of `min_per_sec × ttl` retries that never expires, while each retry drawn from
+    /// it comes back after `ttl`. It is not a pace: the whole reserve may go at once.
     pub fn min_per_sec(mut self, min_per_sec: u32) -> Self {
         self.min_per_sec = min_per_sec;
         self

@@ -193,9 +193,17 @@ async fn a_readiness_error_before_a_retry_is_the_calls_outcome() {
     let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
     assert!(first.is_pending());
     assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
-    assert_eq!(inner.live.load(Ordering::SeqCst), 0, "the 503 was held during the backoff");
+    assert_eq!(
+        inner.live.load(Ordering::SeqCst),
+        0,
+        "the 503 was held during the backoff"
+    );
     assert_eq!(fut.await.err(), Some("pool closed"));
-    assert_eq!(inner.calls.load(Ordering::SeqCst), 1, "no attempt on an unready service");
+    assert_eq!(
+        inner.calls.load(Ordering::SeqCst),
+        1,
+        "no attempt on an unready service"
+    );
     assert_eq!(inner.readies.load(Ordering::SeqCst), 2);
 }
 
