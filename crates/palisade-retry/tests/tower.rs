@@ -212,6 +212,8 @@ async fn a_readiness_error_before_a_retry_is_the_calls_outcome() {
 struct HangsOnce {
     calls: Arc<AtomicU32>,
     live: Arc<AtomicU32>,
+    /// How many earlier calls' futures were still alive as each call started.
+    live_at_call: Arc<Mutex<Vec<u32>>>,
 }
 
 struct Live(Arc<AtomicU32>);
@@ -234,7 +236,8 @@ impl Service<&'static str> for HangsOnce {
 
     fn call(&mut self, req: &'static str) -> Self::Future {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
-        self.live.fetch_add(1, Ordering::SeqCst);
+        let earlier = self.live.fetch_add(1, Ordering::SeqCst);
+        self.live_at_call.lock().unwrap().push(earlier);
         let live = Live(self.live.clone());
         Box::pin(async move {
             let _live = live;
@@ -260,6 +263,11 @@ async fn an_attempt_timeout_cancels_the_slow_call_and_retries() {
         inner.live.load(Ordering::SeqCst),
         0,
         "the timed-out call was not dropped"
+    );
+    assert_eq!(
+        *inner.live_at_call.lock().unwrap(),
+        [0, 0],
+        "the timed-out call was still alive when the retry started"
     );
     assert_eq!(start.elapsed(), Duration::from_millis(2010));
 
