@@ -941,3 +941,80 @@ fn public_types_are_send_and_sync() {
     send_sync::<Transition>();
     send_sync::<CircuitBreakerBuilder>();
 }
+
+/// Records every event's level, target and message.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<(tracing::Level, String, String)>>>);
+
+/// Finds the `message` field of an event.
+struct Message<'a>(&'a mut String);
+
+impl tracing::field::Visit for Message<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            *self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl tracing::Subscriber for Recorder {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut message = String::new();
+        event.record(&mut Message(&mut message));
+        let meta = event.metadata();
+        self.0
+            .lock()
+            .unwrap()
+            .push((*meta.level(), meta.target().to_string(), message));
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Each transition emits one `tracing` event, target `palisade_breaker`: `warn` when the
+/// breaker opens (tripped or forced), `info` for every other transition.
+#[test]
+fn transitions_log_warn_when_opening_and_info_otherwise() {
+    let (b, clock) = consecutive(1);
+    let recorder = Recorder::default();
+    tracing::subscriber::with_default(recorder.clone(), || {
+        b.try_acquire().unwrap().failure(); // closed → open
+        clock.advance(secs(10));
+        for _ in 0..3 {
+            b.try_acquire().unwrap().success(); // open → half-open, then → closed
+        }
+        b.force_open(); // closed → forced open
+        b.reset(); // forced open → closed
+    });
+    let events = recorder.0.lock().unwrap().clone();
+    let levels: Vec<_> = events.iter().map(|(level, _, _)| *level).collect();
+    use tracing::Level;
+    assert_eq!(
+        levels,
+        [
+            Level::WARN,
+            Level::INFO,
+            Level::INFO,
+            Level::WARN,
+            Level::INFO
+        ],
+        "{events:?}"
+    );
+    for (level, target, message) in &events {
+        assert_eq!(target, "palisade_breaker");
+        let expected = if *level == Level::WARN {
+            "circuit breaker opened"
+        } else {
+            "circuit breaker state changed"
+        };
+        assert_eq!(message, expected);
+    }
+}
