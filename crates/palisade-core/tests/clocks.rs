@@ -232,4 +232,12 @@ fn public_types_are_send_sync_and_static() {
     assert_send_sync::<ManualClock>();
     assert_send_sync::<palisade_core::sync::Mutex<u64>>();
     assert_send_sync::<palisade_core::sync::RwLock<u64>>();
+    // Every clock is `Clone`; the two without shared state are `Copy`.
+    fn assert_clone<T: Clone>() {}
+    fn assert_copy<T: Copy>() {}
+    assert_clone::<ManualClock>();
+    assert_copy::<FastClock>();
+    #[cfg(feature = "tokio")]
+    assert_copy::<palisade_core::TokioClock>();
+    assert_copy::<Instant>();
 }
